@@ -1,0 +1,123 @@
+"""The ``pcpp-mpi`` command: ``run``, ``plan`` and ``info``.
+
+Exit codes: 0 success; 1 the run failed while generating; 2 the job was rejected before any
+model was loaded (configuration, geometry, output directory, model folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_REJECTED = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pcpp-mpi",
+        description="Patch-parallel diffusion inference over MPI (DistriFusion / PCPP).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="generate the job's images (under mpirun/srun or alone)")
+    run.add_argument("job", help="job YAML file")
+    run.add_argument("--out", required=True, help="run directory (created; must be empty)")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a configuration key, e.g. parallel.ratio=0.5 (repeatable)",
+    )
+    run.add_argument(
+        "--overwrite", action="store_true", help="replace the files a previous run wrote in --out"
+    )
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--verbose", action="store_true", help="debug logging on every rank")
+
+    plan = sub.add_parser("plan", help="bands, halos and bytes per step, without MPI or weights")
+    plan.add_argument("job", help="job YAML file")
+    plan.add_argument("--ranks", type=int, required=True, help="number of ranks")
+    plan.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    plan.add_argument("--json", action="store_true", help="machine-readable output")
+
+    sub.add_parser("info", help="MPI library, CUDA-awareness, thread level, ranks and devices")
+    return parser
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from pcpp_mpi.config import ConfigError, load_job
+    from pcpp_mpi.models import ModelError
+    from pcpp_mpi.planning import format_plan, make_plan
+
+    try:
+        job = load_job(args.job, args.overrides)
+        plan = make_plan(job, args.ranks)
+    except (ConfigError, ModelError) as exc:
+        print(f"pcpp-mpi plan: error: {exc}", file=sys.stderr)
+        return EXIT_REJECTED
+    print(json.dumps(plan.as_dict(), indent=1) if args.json else format_plan(plan))
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    import mpi4py
+
+    mpi4py.rc.thread_level = "multiple"
+    from mpi4py import MPI
+
+    from pcpp_mpi.comm.context import RankComm
+    from pcpp_mpi.comm.mpi_info import cuda_aware
+    from pcpp_mpi.config import ConfigError, load_job
+    from pcpp_mpi.engine.runner import JobError, run_job
+    from pcpp_mpi.logs import setup_logging
+
+    world = MPI.COMM_WORLD
+    rank, size = world.Get_rank(), world.Get_size()
+    setup_logging(rank, size, args.verbose)
+    job, error = None, None
+    try:
+        job = load_job(args.job, args.overrides)
+    except ConfigError as exc:
+        error = str(exc)
+    errors = world.allgather(error)
+    if any(e is not None for e in errors):
+        if rank == 0:
+            first = next(r for r, e in enumerate(errors) if e is not None)
+            where = f"[rank {first}] " if size > 1 else ""
+            print(f"pcpp-mpi run: error: {where}{errors[first]}", file=sys.stderr)
+        return EXIT_REJECTED
+    assert job is not None
+    cfg_groups = 2 if job.parallel.cfg_parallel and size % 2 == 0 else 1
+    comm = RankComm(world, cfg_groups, cuda_aware=bool(cuda_aware()))
+    try:
+        result = run_job(
+            job, comm, args.out, overwrite=args.overwrite, progress=not args.no_progress
+        )
+    except JobError as exc:
+        if rank == 0:
+            print(f"pcpp-mpi run: error: {exc}", file=sys.stderr)
+        return EXIT_REJECTED
+    if rank == 0:
+        print(f"pcpp-mpi: wrote {result.run_file}")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "plan":
+        return _plan(args)
+    if args.command == "info":
+        from pcpp_mpi.info_command import run_info_command
+
+        return run_info_command()
+    return _run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""The one object that owns MPI for a run: communicators, neighbours, tags and exchanges.
+
+Layers never import mpi4py; they receive the exchange objects this module makes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from mpi4py import MPI
+
+from pcpp_mpi.comm.exchanges import (
+    AllBandsExchange,
+    NeighbourExchange,
+    StatsAllreduce,
+    WireSpec,
+    mpi_buffer,
+)
+from pcpp_mpi.comm.topology import Topology
+from pcpp_mpi.comm.traffic import TrafficCounter
+
+
+class RankComm:
+    """Communicators of one rank: ``world``, ``patch`` (the bands of its CFG group, a 1-D
+    Cartesian communicator with ``PROC_NULL`` beyond the image edges) and ``pair`` (the two
+    ranks that own the same band in the two CFG groups, with ``cfg_parallel``)."""
+
+    def __init__(self, world: MPI.Comm, cfg_groups: int, *, cuda_aware: bool = False) -> None:
+        self.world = world
+        self.topology = Topology(world.Get_size(), world.Get_rank(), cfg_groups)
+        topo = self.topology
+        group = world.Split(color=topo.cfg_index, key=topo.band_index)
+        self.patch: MPI.Cartcomm = group.Create_cart([topo.n_bands], periods=[False], reorder=False)
+        group.Free()
+        up, down = self.patch.Shift(0, 1)
+        self.up: int | None = None if up == MPI.PROC_NULL else up
+        self.down: int | None = None if down == MPI.PROC_NULL else down
+        self.pair: MPI.Comm | None = (
+            world.Split(color=topo.band_index, key=topo.cfg_index) if cfg_groups == 2 else None
+        )
+        self.cuda_aware = cuda_aware
+        self.counter = TrafficCounter()
+        self._next_tag = 0
+
+    # ------------------------------------------------------------------ set-up helpers
+    def wire_spec(self, device: torch.device, dtype: torch.dtype) -> WireSpec:
+        """Device buffers for a CUDA-aware MPI, host buffers otherwise."""
+        on_device = device.type == "cpu" or self.cuda_aware
+        return WireSpec(device, device if on_device else torch.device("cpu"), dtype)
+
+    def _tag(self) -> int:
+        tag = self._next_tag
+        self._next_tag += 1
+        return tag
+
+    def neighbour_exchange(
+        self,
+        name: str,
+        kind: str,
+        *,
+        send_shapes: tuple[Sequence[int] | None, Sequence[int] | None],
+        recv_shapes: tuple[Sequence[int] | None, Sequence[int] | None],
+        wire: WireSpec,
+    ) -> NeighbourExchange:
+        return NeighbourExchange(
+            name=name,
+            kind=kind,
+            comm=self.patch,
+            up=self.up,
+            down=self.down,
+            tag=self._tag(),
+            send_shapes=send_shapes,
+            recv_shapes=recv_shapes,
+            wire=wire,
+            counter=self.counter,
+        )
+
+    def all_bands_exchange(
+        self, name: str, kind: str, *, shapes: Sequence[Sequence[int]], wire: WireSpec
+    ) -> AllBandsExchange:
+        return AllBandsExchange(
+            name=name,
+            kind=kind,
+            comm=self.patch,
+            tag=self._tag(),
+            shapes=shapes,
+            wire=wire,
+            counter=self.counter,
+        )
+
+    def stats_allreduce(self, name: str, kind: str, *, shape: Sequence[int]) -> StatsAllreduce:
+        return StatsAllreduce(
+            name=name, kind=kind, comm=self.patch, shape=shape, counter=self.counter
+        )
+
+    # ------------------------------------------------------------------ whole-step collectives
+    def cfg_swap(self, step: int, own: torch.Tensor) -> torch.Tensor:
+        """Send this rank's band prediction to its CFG partner and return the partner's."""
+        if self.pair is None:
+            raise RuntimeError("cfg_swap without cfg_parallel")
+        own = own.contiguous()
+        theirs = torch.empty_like(own)
+        partner = 1 - self.pair.Get_rank()
+        self.pair.Sendrecv(
+            mpi_buffer(own), dest=partner, recvbuf=mpi_buffer(theirs), source=partner
+        )
+        self.counter.add(step, "cfg", sent=own.nbytes, received=theirs.nbytes)
+        return theirs
+
+    def gather_bands(
+        self, step: int, local: torch.Tensor, rows: Sequence[int]
+    ) -> torch.Tensor | None:
+        """Concatenate every band's ``local`` (B, C, rows_i, W) along the height on band 0.
+
+        Returns the global tensor on the patch root, ``None`` elsewhere. CPU tensors only.
+        """
+        local = local.detach().to("cpu").contiguous()
+        batch, channels, _, width = local.shape
+        per_row = batch * channels * width
+        root = self.patch.Get_rank() == 0
+        if root:
+            full = torch.empty(batch, channels, sum(rows), width, dtype=local.dtype)
+            # bands are concatenated along height; gather into (band, B, C, rows, W) order
+            staging = torch.empty(per_row * sum(rows), dtype=local.dtype)
+            counts = [per_row * r * local.element_size() for r in rows]
+            displs = [sum(counts[:i]) for i in range(len(counts))]
+            self.patch.Gatherv(
+                mpi_buffer(local),
+                [staging.view(torch.uint8).numpy(), counts, displs, MPI.BYTE],
+                root=0,
+            )
+            start = 0
+            offset = 0
+            for r in rows:
+                block = staging[offset : offset + per_row * r].view(batch, channels, r, width)
+                full[:, :, start : start + r] = block
+                start += r
+                offset += per_row * r
+            self.counter.add(step, "gather", received=full.nbytes - local.nbytes)
+            return full
+        self.patch.Gatherv(mpi_buffer(local), None, root=0)
+        self.counter.add(step, "gather", sent=local.nbytes)
+        return None
+
+    # ------------------------------------------------------------------ control plane
+    def local_rank(self) -> int:
+        """This rank's index among the ranks on its node (to pick a GPU)."""
+        node = self.world.Split_type(MPI.COMM_TYPE_SHARED)
+        try:
+            return node.Get_rank()
+        finally:
+            node.Free()
+
+    def bcast(self, value: Any, root: int = 0) -> Any:
+        return self.world.bcast(value, root=root)
+
+    def allgather(self, value: Any) -> list[Any]:
+        return self.world.allgather(value)
+
+    def barrier(self) -> None:
+        self.world.Barrier()
+
+    def abort(self, code: int) -> None:
+        self.world.Abort(code)
+
+    def free(self) -> None:
+        self.patch.Free()
+        if self.pair is not None:
+            self.pair.Free()

@@ -1,0 +1,281 @@
+"""Exchanges: objects with an explicit post/wait life cycle over preallocated buffers.
+
+Every exchange keeps two buffer sets; the data of step ``t`` travels in set ``t % 2``, so a
+displaced step ``t`` can read what step ``t - 1`` received while posting its own data for step
+``t + 1``. Misuse raises :class:`ExchangeError`: posting a set whose previous step was never
+completed, or waiting for a step that was not posted.
+
+Buffers live in *wire memory*: host memory when MPI cannot take device pointers (data is copied
+in and out), or the compute device itself when the MPI library is CUDA-aware. Layers see only
+tensors on their compute device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from mpi4py import MPI
+
+from pcpp_mpi.comm.traffic import TrafficCounter
+
+
+class ExchangeError(RuntimeError):
+    """An exchange was used out of order (wait without post, post over a pending set...)."""
+
+
+def mpi_buffer(tensor: torch.Tensor) -> list:
+    """``[buffer, MPI.BYTE]`` for a contiguous tensor (half types travel as raw bytes)."""
+    if not tensor.is_contiguous():
+        raise ExchangeError("MPI buffers must be contiguous")
+    raw = tensor.view(-1).view(torch.uint8)
+    if raw.device.type == "cpu":
+        return [raw.numpy(), MPI.BYTE]
+    return [raw, MPI.BYTE]
+
+
+@dataclass(frozen=True)
+class WireSpec:
+    """Where and how exchange buffers are allocated."""
+
+    compute_device: torch.device
+    wire_device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def staged(self) -> bool:
+        return self.wire_device != self.compute_device
+
+    def empty(self, shape: Sequence[int]) -> torch.Tensor:
+        pin = self.staged and self.compute_device.type == "cuda"
+        return torch.empty(tuple(shape), dtype=self.dtype, device=self.wire_device, pin_memory=pin)
+
+    def to_compute(self, wire: torch.Tensor) -> torch.Tensor:
+        return wire.to(self.compute_device, non_blocking=False) if self.staged else wire
+
+
+class _TwoSets:
+    """Book-keeping of the two buffer sets: which step each holds and its pending requests."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.step: list[int | None] = [None, None]
+        self.requests: list[list[MPI.Request]] = [[], []]
+        self.completed: list[bool] = [True, True]
+
+    def begin_post(self, step: int) -> int:
+        parity = step % 2
+        if not self.completed[parity]:
+            raise ExchangeError(
+                f"{self.name}: step {step} posted while step {self.step[parity]} is still pending"
+            )
+        if self.step[parity] == step:
+            raise ExchangeError(f"{self.name}: step {step} posted twice")
+        self.step[parity] = step
+        self.completed[parity] = False
+        return parity
+
+    def complete(self, step: int) -> int:
+        parity = step % 2
+        if self.step[parity] != step:
+            raise ExchangeError(f"{self.name}: wait for step {step}, which was never posted")
+        if not self.completed[parity]:
+            MPI.Request.Waitall(self.requests[parity])
+            self.requests[parity] = []
+            self.completed[parity] = True
+        return parity
+
+    def reset(self) -> None:
+        """Forget finished steps (a new image starts at step 0); pending ones are an error."""
+        for parity in (0, 1):
+            if not self.completed[parity]:
+                raise ExchangeError(f"{self.name}: step {self.step[parity]} still pending")
+        self.step = [None, None]
+
+
+class NeighbourExchange:
+    """Rows to and from the bands directly above (``up``) and below (``down``).
+
+    Used for convolution halos and for the K/V rows a ``pcpp`` rank attends to. Shapes are
+    local (per message); a missing neighbour (image edge) has shape ``None``.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        kind: str,
+        comm: MPI.Comm,
+        up: int | None,
+        down: int | None,
+        tag: int,
+        send_shapes: tuple[Sequence[int] | None, Sequence[int] | None],
+        recv_shapes: tuple[Sequence[int] | None, Sequence[int] | None],
+        wire: WireSpec,
+        counter: TrafficCounter,
+    ) -> None:
+        self.name = name
+        self.kind = kind
+        self._comm = comm
+        self._peers = (up, down)
+        self._tag = tag
+        self._wire = wire
+        self._counter = counter
+        self._sets = _TwoSets(name)
+        self._send = [
+            [
+                None if p is None or s is None else wire.empty(s)
+                for p, s in zip(self._peers, send_shapes, strict=True)
+            ]
+            for _ in range(2)
+        ]
+        self._recv = [
+            [
+                None if p is None or s is None else wire.empty(s)
+                for p, s in zip(self._peers, recv_shapes, strict=True)
+            ]
+            for _ in range(2)
+        ]
+
+    def post(self, step: int, to_up: torch.Tensor | None, to_down: torch.Tensor | None) -> None:
+        """Start receiving step ``step``'s rows from both neighbours and send ours."""
+        parity = self._sets.begin_post(step)
+        requests = self._sets.requests[parity]
+        tag = 2 * self._tag + parity
+        sent = received = 0
+        for side, data in enumerate((to_up, to_down)):
+            peer = self._peers[side]
+            if peer is None:
+                continue
+            recv = self._recv[parity][side]
+            if recv is not None:
+                requests.append(self._comm.Irecv(mpi_buffer(recv), source=peer, tag=tag))
+                received += recv.nbytes
+            send = self._send[parity][side]
+            if send is not None:
+                if data is None:
+                    raise ExchangeError(f"{self.name}: no data for neighbour {peer}")
+                send.copy_(data)
+                requests.append(self._comm.Isend(mpi_buffer(send), dest=peer, tag=tag))
+                sent += send.nbytes
+        self._counter.add(step, self.kind, sent=sent, received=received)
+
+    def wait(self, step: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Rows received for ``step``: ``(from_up, from_down)``, ``None`` at image edges."""
+        parity = self._sets.complete(step)
+        up, down = self._recv[parity]
+        return (
+            None if up is None else self._wire.to_compute(up),
+            None if down is None else self._wire.to_compute(down),
+        )
+
+    def reset(self) -> None:
+        self._sets.reset()
+
+
+class AllBandsExchange:
+    """A band's block to every other band of its group, and theirs to it (full K/V context)."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        kind: str,
+        comm: MPI.Comm,
+        tag: int,
+        shapes: Sequence[Sequence[int]],
+        wire: WireSpec,
+        counter: TrafficCounter,
+    ) -> None:
+        self.name = name
+        self.kind = kind
+        self._comm = comm
+        self._rank = comm.Get_rank()
+        self._tag = tag
+        self._wire = wire
+        self._counter = counter
+        self._sets = _TwoSets(name)
+        self._send = [wire.empty(shapes[self._rank]) for _ in range(2)]
+        self._recv = [
+            [None if band == self._rank else wire.empty(shape) for band, shape in enumerate(shapes)]
+            for _ in range(2)
+        ]
+
+    def post(self, step: int, own: torch.Tensor) -> None:
+        parity = self._sets.begin_post(step)
+        requests = self._sets.requests[parity]
+        tag = 2 * self._tag + parity
+        received = 0
+        for band, recv in enumerate(self._recv[parity]):
+            if recv is not None:
+                requests.append(self._comm.Irecv(mpi_buffer(recv), source=band, tag=tag))
+                received += recv.nbytes
+        send = self._send[parity]
+        send.copy_(own)
+        buffer = mpi_buffer(send)
+        for band in range(len(self._recv[parity])):
+            if band != self._rank:
+                requests.append(self._comm.Isend(buffer, dest=band, tag=tag))
+        self._counter.add(
+            step, self.kind, sent=send.nbytes * (len(self._recv[parity]) - 1), received=received
+        )
+
+    def wait(self, step: int) -> list[torch.Tensor | None]:
+        """Every band's block for ``step`` in band order; ``None`` at this rank's own index."""
+        parity = self._sets.complete(step)
+        return [None if r is None else self._wire.to_compute(r) for r in self._recv[parity]]
+
+    def reset(self) -> None:
+        self._sets.reset()
+
+
+class StatsAllreduce:
+    """Sum of per-band statistics over all bands of a group (GroupNorm sums and counts).
+
+    Statistics are float64 host tensors whatever the compute device: they are a few numbers.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        kind: str,
+        comm: MPI.Comm,
+        shape: Sequence[int],
+        counter: TrafficCounter,
+    ) -> None:
+        self.name = name
+        self.kind = kind
+        self._comm = comm
+        self._counter = counter
+        self._sets = _TwoSets(name)
+        self._local = [torch.empty(tuple(shape), dtype=torch.float64) for _ in range(2)]
+        self._global = [torch.empty(tuple(shape), dtype=torch.float64) for _ in range(2)]
+
+    def post(self, step: int, local: torch.Tensor) -> None:
+        parity = self._sets.begin_post(step)
+        self._local[parity].copy_(local)
+        self._sets.requests[parity].append(
+            self._comm.Iallreduce(
+                [self._local[parity].numpy(), MPI.DOUBLE],
+                [self._global[parity].numpy(), MPI.DOUBLE],
+                op=MPI.SUM,
+            )
+        )
+        nbytes = self._local[parity].nbytes
+        self._counter.add(step, self.kind, sent=nbytes, received=nbytes)
+
+    def wait(self, step: int) -> torch.Tensor:
+        """The group-wide sum for ``step``."""
+        return self._global[self._sets.complete(step)]
+
+    def posted(self, step: int) -> torch.Tensor:
+        """What this rank contributed for ``step`` (for the displaced correction)."""
+        parity = step % 2
+        if self._sets.step[parity] != step:
+            raise ExchangeError(f"{self.name}: step {step} was never posted")
+        return self._local[parity]
+
+    def reset(self) -> None:
+        self._sets.reset()

@@ -1,0 +1,101 @@
+"""The job configuration: a tree of frozen dataclasses.
+
+Loading and validation live in :mod:`pcpp_mpi.config.loader`; this module only declares the
+shape and the defaults. Nothing here touches MPI, a GPU or a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+ModeName = Literal["single", "naive", "sync", "distrifusion", "pcpp"]
+SchedulerName = Literal["ddim", "euler", "dpmsolver++"]
+DtypeName = Literal["float32", "float16", "bfloat16"]
+DeviceName = Literal["cpu", "cuda"]
+ArchName = Literal["sd15", "sd21", "sdxl"]
+BuiltinName = Literal["tiny"]
+
+MODES: tuple[str, ...] = ("single", "naive", "sync", "distrifusion", "pcpp")
+DISPLACED_MODES: tuple[str, ...] = ("distrifusion", "pcpp")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which model to run. Exactly one of ``builtin``, ``path`` or ``arch`` is set.
+
+    - ``builtin: tiny``: the small model shipped with the package.
+    - ``path: /models/sd15``: a local diffusers folder (``model_index.json``, ``unet/``,
+      ``vae/``, ``scheduler/``, tokenizer(s), text encoder(s)); loaded offline.
+    - ``arch: sd15 | sd21 | sdxl`` with ``weights: random``: full-size UNet and VAE built from
+      configurations with random weights seeded by ``seed`` (for speed measurements).
+    """
+
+    builtin: BuiltinName | None = None
+    path: str | None = None
+    arch: ArchName | None = None
+    weights: Literal["random"] | None = None
+    seed: int = 0
+
+    @property
+    def source(self) -> Literal["builtin", "path", "arch"]:
+        if self.builtin is not None:
+            return "builtin"
+        if self.path is not None:
+            return "path"
+        return "arch"
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """What to generate. ``height``/``width`` are in pixels; one image per prompt."""
+
+    prompts: tuple[str, ...] = ("a red circle at the top left on a blue background",)
+    negative_prompts: tuple[str, ...] = ("",)
+    height: int = 128
+    width: int = 128
+    steps: int = 20
+    guidance_scale: float = 5.0
+    scheduler: SchedulerName = "ddim"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where and in which precision the model runs."""
+
+    dtype: DtypeName = "float32"
+    device: DeviceName = "cpu"
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """How the image is split across ranks.
+
+    ``warmup_steps`` synchronous (exact) steps run first in the displaced modes;
+    ``ratio`` is the share of each neighbouring band a ``pcpp`` rank attends to;
+    ``cfg_parallel`` splits the ranks into an unconditional and a conditional group.
+    """
+
+    mode: ModeName = "pcpp"
+    warmup_steps: int = 4
+    ratio: float = 0.3
+    cfg_parallel: bool = False
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """What a run writes besides ``run.h5`` and the rank files."""
+
+    png: bool = True
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """A whole job, as loaded from YAML after ``--set`` overrides."""
+
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(builtin="tiny"))
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)

@@ -1,0 +1,1 @@
+"""The denoising engine: a sharded latent, one band per rank."""

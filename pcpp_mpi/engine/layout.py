@@ -1,0 +1,69 @@
+"""A job's band layout for a rank count, from the model's configuration alone (no weights)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pcpp_mpi.config import ConfigError, JobConfig, check_ranks
+from pcpp_mpi.geometry import Band, level_unit, split_bands
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """How ``n_ranks`` ranks split a job: latent size, band unit, bands and CFG groups."""
+
+    n_ranks: int
+    latent_height: int
+    latent_width: int
+    latent_channels: int
+    levels: int
+    unit: int
+    vae_scale_factor: int
+    cfg_groups: int
+    bands: tuple[Band, ...]
+    mode: str
+
+    @property
+    def n_bands(self) -> int:
+        return len(self.bands)
+
+
+def effective_mode(job: JobConfig, n_bands: int) -> str:
+    """``single`` when there is one band, the job's mode otherwise."""
+    return "single" if n_bands == 1 else job.parallel.mode
+
+
+def plan_layout(
+    job: JobConfig, n_ranks: int, unet_config: Mapping[str, Any], vae_scale_factor: int
+) -> RunLayout:
+    """Check the job against the model and the rank count; raise ConfigError naming the key."""
+    generation = job.generation
+    levels = len(unet_config["block_out_channels"])
+    unit = level_unit(levels)
+    pixels = vae_scale_factor * unit
+    for key, size in (("height", generation.height), ("width", generation.width)):
+        if size % pixels:
+            raise ConfigError(
+                f"generation.{key}: {size} px is not a multiple of {pixels} px (VAE scale "
+                f"{vae_scale_factor} x 2**{levels - 1} for a UNet with {levels} levels); "
+                f"use {size // pixels * pixels or pixels} or {(size // pixels + 1) * pixels}"
+            )
+    latent_height = generation.height // vae_scale_factor
+    latent_width = generation.width // vae_scale_factor
+    check_ranks(job, n_ranks, latent_height, unit)
+    cfg_groups = 2 if job.parallel.cfg_parallel and n_ranks > 1 else 1
+    bands = split_bands(latent_height, n_ranks // cfg_groups, unit)
+    return RunLayout(
+        n_ranks=n_ranks,
+        latent_height=latent_height,
+        latent_width=latent_width,
+        latent_channels=unet_config["in_channels"],
+        levels=levels,
+        unit=unit,
+        vae_scale_factor=vae_scale_factor,
+        cfg_groups=cfg_groups,
+        bands=bands,
+        mode=effective_mode(job, len(bands)),
+    )

@@ -1,0 +1,25 @@
+"""Model configuration dicts, completed with the diffusers defaults, without building anything."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+
+def complete_config(cls: type, raw: Mapping[str, Any]) -> dict[str, Any]:
+    """``raw`` (a diffusers config) with every missing ``cls.__init__`` argument set to its default.
+
+    Keys starting with ``_`` (``_class_name``, ``_diffusers_version``) are dropped and JSON lists
+    become tuples, so a config from code and one read from ``config.json`` compare alike.
+    """
+    config: dict[str, Any] = {}
+    for name, param in inspect.signature(cls.__init__).parameters.items():
+        if name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if param.default is not param.empty:
+            config[name] = param.default
+    for key, value in raw.items():
+        if not key.startswith("_"):
+            config[key] = tuple(value) if isinstance(value, list) else value
+    return config

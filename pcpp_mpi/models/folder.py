@@ -1,0 +1,277 @@
+"""Local diffusers folders (``model_index.json`` + component folders), loaded offline.
+
+:func:`check_model_folder` checks the layout without loading anything, so a bad path fails
+before MPI-heavy work starts; :func:`load_folder` then loads the UNet, the VAE, the scheduler
+config and the text side (tokenizer + text encoder, plus ``tokenizer_2`` + ``text_encoder_2``
+for SDXL) with ``local_files_only=True``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from diffusers import AutoencoderKL, UNet2DConditionModel
+
+from pcpp_mpi.models.bundle import ModelBundle, PromptEmbeddings, place, scale_factor_of
+from pcpp_mpi.models.configs import complete_config
+from pcpp_mpi.models.errors import ModelError
+
+BASE_COMPONENTS: tuple[str, ...] = ("unet", "vae", "scheduler", "tokenizer", "text_encoder")
+SDXL_COMPONENTS: tuple[str, ...] = ("tokenizer_2", "text_encoder_2")
+CONFIG_FILE = {
+    "unet": "config.json",
+    "vae": "config.json",
+    "scheduler": "scheduler_config.json",
+    "text_encoder": "config.json",
+    "text_encoder_2": "config.json",
+}
+TOKENIZER_FILES: tuple[str, ...] = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
+WEIGHTED: tuple[str, ...] = ("unet", "vae", "text_encoder", "text_encoder_2")
+EXPECTED_CLASS = {
+    "unet": ("diffusers", "UNet2DConditionModel"),
+    "vae": ("diffusers", "AutoencoderKL"),
+}
+DEFAULT_CLASS = {
+    "tokenizer": "CLIPTokenizer",
+    "tokenizer_2": "CLIPTokenizer",
+    "text_encoder": "CLIPTextModel",
+    "text_encoder_2": "CLIPTextModelWithProjection",
+}
+
+
+@dataclass(frozen=True)
+class FolderLayout:
+    """A checked model folder: its root, ``model_index.json`` and the components it needs."""
+
+    root: Path
+    model_index: dict[str, Any]
+    components: tuple[str, ...]
+
+    @property
+    def is_sdxl(self) -> bool:
+        return "text_encoder_2" in self.components
+
+    def class_name(self, component: str) -> str:
+        """The transformers class of a tokenizer or text encoder (model_index.json or default)."""
+        entry = self.model_index.get(component)
+        if isinstance(entry, list) and len(entry) == 2 and entry[1]:
+            return str(entry[1])
+        return DEFAULT_CLASS[component]
+
+
+def _read_json(file: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read {file}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ModelError(f"{file} does not hold a JSON object")
+    return data
+
+
+def read_component_config(path: str | Path, component: str) -> dict[str, Any]:
+    """The raw JSON config of ``unet``, ``vae``, ``scheduler`` or a text encoder of a folder."""
+    root = Path(path)
+    if not root.is_dir():
+        raise ModelError(f"model folder {root} does not exist or is not a directory")
+    file = root / component / CONFIG_FILE[component]
+    if not file.is_file():
+        raise ModelError(f"model folder {root}: missing {component}/{CONFIG_FILE[component]}")
+    return _read_json(file)
+
+
+def folder_unet_config(path: str | Path) -> dict[str, Any]:
+    """``<path>/unet/config.json`` with the diffusers defaults filled in; loads no weights."""
+    return complete_config(UNet2DConditionModel, read_component_config(path, "unet"))
+
+
+def folder_vae_scale_factor(path: str | Path) -> int:
+    """Pixels per latent element of ``<path>/vae``, from its ``config.json``."""
+    channels = read_component_config(path, "vae").get("block_out_channels")
+    if not isinstance(channels, list) or not channels:
+        raise ModelError(f"model folder {path}: vae/config.json has no block_out_channels")
+    return scale_factor_of(channels)
+
+
+def _has_weights(directory: Path) -> bool:
+    return any(f.suffix in (".safetensors", ".bin") for f in directory.iterdir() if f.is_file())
+
+
+def _needs_sdxl_text(root: Path, model_index: dict[str, Any]) -> bool:
+    if str(model_index.get("_class_name", "")).startswith("StableDiffusionXL"):
+        return True
+    if any(model_index.get(name) not in (None, [None, None]) for name in SDXL_COMPONENTS):
+        return True
+    unet_config = root / "unet" / CONFIG_FILE["unet"]
+    if unet_config.is_file():
+        return _read_json(unet_config).get("addition_embed_type") == "text_time"
+    return False
+
+
+def _component_problems(root: Path, model_index: dict[str, Any], name: str) -> list[str]:
+    entry = model_index.get(name)
+    if name in model_index and (entry is None or entry == [None, None]):
+        return [f"{name} (set to null in model_index.json)"]
+    if name in EXPECTED_CLASS and isinstance(entry, list) and tuple(entry) != EXPECTED_CLASS[name]:
+        want = EXPECTED_CLASS[name][1]
+        return [f"{name} of class {want} (model_index.json names {entry[0]}.{entry[1]})"]
+    if isinstance(entry, list) and entry[0] not in ("diffusers", "transformers"):
+        return [f"{name} from diffusers or transformers (model_index.json names {entry[0]})"]
+    directory = root / name
+    if not directory.is_dir():
+        return [f"{name}/ (directory)"]
+    if name in CONFIG_FILE and not (directory / CONFIG_FILE[name]).is_file():
+        return [f"{name}/{CONFIG_FILE[name]}"]
+    if name.startswith("tokenizer") and not any((directory / f).is_file() for f in TOKENIZER_FILES):
+        return [f"{name}/ tokenizer files (one of {', '.join(TOKENIZER_FILES)})"]
+    if name in WEIGHTED and not _has_weights(directory):
+        return [f"{name}/ weights (*.safetensors or *.bin)"]
+    return []
+
+
+def inspect_model_folder(path: str | Path) -> FolderLayout:
+    """Check a diffusers folder without loading weights; raise :class:`ModelError` listing
+    everything that is missing."""
+    root = Path(path)
+    if not root.is_dir():
+        raise ModelError(f"model folder {root} does not exist or is not a directory")
+    index_file = root / "model_index.json"
+    if not index_file.is_file():
+        raise ModelError(f"model folder {root}: missing model_index.json (not a diffusers folder?)")
+    model_index = _read_json(index_file)
+    components = BASE_COMPONENTS
+    if _needs_sdxl_text(root, model_index):
+        components = (*BASE_COMPONENTS, *SDXL_COMPONENTS)
+    problems = [p for name in components for p in _component_problems(root, model_index, name)]
+    if problems:
+        raise ModelError(f"model folder {root}: missing {'; '.join(problems)}")
+    return FolderLayout(root=root, model_index=model_index, components=components)
+
+
+def check_model_folder(path: str) -> None:
+    """Raise :class:`ModelError` naming the folder and what is missing, unless ``path`` is a
+    loadable diffusers folder (model_index.json, unet, vae, scheduler, tokenizer(s), text
+    encoder(s)). Reads only JSON files."""
+    inspect_model_folder(path)
+
+
+def _variant(directory: Path) -> str | None:
+    """``"fp16"`` when a folder holds only ``*.fp16.*`` weight files, else ``None``."""
+    names = [f.name for f in directory.iterdir() if f.suffix in (".safetensors", ".bin")]
+    if names and all(".fp16." in name for name in names):
+        return "fp16"
+    return None
+
+
+def _transformers_class(layout: FolderLayout, component: str) -> Any:
+    name = layout.class_name(component)
+    cls = getattr(transformers, name, None)
+    if cls is None:
+        raise ModelError(
+            f"model folder {layout.root}: {component} class {name} is not in transformers"
+        )
+    return cls
+
+
+@dataclass
+class FolderPromptEncoder:
+    """The folder's own text side, following diffusers' ``encode_prompt`` (no clip skip).
+
+    SD 1.x/2.x: hidden = last hidden state of ``text_encoder``, (B, 77, dim), pooled None.
+    SDXL: hidden = penultimate hidden states of both encoders concatenated, (B, 77, 768 + 1280);
+    pooled = ``text_encoder_2``'s projected embedding, (B, 1280).
+    """
+
+    tokenizers: tuple[Any, ...]
+    text_encoders: tuple[torch.nn.Module, ...]
+    device: torch.device
+    sdxl: bool
+
+    def _token_ids(self, tokenizer: Any, encoder: torch.nn.Module, prompts: list[str]) -> Any:
+        max_length = min(tokenizer.model_max_length, encoder.config.max_position_embeddings)
+        return tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str]) -> PromptEmbeddings:
+        """Embed B prompts; float32 CPU tensors (shapes in the class docstring)."""
+        if isinstance(prompts, str):
+            raise TypeError("encode() takes a sequence of prompts, not a single string")
+        prompts = list(prompts)
+        if not self.sdxl:
+            tokenizer, encoder = self.tokenizers[0], self.text_encoders[0]
+            tokens = self._token_ids(tokenizer, encoder, prompts)
+            mask = None
+            if getattr(encoder.config, "use_attention_mask", False):
+                mask = tokens.attention_mask.to(self.device)
+            hidden = encoder(tokens.input_ids.to(self.device), attention_mask=mask)[0]
+            return PromptEmbeddings(hidden=hidden.float().cpu(), pooled=None)
+        hiddens, pooled = [], None
+        for tokenizer, encoder in zip(self.tokenizers, self.text_encoders, strict=True):
+            tokens = self._token_ids(tokenizer, encoder, prompts)
+            out = encoder(tokens.input_ids.to(self.device), output_hidden_states=True)
+            if pooled is None and out[0].ndim == 2:
+                pooled = out[0]
+            hiddens.append(out.hidden_states[-2].float())
+        if pooled is None:
+            raise ModelError("SDXL text side: no text encoder returned a pooled embedding")
+        hidden = torch.cat(hiddens, dim=-1)
+        return PromptEmbeddings(hidden=hidden.cpu(), pooled=pooled.float().cpu())
+
+
+def load_folder(path: str, dtype: torch.dtype, device: torch.device) -> ModelBundle:
+    """Load a checked diffusers folder offline, in ``dtype`` on ``device``, in eval mode."""
+    layout = inspect_model_folder(path)
+    root = layout.root
+
+    def load(component: str, loader: Any, **kwargs: Any) -> Any:
+        try:
+            return loader(root / component, local_files_only=True, **kwargs)
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            raise ModelError(f"model folder {root}: cannot load {component}: {exc}") from exc
+
+    unet = load(
+        "unet",
+        UNet2DConditionModel.from_pretrained,
+        torch_dtype=dtype,
+        variant=_variant(root / "unet"),
+    )
+    vae = load(
+        "vae", AutoencoderKL.from_pretrained, torch_dtype=dtype, variant=_variant(root / "vae")
+    )
+    suffixes = ("", "_2") if layout.is_sdxl else ("",)
+    encoders = tuple(
+        load(
+            f"text_encoder{s}",
+            _transformers_class(layout, f"text_encoder{s}").from_pretrained,
+            dtype=dtype,
+        )
+        for s in suffixes
+    )
+    tokenizers = tuple(
+        load(f"tokenizer{s}", _transformers_class(layout, f"tokenizer{s}").from_pretrained)
+        for s in suffixes
+    )
+    for module in (unet, vae, *encoders):
+        module.requires_grad_(False).eval()
+        place(module, device, dtype)
+    return ModelBundle(
+        unet=unet,
+        vae=vae,
+        encoder=FolderPromptEncoder(
+            tokenizers=tokenizers, text_encoders=encoders, device=device, sdxl=layout.is_sdxl
+        ),
+        scheduler_config=read_component_config(root, "scheduler"),
+        vae_scale_factor=scale_factor_of(vae.config.block_out_channels),
+    )

@@ -1,0 +1,75 @@
+"""Preparing the run directory (called on one rank, before any model is loaded)."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import tempfile
+from pathlib import Path
+
+from pcpp_mpi.output.errors import OutputError
+
+#: Names of the files pcpp-mpi writes into a run directory; ``--overwrite`` removes only these.
+OUR_FILE_PATTERNS: tuple[str, ...] = ("run.h5", "rank-*.h5", "image-*.png")
+
+
+def is_our_file(name: str) -> bool:
+    """Whether a file name (no directory part) is one that pcpp-mpi writes."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in OUR_FILE_PATTERNS)
+
+
+def _check_writable(path: Path) -> None:
+    """Raise OutputError unless files can be created in the directory ``path``."""
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OutputError(f"output directory {path} is not writable")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".pcpp-mpi-probe-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(
+            f"output directory {path} is not writable: {exc.strerror or exc}"
+        ) from exc
+
+
+def prepare_run_dir(path: str | Path, overwrite: bool) -> Path:
+    """Create the run directory ``path`` (with parents) and return its absolute path.
+
+    An existing non-empty directory is refused unless ``overwrite``; with ``overwrite`` only
+    the files pcpp-mpi writes (:data:`OUR_FILE_PATTERNS`) are removed and nothing else is
+    deleted. Raises :class:`OutputError` naming the path when the directory cannot be used.
+    """
+    path = Path(path).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"output path {path} exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output directory {path}: {exc.strerror or exc}") from exc
+    _check_writable(path)
+
+    entries = sorted(os.listdir(path))
+    if not entries:
+        return path
+    if not overwrite:
+        raise OutputError(
+            f"output directory {path} is not empty; pass --overwrite to replace the files "
+            f"pcpp-mpi wrote there ({', '.join(OUR_FILE_PATTERNS)}; nothing else is deleted), "
+            "or choose another --out"
+        )
+    for name in entries:
+        if not is_our_file(name):
+            continue
+        entry = path / name
+        if entry.is_dir() and not entry.is_symlink():
+            raise OutputError(
+                f"cannot overwrite {entry}: it is a directory, not a file pcpp-mpi wrote; "
+                "move it away or choose another --out"
+            )
+        try:
+            entry.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise OutputError(f"cannot remove {entry}: {exc.strerror or exc}") from exc
+    return path

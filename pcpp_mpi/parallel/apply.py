@@ -1,0 +1,172 @@
+"""Make a plain diffusers UNet patch-parallel from its layer inventory, and undo it again.
+
+Convolutions and GroupNorms are replaced by small wrapper modules holding the original ones;
+self-attention layers get a processor through ``Attention.set_processor``. Nothing is
+monkeypatched, and :meth:`ParallelHandle.remove` restores the original model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from diffusers.models.attention_processor import Attention
+from torch import nn
+
+from pcpp_mpi.comm.context import RankComm
+from pcpp_mpi.geometry import Band, conv_halo, pcpp_rows
+from pcpp_mpi.parallel.band_attention import BandSelfAttnProcessor, KVRows
+from pcpp_mpi.parallel.band_norm import BandGroupNorm
+from pcpp_mpi.parallel.clock import StepClock
+from pcpp_mpi.parallel.halo_conv import HaloConv2d
+from pcpp_mpi.parallel.inventory import LayerInventory
+
+
+@dataclass
+class ParallelHandle:
+    """What :func:`parallelize` changed, so it can be undone; also the exchanges it made."""
+
+    replaced: list[tuple[nn.Module, str, nn.Module]] = field(default_factory=list)
+    processors: list[tuple[Attention, object]] = field(default_factory=list)
+    exchanges: list[object] = field(default_factory=list)
+
+    def reset(self) -> None:
+        """Prepare every exchange for a new image (step numbers restart at 0)."""
+        for exchange in self.exchanges:
+            exchange.reset()  # type: ignore[attr-defined]
+
+    def remove(self) -> None:
+        for parent, child, original in reversed(self.replaced):
+            setattr(parent, child, original)
+        for attn, processor in reversed(self.processors):
+            attn.set_processor(processor)  # type: ignore[arg-type]
+        self.replaced.clear()
+        self.processors.clear()
+
+
+def _split(name: str) -> tuple[str, str]:
+    parent, _, child = name.rpartition(".")
+    return parent, child
+
+
+def parallelize(
+    unet: nn.Module,
+    inventory: LayerInventory,
+    comm: RankComm,
+    bands: Sequence[Band],
+    clock: StepClock,
+    *,
+    mode: str,
+    ratio: float,
+    batch: int,
+) -> ParallelHandle:
+    """Install band-parallel layers for this rank's band (``comm.topology.band_index``).
+
+    ``batch`` is the UNet batch on this rank (2 with in-rank CFG, 1 with ``cfg_parallel``).
+    """
+    handle = ParallelHandle()
+    if len(bands) == 1 or mode == "single":
+        return handle
+    communicate = mode != "naive"
+    pattern: Literal["full", "pcpp"] = "pcpp" if mode == "pcpp" else "full"
+    index = comm.topology.band_index
+    band = bands[index]
+    up = bands[index - 1] if index > 0 else None
+    down = bands[index + 1] if index + 1 < len(bands) else None
+    parameter = next(unet.parameters())
+    wire = comm.wire_spec(parameter.device, parameter.dtype)
+    modules = dict(unet.named_modules())
+
+    def replace(name: str, wrapper: nn.Module) -> None:
+        parent_name, child = _split(name)
+        parent = modules[parent_name] if parent_name else unet
+        handle.replaced.append((parent, child, getattr(parent, child)))
+        setattr(parent, child, wrapper)
+
+    for spec in inventory.convs:
+        halo = conv_halo(spec.kernel, spec.stride, spec.padding, spec.dilation)
+        exchange = None
+        if communicate and (halo.above or halo.below):
+            row = (batch, spec.in_channels)
+            width = (inventory.width_at(spec.level),)
+
+            def shape(rows: int, neighbour: Band | None, row=row, width=width):
+                return None if neighbour is None or rows == 0 else (*row, rows, *width)
+
+            exchange = comm.neighbour_exchange(
+                spec.name,
+                "halo",
+                send_shapes=(shape(halo.below, up), shape(halo.above, down)),
+                recv_shapes=(shape(halo.above, up), shape(halo.below, down)),
+                wire=wire,
+            )
+            handle.exchanges.append(exchange)
+        conv = modules[spec.name]
+        assert isinstance(conv, nn.Conv2d)
+        replace(spec.name, HaloConv2d(conv, halo, exchange, clock))
+
+    for spec in inventory.norms:
+        stats = None
+        if communicate:
+            stats = comm.stats_allreduce(spec.name, "norm", shape=(3, batch, spec.groups))
+            handle.exchanges.append(stats)
+        norm = modules[spec.name]
+        assert isinstance(norm, nn.GroupNorm)
+        replace(spec.name, BandGroupNorm(norm, stats, clock))
+
+    for spec in inventory.attns:
+        attn = modules[spec.name]
+        assert isinstance(attn, Attention)
+        width = inventory.width_at(spec.level)
+        channels = 2 * spec.inner_dim
+        blocks = rows = kv_rows = None
+        if communicate:
+            blocks = comm.all_bands_exchange(
+                spec.name,
+                "kv",
+                shapes=[(batch, b.rows_at_level(spec.level) * width, channels) for b in bands],
+                wire=wire,
+            )
+            handle.exchanges.append(blocks)
+            if pattern == "pcpp":
+                kv_rows = KVRows(
+                    width=width,
+                    own_rows=band.rows_at_level(spec.level),
+                    own=pcpp_rows(ratio, band.rows_at_level(spec.level)),
+                    from_up=0 if up is None else pcpp_rows(ratio, up.rows_at_level(spec.level)),
+                    from_down=(
+                        0 if down is None else pcpp_rows(ratio, down.rows_at_level(spec.level))
+                    ),
+                )
+
+                def kv_shape(n_rows: int, neighbour: Band | None, width=width, channels=channels):
+                    if neighbour is None or n_rows == 0:
+                        return None
+                    return (batch, n_rows * width, channels)
+
+                rows = comm.neighbour_exchange(
+                    spec.name + ".pcpp",
+                    "kv",
+                    send_shapes=(kv_shape(kv_rows.own, up), kv_shape(kv_rows.own, down)),
+                    recv_shapes=(kv_shape(kv_rows.from_up, up), kv_shape(kv_rows.from_down, down)),
+                    wire=wire,
+                )
+                handle.exchanges.append(rows)
+        handle.processors.append((attn, attn.processor))
+        attn.set_processor(
+            BandSelfAttnProcessor(
+                clock=clock,
+                band_index=index,
+                pattern=pattern,
+                blocks=blocks,
+                rows=rows,
+                kv_rows=kv_rows,
+            )
+        )
+    return handle
+
+
+def dtype_itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()

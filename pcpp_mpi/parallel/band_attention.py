@@ -1,0 +1,160 @@
+"""Self-attention over a band whose keys and values include other bands' rows.
+
+Installed with diffusers' own extension point (``Attention.set_processor``); the attention
+module, its weights and cross-attention layers stay untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention
+
+from pcpp_mpi.parallel.clock import StepClock
+
+
+class BlocksExchange(Protocol):
+    def post(self, step: int, own: torch.Tensor) -> None: ...
+
+    def wait(self, step: int) -> list[torch.Tensor | None]: ...
+
+
+class RowExchange(Protocol):
+    def post(self, step: int, to_up: torch.Tensor | None, to_down: torch.Tensor | None) -> None: ...
+
+    def wait(self, step: int) -> tuple[torch.Tensor | None, torch.Tensor | None]: ...
+
+
+@dataclass(frozen=True)
+class KVRows:
+    """Rows of K/V (at this layer's level) a ``pcpp`` rank shares: ``own`` rows of its band go
+    to each neighbour; it receives ``from_up`` rows (the bottom of the band above) and
+    ``from_down`` rows (the top of the band below)."""
+
+    width: int
+    own_rows: int
+    own: int
+    from_up: int
+    from_down: int
+
+
+class BandSelfAttnProcessor:
+    """Attention processor for one self-attention layer of one band.
+
+    ``hidden_states`` is ``(B, h*W, C)``: the band's tokens, row-major. Keys and values are the
+    band's own (fresh) plus, by step kind and mode:
+
+    - ``local``: nothing else;
+    - ``sync``: every other band's fresh K/V;
+    - displaced ``full``: every other band's K/V from the previous step;
+    - displaced ``pcpp``: the previous step's K/V rows of the two neighbours next to the shared
+      boundaries (``KVRows``).
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: StepClock,
+        band_index: int,
+        pattern: Literal["full", "pcpp"],
+        blocks: BlocksExchange | None,
+        rows: RowExchange | None,
+        kv_rows: KVRows | None,
+    ) -> None:
+        self.clock = clock
+        self.band_index = band_index
+        self.pattern = pattern
+        self.blocks = blocks
+        self.rows = rows
+        self.kv_rows = kv_rows
+
+    # -------------------------------------------------------------- context assembly
+    def _with_blocks(self, own: torch.Tensor, blocks: list[torch.Tensor | None]) -> torch.Tensor:
+        parts = [own if b is None else b for b in blocks]
+        return torch.cat(parts, dim=1)
+
+    def _neighbour_rows_from_blocks(
+        self, blocks: list[torch.Tensor | None]
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        assert self.kv_rows is not None
+        width = self.kv_rows.width
+        i = self.band_index
+        above = below = None
+        if i > 0 and self.kv_rows.from_up:
+            block = blocks[i - 1]
+            assert block is not None
+            above = block[:, block.shape[1] - self.kv_rows.from_up * width :]
+        if i + 1 < len(blocks) and self.kv_rows.from_down:
+            block = blocks[i + 1]
+            assert block is not None
+            below = block[:, : self.kv_rows.from_down * width]
+        return above, below
+
+    def _post_rows(self, step: int, own: torch.Tensor) -> None:
+        assert self.rows is not None and self.kv_rows is not None
+        tokens = self.kv_rows.own * self.kv_rows.width
+        self.rows.post(step, own[:, :tokens], own[:, own.shape[1] - tokens :])
+
+    def context(self, own: torch.Tensor) -> torch.Tensor:
+        """K/V context ``(B, N_ctx, 2*inner)`` for this band's fresh ``own`` ``(B, N, 2*inner)``."""
+        clock = self.clock
+        if clock.kind == "local" or self.blocks is None:
+            return own
+        if clock.fresh:
+            self.blocks.post(clock.step, own)
+            return self._with_blocks(own, self.blocks.wait(clock.step))
+        previous = clock.step - 1
+        if self.pattern == "full":
+            if clock.posts_for_next:
+                self.blocks.post(clock.step, own)
+            return self._with_blocks(own, self.blocks.wait(previous))
+        if clock.posts_for_next:
+            self._post_rows(clock.step, own)
+        if clock.previous_kind == "sync":
+            above, below = self._neighbour_rows_from_blocks(self.blocks.wait(previous))
+        else:
+            assert self.rows is not None
+            above, below = self.rows.wait(previous)
+        parts = [p for p in (above, own, below) if p is not None]
+        return torch.cat(parts, dim=1) if len(parts) > 1 else own
+
+    # -------------------------------------------------------------- the processor call
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        **kwargs: object,
+    ) -> torch.Tensor:
+        if encoder_hidden_states is not None or attention_mask is not None:
+            raise ValueError("BandSelfAttnProcessor handles unmasked self-attention only")
+        if hidden_states.ndim != 3 or attn.spatial_norm is not None or attn.group_norm is not None:
+            raise ValueError("BandSelfAttnProcessor expects (B, N, C) tokens without inner norms")
+        residual = hidden_states
+        batch = hidden_states.shape[0]
+        query = attn.to_q(hidden_states)
+        key = attn.to_k(hidden_states)
+        value = attn.to_v(hidden_states)
+        inner = key.shape[-1]
+        context = self.context(torch.cat([key, value], dim=-1))
+        key, value = context[..., :inner], context[..., inner:]
+        head_dim = inner // attn.heads
+        query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        key = key.reshape(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        value = value.reshape(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        out = F.scaled_dot_product_attention(query, key, value, scale=attn.scale)
+        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
+        out = attn.to_out[0](out)
+        out = attn.to_out[1](out)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
