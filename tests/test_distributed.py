@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from mpi_launch import REPO, mpirun
+
 from pcpp_mpi.config import load_job
 from pcpp_mpi.output import read_run
 from pcpp_mpi.output.rank_file import read_traffic
