@@ -89,7 +89,8 @@ def _run(args: argparse.Namespace) -> int:
     if any(e is not None for e in errors):
         if rank == 0:
             first = next(r for r, e in enumerate(errors) if e is not None)
-            where = f"[rank {first}] " if size > 1 else ""
+            same = all(e == errors[first] for e in errors)
+            where = "" if same else f"[rank {first}] "
             print(f"pcpp-mpi run: error: {where}{errors[first]}", file=sys.stderr)
         return EXIT_REJECTED
     assert job is not None

@@ -50,8 +50,8 @@ def agree(comm: RankComm, error: str | None) -> None:
     errors = comm.allgather(error)
     for rank, message in enumerate(errors):
         if message is not None:
-            prefix = "" if comm.world.Get_size() == 1 else f"[rank {rank}] "
-            raise JobError(prefix + message)
+            same = all(e == message for e in errors)
+            raise JobError(message if same else f"[rank {rank}] {message}")
 
 
 def _attempt(action: Callable[[], object]) -> tuple[object, str | None]:

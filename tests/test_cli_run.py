@@ -1,0 +1,137 @@
+"""``pcpp-mpi run`` end to end, as a user launches it: under mpirun and alone."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mpi_launch import REPO, mpi_env, mpirun
+from pcpp_mpi.output import read_run
+
+pytestmark = pytest.mark.mpi
+
+CLI = [sys.executable, "-m", "pcpp_mpi.cli"]
+SMALL = [
+    "--set",
+    "generation.steps=5",
+    "--set",
+    "generation.height=128",
+    "--set",
+    "generation.width=96",
+    "--no-progress",
+]
+
+
+def run_alone(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args], env=mpi_env(), cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_main_job_on_two_ranks_writes_run_file_and_png(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = mpirun(2, [*CLI, "run", "jobs/tiny.yaml", "--out", str(out), *SMALL])
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = read_run(out / "run.h5")
+    assert info.status == "complete"
+    assert info.images[0].array.shape == (128, 96, 3)
+    assert (out / "image-0000.png").exists()
+    assert (out / "rank-0000.h5").exists() and (out / "rank-0001.h5").exists()
+    assert info.provenance["mode"] == "pcpp"
+    # log lines from rank 0 only, tagged with the rank
+    assert "[rank 1]" not in result.stderr
+    assert "[rank 0] INFO" in result.stderr
+
+
+def test_alone_runs_single_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    first = run_alone("run", "jobs/tiny.yaml", "--out", str(out), *SMALL)
+    assert first.returncode == 0, first.stderr[-3000:]
+    info = read_run(out / "run.h5")
+    assert info.provenance["mode"] == "single" and info.provenance["n_ranks"] == 1
+    before = (out / "run.h5").read_bytes()
+
+    again = run_alone("run", "jobs/tiny.yaml", "--out", str(out), *SMALL)
+    assert again.returncode == 2
+    assert "not empty" in again.stderr and "--overwrite" in again.stderr
+    assert (out / "run.h5").read_bytes() == before
+
+    replaced = run_alone(
+        "run",
+        "jobs/tiny.yaml",
+        "--out",
+        str(out),
+        "--overwrite",
+        *SMALL,
+        "--set",
+        "generation.seed=5",
+    )
+    assert replaced.returncode == 0, replaced.stderr[-3000:]
+    new = read_run(out / "run.h5")
+    assert new.images[0].seed == 5
+    assert not np.array_equal(new.latents["latent-0000"], info.latents["latent-0000"])
+
+
+def test_too_many_ranks_names_the_largest_count(tmp_path: Path) -> None:
+    # 64 px -> 8 latent rows -> 2 units of 4 rows: at most 2 ranks
+    result = mpirun(
+        3,
+        [
+            *CLI,
+            "run",
+            "jobs/tiny.yaml",
+            "--out",
+            str(tmp_path / "r"),
+            "--set",
+            "generation.height=64",
+            "--no-progress",
+        ],
+    )
+    assert result.returncode == 2
+    assert "at most 2 ranks" in result.stderr
+    assert result.stderr.count("error:") == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_missing_model_folder_is_named_before_work(tmp_path: Path) -> None:
+    result = run_alone(
+        "run",
+        "jobs/sd15-local.yaml",
+        "--out",
+        str(tmp_path / "r"),
+        "--set",
+        "model.path=/nonexistent/sd15",
+        "--set",
+        "runtime.device=cpu",
+    )
+    assert result.returncode == 2
+    assert "/nonexistent/sd15" in result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_bad_config_value_is_rejected_with_key(tmp_path: Path) -> None:
+    result = mpirun(
+        2,
+        [
+            *CLI,
+            "run",
+            "jobs/tiny.yaml",
+            "--out",
+            str(tmp_path / "r"),
+            "--set",
+            "parallel.ratio=1.5",
+        ],
+    )
+    assert result.returncode == 2
+    assert "parallel.ratio" in result.stderr and "1.5" in result.stderr
+    assert result.stderr.count("error:") == 1
+
+
+def test_info_alone() -> None:
+    result = run_alone("info", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Open MPI" in result.stdout
