@@ -7,7 +7,8 @@ bytes the exchanges actually count. Conventions:
 - a GroupNorm statistics all-reduce counts its payload (3 x batch x groups float64 values) as
   sent and as received by every rank, whatever algorithm the MPI library uses;
 - ``sync`` steps exchange fresh data and use it at once; ``displaced`` steps send data that the
-  next step uses, so the last step of a displaced run sends nothing;
+  next step uses, so the last step of a displaced run sends only ``conv_in``'s halo, which is
+  always fresh (it is a row of the step's own input);
 - a rank in a one-band group (``single``, or ``cfg_parallel`` with two ranks) sends nothing for
   the patches.
 """
@@ -76,14 +77,17 @@ def step_traffic(
     """
     traffic = Traffic()
     n = len(bands)
-    if kind in ("local", "displaced_last") or n == 1:
+    if kind == "local" or n == 1:
         return traffic
+    last = kind == "displaced_last"
     attention = "full" if kind == "sync" else pattern
     band = bands[band_index]
     up = bands[band_index - 1] if band_index > 0 else None
     down = bands[band_index + 1] if band_index + 1 < n else None
 
     for conv in inventory.convs:
+        if last and not conv.always_fresh:
+            continue
         halo = conv_halo(conv.kernel, conv.stride, conv.padding, conv.dilation)
         row_bytes = batch * conv.in_channels * inventory.width_at(conv.level) * itemsize
         # the band above needs our first `below` rows; the band below our last `above` rows
@@ -94,6 +98,8 @@ def step_traffic(
             _add(traffic.sent, "halo", halo.above * row_bytes)
             _add(traffic.received, "halo", halo.below * row_bytes)
 
+    if last:
+        return traffic
     for norm in inventory.norms:
         payload = NORM_STATS * batch * norm.groups * NORM_STAT_BYTES
         _add(traffic.sent, "norm", payload)

@@ -1,7 +1,8 @@
 """The ``pcpp-mpi`` command: ``run``, ``plan`` and ``info``.
 
 Exit codes: 0 success; 1 the run failed while generating; 2 the job was rejected before any
-model was loaded (configuration, geometry, output directory, model folder).
+model was loaded (configuration, geometry, output directory, model folder); 3 the run was
+interrupted by SIGTERM, SIGINT or SIGUSR1 and stopped cleanly at a step boundary.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_REJECTED = 2
+EXIT_INTERRUPTED = 3
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,6 +77,7 @@ def _run(args: argparse.Namespace) -> int:
     from pcpp_mpi.comm.mpi_info import cuda_aware
     from pcpp_mpi.config import ConfigError, load_job
     from pcpp_mpi.engine.runner import JobError, run_job
+    from pcpp_mpi.engine.stopping import RunInterrupted
     from pcpp_mpi.logs import setup_logging
 
     world = MPI.COMM_WORLD
@@ -104,6 +107,11 @@ def _run(args: argparse.Namespace) -> int:
         if rank == 0:
             print(f"pcpp-mpi run: error: {exc}", file=sys.stderr)
         return EXIT_REJECTED
+    except RunInterrupted:
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # one rank only: several ranks abort the job in run_job
+        print(f"pcpp-mpi run: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     if rank == 0:
         print(f"pcpp-mpi: wrote {result.run_file}")
     return EXIT_OK

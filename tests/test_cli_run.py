@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from mpi_launch import REPO, mpi_env, mpirun
+
 from pcpp_mpi.output import read_run
 
 pytestmark = pytest.mark.mpi

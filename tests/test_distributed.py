@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from model_folder import make_model_folder
 from mpi_launch import REPO, mpirun
 
 from pcpp_mpi.config import load_job
@@ -32,9 +33,14 @@ BASE = REPO / "tests" / "data_tiny_exact.yaml"
 EXACT = 1e-4
 STEPS = 6
 
+SD_FOLDER = ["model.builtin=null", "model.path={sd}"]
+SDXL_FOLDER = ["model.builtin=null", "model.path={sdxl}"]
+
 RUNS: dict[int, dict[str, list[str]]] = {
     1: {
         "single": [],
+        "sd_single": SD_FOLDER,
+        "sdxl_single": SDXL_FOLDER,
         "single_dpm": ["generation.scheduler=dpmsolver++"],
         "single_euler": ["generation.scheduler=euler"],
     },
@@ -54,6 +60,7 @@ RUNS: dict[int, dict[str, list[str]]] = {
         "pcpp_r1": ["parallel.mode=pcpp", "parallel.ratio=1.0"],
         "naive": ["parallel.mode=naive"],
         "cfg_sync": ["parallel.cfg_parallel=true"],
+        "sd_sync": SD_FOLDER,
     },
     3: {
         "sync": [],
@@ -62,6 +69,8 @@ RUNS: dict[int, dict[str, list[str]]] = {
         "distrifusion": ["parallel.mode=distrifusion"],
         "pcpp": ["parallel.mode=pcpp"],
         "naive": ["parallel.mode=naive"],
+        "sdxl_sync": SDXL_FOLDER,
+        "sdxl_pcpp": [*SDXL_FOLDER, "parallel.mode=pcpp"],
     },
     4: {
         "sync": [],
@@ -74,7 +83,18 @@ RUNS: dict[int, dict[str, list[str]]] = {
 
 
 @pytest.fixture(scope="session")
-def runs(tmp_path_factory: pytest.TempPathFactory):
+def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Tiny local diffusers folders: an SD-style and an SDXL-style pipeline."""
+    root = tmp_path_factory.mktemp("folders")
+    return {kind: str(make_model_folder(root / kind, kind=kind)) for kind in ("sd", "sdxl")}
+
+
+def overrides(n: int, name: str, folders: dict[str, str]) -> list[str]:
+    return [item.format(**folders) for item in RUNS[n][name]]
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory: pytest.TempPathFactory, folders: dict[str, str]):
     """``runs(n)`` -> the directory holding every run of the ``n``-rank launch."""
     root = tmp_path_factory.mktemp("distributed")
     done: dict[int, Path] = {}
@@ -83,7 +103,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory):
         if n not in done:
             out = root / f"np{n}"
             spec = root / f"np{n}.json"
-            spec.write_text(json.dumps({"base": str(BASE), "out": str(out), "runs": RUNS[n]}))
+            jobs = {name: overrides(n, name, folders) for name in RUNS[n]}
+            spec.write_text(json.dumps({"base": str(BASE), "out": str(out), "runs": jobs}))
             result = mpirun(n, [_python(), str(REPO / "tests" / "mpi_driver.py"), str(spec)])
             assert result.returncode == 0, result.stderr[-5000:]
             done[n] = out
@@ -136,6 +157,13 @@ def test_sharded_schedulers_equal_single(runs) -> None:
     assert max_diff(runs(3) / "sync_euler", runs(1) / "single_euler") < EXACT
 
 
+def test_local_folders_sync_equals_single(runs) -> None:
+    """Real text encoders and tokenizers; SDXL's pooled text and time-id conditioning."""
+    assert max_diff(runs(2) / "sd_sync", runs(1) / "sd_single") < EXACT
+    assert max_diff(runs(3) / "sdxl_sync", runs(1) / "sdxl_single") < EXACT
+    assert max_diff(runs(3) / "sdxl_pcpp", runs(1) / "sdxl_single") > 1e-3
+
+
 def test_pcpp_ratio_one_on_two_ranks_equals_distrifusion(runs) -> None:
     """On 2 ranks the whole neighbour band is all the other context there is."""
     assert max_diff(runs(2) / "pcpp_r1", runs(2) / "distrifusion") < EXACT
@@ -180,8 +208,8 @@ BYTE_CASES = [(n, name) for n in (2, 3, 4) for name in RUNS[n]]
 
 
 @pytest.mark.parametrize(("n", "name"), BYTE_CASES)
-def test_bytes_sent_equal_plan(runs, n: int, name: str) -> None:
-    job = load_job(BASE, RUNS[n][name])
+def test_bytes_sent_equal_plan(runs, folders, n: int, name: str) -> None:
+    job = load_job(BASE, overrides(n, name, folders))
     plan = make_plan(job, n)
     mode = plan.layout.mode
     for rank in range(n):

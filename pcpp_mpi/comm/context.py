@@ -20,6 +20,7 @@ from pcpp_mpi.comm.exchanges import (
 )
 from pcpp_mpi.comm.topology import Topology
 from pcpp_mpi.comm.traffic import TrafficCounter
+from pcpp_mpi.trace.recorder import Tracer
 
 
 class RankComm:
@@ -42,6 +43,7 @@ class RankComm:
         )
         self.cuda_aware = cuda_aware
         self.counter = TrafficCounter()
+        self.tracer = Tracer()
         self._next_tag = 0
 
     # ------------------------------------------------------------------ set-up helpers
@@ -75,6 +77,7 @@ class RankComm:
             recv_shapes=recv_shapes,
             wire=wire,
             counter=self.counter,
+            tracer=self.tracer,
         )
 
     def all_bands_exchange(
@@ -88,11 +91,17 @@ class RankComm:
             shapes=shapes,
             wire=wire,
             counter=self.counter,
+            tracer=self.tracer,
         )
 
     def stats_allreduce(self, name: str, kind: str, *, shape: Sequence[int]) -> StatsAllreduce:
         return StatsAllreduce(
-            name=name, kind=kind, comm=self.patch, shape=shape, counter=self.counter
+            name=name,
+            kind=kind,
+            comm=self.patch,
+            shape=shape,
+            counter=self.counter,
+            tracer=self.tracer,
         )
 
     # ------------------------------------------------------------------ whole-step collectives
@@ -100,14 +109,18 @@ class RankComm:
         """Send this rank's band prediction to its CFG partner and return the partner's."""
         if self.pair is None:
             raise RuntimeError("cfg_swap without cfg_parallel")
-        own = own.contiguous()
+        wire = self.wire_spec(own.device, own.dtype)
+        own = own.to(wire.wire_device).contiguous()
+        wire.settle()  # the prediction's kernels must have finished before MPI reads it
         theirs = torch.empty_like(own)
         partner = 1 - self.pair.Get_rank()
+        start = self.tracer.now()
         self.pair.Sendrecv(
             mpi_buffer(own), dest=partner, recvbuf=mpi_buffer(theirs), source=partner
         )
         self.counter.add(step, "cfg", sent=own.nbytes, received=theirs.nbytes)
-        return theirs
+        self.tracer.blocking("cfg_swap", "cfg", step, [(partner, own.nbytes, theirs.nbytes)], start)
+        return wire.to_compute(theirs)
 
     def gather_bands(
         self, step: int, local: torch.Tensor, rows: Sequence[int]
@@ -152,6 +165,12 @@ class RankComm:
             return node.Get_rank()
         finally:
             node.Free()
+
+    def any_rank(self, flag: bool) -> bool:
+        """True on every rank if ``flag`` is true on any rank (one tiny all-reduce)."""
+        if self.world.Get_size() == 1:
+            return flag
+        return bool(self.world.allreduce(int(flag), op=MPI.MAX))
 
     def bcast(self, value: Any, root: int = 0) -> Any:
         return self.world.bcast(value, root=root)

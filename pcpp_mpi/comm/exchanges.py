@@ -19,6 +19,7 @@ import torch
 from mpi4py import MPI
 
 from pcpp_mpi.comm.traffic import TrafficCounter
+from pcpp_mpi.trace.recorder import Tracer
 
 
 class ExchangeError(RuntimeError):
@@ -54,12 +55,24 @@ class WireSpec:
     def to_compute(self, wire: torch.Tensor) -> torch.Tensor:
         return wire.to(self.compute_device, non_blocking=False) if self.staged else wire
 
+    def settle(self) -> None:
+        """Before MPI touches device buffers: the copies into the send buffers must be done,
+        and kernels still reading a receive set that is about to be refilled must be finished.
+        (Blocking the host here is the simple, correct baseline; the GPU data path replaces it
+        with events waited on by a communication thread.)"""
+        if self.wire_device.type == "cuda":
+            torch.cuda.current_stream(self.wire_device).synchronize()
+
 
 class _TwoSets:
-    """Book-keeping of the two buffer sets: which step each holds and its pending requests."""
+    """Book-keeping of the two buffer sets: which step each holds and its pending requests.
 
-    def __init__(self, name: str) -> None:
+    Waits are reported to the tracer (the time the caller was blocked: exposed communication).
+    """
+
+    def __init__(self, name: str, tracer: Tracer) -> None:
         self.name = name
+        self.tracer = tracer
         self.step: list[int | None] = [None, None]
         self.requests: list[list[MPI.Request]] = [[], []]
         self.completed: list[bool] = [True, True]
@@ -81,7 +94,9 @@ class _TwoSets:
         if self.step[parity] != step:
             raise ExchangeError(f"{self.name}: wait for step {step}, which was never posted")
         if not self.completed[parity]:
+            start = self.tracer.now()
             MPI.Request.Waitall(self.requests[parity])
+            self.tracer.waited(self.name, step, start, self.tracer.now())
             self.requests[parity] = []
             self.completed[parity] = True
         return parity
@@ -114,15 +129,17 @@ class NeighbourExchange:
         recv_shapes: tuple[Sequence[int] | None, Sequence[int] | None],
         wire: WireSpec,
         counter: TrafficCounter,
+        tracer: Tracer,
     ) -> None:
         self.name = name
         self.kind = kind
         self._comm = comm
+        self._tracer = tracer
         self._peers = (up, down)
         self._tag = tag
         self._wire = wire
         self._counter = counter
-        self._sets = _TwoSets(name)
+        self._sets = _TwoSets(name, tracer)
         self._send = [
             [
                 None if p is None or s is None else wire.empty(s)
@@ -143,23 +160,36 @@ class NeighbourExchange:
         parity = self._sets.begin_post(step)
         requests = self._sets.requests[parity]
         tag = 2 * self._tag + parity
-        sent = received = 0
         for side, data in enumerate((to_up, to_down)):
-            peer = self._peers[side]
-            if peer is None:
-                continue
-            recv = self._recv[parity][side]
-            if recv is not None:
-                requests.append(self._comm.Irecv(mpi_buffer(recv), source=peer, tag=tag))
-                received += recv.nbytes
             send = self._send[parity][side]
             if send is not None:
                 if data is None:
-                    raise ExchangeError(f"{self.name}: no data for neighbour {peer}")
+                    raise ExchangeError(f"{self.name}: no data for neighbour {self._peers[side]}")
                 send.copy_(data)
+        self._wire.settle()
+        messages = []
+        for side in (0, 1):
+            peer = self._peers[side]
+            if peer is None:
+                continue
+            sent = received = 0
+            recv = self._recv[parity][side]
+            if recv is not None:
+                requests.append(self._comm.Irecv(mpi_buffer(recv), source=peer, tag=tag))
+                received = recv.nbytes
+            send = self._send[parity][side]
+            if send is not None:
                 requests.append(self._comm.Isend(mpi_buffer(send), dest=peer, tag=tag))
-                sent += send.nbytes
-        self._counter.add(step, self.kind, sent=sent, received=received)
+                sent = send.nbytes
+            if sent or received:
+                messages.append((peer, sent, received))
+        self._counter.add(
+            step,
+            self.kind,
+            sent=sum(m[1] for m in messages),
+            received=sum(m[2] for m in messages),
+        )
+        self._tracer.posted(self.name, self.kind, step, messages)
 
     def wait(self, step: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Rows received for ``step``: ``(from_up, from_down)``, ``None`` at image edges."""
@@ -187,15 +217,17 @@ class AllBandsExchange:
         shapes: Sequence[Sequence[int]],
         wire: WireSpec,
         counter: TrafficCounter,
+        tracer: Tracer,
     ) -> None:
         self.name = name
         self.kind = kind
         self._comm = comm
+        self._tracer = tracer
         self._rank = comm.Get_rank()
         self._tag = tag
         self._wire = wire
         self._counter = counter
-        self._sets = _TwoSets(name)
+        self._sets = _TwoSets(name, tracer)
         self._send = [wire.empty(shapes[self._rank]) for _ in range(2)]
         self._recv = [
             [None if band == self._rank else wire.empty(shape) for band, shape in enumerate(shapes)]
@@ -206,20 +238,25 @@ class AllBandsExchange:
         parity = self._sets.begin_post(step)
         requests = self._sets.requests[parity]
         tag = 2 * self._tag + parity
-        received = 0
+        messages = []
+        send = self._send[parity]
+        send.copy_(own)
+        self._wire.settle()
         for band, recv in enumerate(self._recv[parity]):
             if recv is not None:
                 requests.append(self._comm.Irecv(mpi_buffer(recv), source=band, tag=tag))
-                received += recv.nbytes
-        send = self._send[parity]
-        send.copy_(own)
         buffer = mpi_buffer(send)
-        for band in range(len(self._recv[parity])):
-            if band != self._rank:
+        for band, recv in enumerate(self._recv[parity]):
+            if recv is not None:
                 requests.append(self._comm.Isend(buffer, dest=band, tag=tag))
+                messages.append((band, send.nbytes, recv.nbytes))
         self._counter.add(
-            step, self.kind, sent=send.nbytes * (len(self._recv[parity]) - 1), received=received
+            step,
+            self.kind,
+            sent=sum(m[1] for m in messages),
+            received=sum(m[2] for m in messages),
         )
+        self._tracer.posted(self.name, self.kind, step, messages)
 
     def wait(self, step: int) -> list[torch.Tensor | None]:
         """Every band's block for ``step`` in band order; ``None`` at this rank's own index."""
@@ -244,12 +281,14 @@ class StatsAllreduce:
         comm: MPI.Comm,
         shape: Sequence[int],
         counter: TrafficCounter,
+        tracer: Tracer,
     ) -> None:
         self.name = name
         self.kind = kind
         self._comm = comm
         self._counter = counter
-        self._sets = _TwoSets(name)
+        self._tracer = tracer
+        self._sets = _TwoSets(name, tracer)
         self._local = [torch.empty(tuple(shape), dtype=torch.float64) for _ in range(2)]
         self._global = [torch.empty(tuple(shape), dtype=torch.float64) for _ in range(2)]
 
@@ -265,6 +304,7 @@ class StatsAllreduce:
         )
         nbytes = self._local[parity].nbytes
         self._counter.add(step, self.kind, sent=nbytes, received=nbytes)
+        self._tracer.posted(self.name, self.kind, step, [(-1, nbytes, nbytes)])
 
     def wait(self, step: int) -> torch.Tensor:
         """The group-wide sum for ``step``."""

@@ -34,6 +34,13 @@ class TrafficCounter:
         received = {k: v for (i, s, k), v in self.received.items() if i == image and s == step}
         return sent, received
 
+    def drain(self) -> list[tuple[int, int, str, int, int]]:
+        """:meth:`as_rows`, then forget them (each row is handed over once)."""
+        rows = self.as_rows()
+        self.sent.clear()
+        self.received.clear()
+        return rows
+
     def as_rows(self) -> list[tuple[int, int, str, int, int]]:
         """``(image, step, kind, sent, received)`` rows, sorted."""
         keys = sorted(set(self.sent) | set(self.received))

@@ -62,10 +62,17 @@ class GenerationConfig:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    """Where and in which precision the model runs."""
+    """Where and in which precision the model runs, and what the run watches.
+
+    ``check_finite`` stops the run with an error naming the step and rank as soon as a latent
+    element becomes NaN or Inf; ``trace`` records per-step timings and every exchange in the
+    rank files (byte counts are always recorded).
+    """
 
     dtype: DtypeName = "float32"
     device: DeviceName = "cpu"
+    check_finite: bool = True
+    trace: bool = True
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -44,6 +44,14 @@ class BandContext:
         return self.comm.topology.cfg_groups == 2
 
 
+class StepHooks(Protocol):
+    """Called around every denoising step (tracing, progress, stop checks)."""
+
+    def begin(self, step: int, kind: str) -> None: ...
+
+    def end(self, step: int, latent: torch.Tensor) -> None: ...
+
+
 def initial_noise(seed: int, channels: int, height: int, width: int) -> torch.Tensor:
     """The whole image's noise ``(1, C, H, W)`` float32 from a CPU generator seeded ``seed``.
 
@@ -60,7 +68,7 @@ def denoise_band(
     prompt: str,
     negative_prompt: str,
     seed: int,
-    on_step: Callable[[int], None] | None = None,
+    hooks: StepHooks | None = None,
 ) -> torch.Tensor:
     """Run every denoising step on this rank's band; returns its final latent
     ``(1, C, rows, W)`` float32 on the compute device (local: this band only)."""
@@ -91,6 +99,8 @@ def denoise_band(
     ctx.handle.reset()
     for step, timestep in enumerate(scheduler.timesteps):
         ctx.clock.begin(step)
+        if hooks is not None:
+            hooks.begin(step, ctx.clock.kind)
         model_in = torch.cat([latent, latent]) if in_rank_cfg else latent
         model_in = scheduler.scale_model_input(model_in, timestep).to(ctx.dtype)
         prediction = bundle.unet(
@@ -104,6 +114,6 @@ def denoise_band(
             uncond, cond = (prediction, theirs) if topology.cfg_index == 0 else (theirs, prediction)
             prediction = uncond + scale * (cond - uncond)
         latent = scheduler.step(prediction, timestep, latent).prev_sample
-        if on_step is not None:
-            on_step(step)
+        if hooks is not None:
+            hooks.end(step, latent)
     return latent

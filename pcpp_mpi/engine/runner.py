@@ -7,8 +7,13 @@ during denoising aborts the whole MPI job (other ranks may be blocked in MPI cal
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import resource
+import socket
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,11 +22,13 @@ from pathlib import Path
 import torch
 
 from pcpp_mpi.comm.context import RankComm
+from pcpp_mpi.comm.failure import FailureChannel
 from pcpp_mpi.comm.mpi_info import cuda_aware, describe_world
 from pcpp_mpi.config import JobConfig, job_to_yaml
 from pcpp_mpi.engine.decode import latent_to_image
 from pcpp_mpi.engine.denoise import BandContext, denoise_band
 from pcpp_mpi.engine.layout import RunLayout, plan_layout
+from pcpp_mpi.engine.stopping import NonFiniteLatent, RunInterrupted, StopSignals
 from pcpp_mpi.models import load_model, unet_config, vae_scale_factor
 from pcpp_mpi.output import RunFile, prepare_run_dir, write_png
 from pcpp_mpi.output.provenance import collect_package_versions, git_revision
@@ -29,6 +36,7 @@ from pcpp_mpi.output.rank_file import RankFile, rank_file_name
 from pcpp_mpi.parallel.apply import parallelize
 from pcpp_mpi.parallel.clock import StepClock
 from pcpp_mpi.parallel.inventory import inventory_of
+from pcpp_mpi.trace.recorder import Tracer
 
 log = logging.getLogger("pcpp_mpi")
 
@@ -115,24 +123,32 @@ def run_job(
         layout.latent_width,
         [b.rows for b in layout.bands],
     )
-    bundle, error = _attempt(lambda: load_model(job.model, dtype, device))
+    comm.barrier()
+    tracer = comm.tracer
+    tracer.enabled = job.runtime.trace
+    tracer.reset_epoch()
+    epoch_unix = time.time()
+    with tracer.phase("model_load"):
+        bundle, error = _attempt(lambda: load_model(job.model, dtype, device))
     agree(comm, error)
+    assert bundle is not None
 
-    world_info = describe_world(comm.world)
-    clock = StepClock(layout.mode, job.generation.steps, job.parallel.warmup_steps)
-    inventory = inventory_of(bundle.unet, layout.latent_height, layout.latent_width)
-    guided = job.generation.guidance_scale > 1.0
-    batch = 2 if guided and layout.cfg_groups == 1 else 1
-    handle = parallelize(
-        bundle.unet,
-        inventory,
-        comm,
-        layout.bands,
-        clock,
-        mode=layout.mode,
-        ratio=job.parallel.ratio,
-        batch=batch,
-    )
+    with tracer.phase("setup"):
+        world_info = describe_world(comm.world)
+        clock = StepClock(layout.mode, job.generation.steps, job.parallel.warmup_steps)
+        inventory = inventory_of(bundle.unet, layout.latent_height, layout.latent_width)
+        guided = job.generation.guidance_scale > 1.0
+        batch = 2 if guided and layout.cfg_groups == 1 else 1
+        handle = parallelize(
+            bundle.unet,
+            inventory,
+            comm,
+            layout.bands,
+            clock,
+            mode=layout.mode,
+            ratio=job.parallel.ratio,
+            batch=batch,
+        )
     ctx = BandContext(
         job=job,
         comm=comm,
@@ -155,6 +171,11 @@ def run_job(
             "cfg_index": topology.cfg_index,
             "band_start": ctx.band.start,
             "band_stop": ctx.band.stop,
+            "mode": layout.mode,
+            "host": socket.gethostname(),
+            "device": _device_name(device),
+            "tracing": job.runtime.trace,
+            "epoch_unix": epoch_unix,
         },
     )
     run_file = None
@@ -175,19 +196,101 @@ def run_job(
             n_ranks=n_ranks,
             rank_files=[rank_file_name(r) for r in range(n_ranks)],
         )
+    recorder = _FailureRecorder(run_file)
+    channel = FailureChannel(comm.world, recorder.record)
     try:
-        _generate_all(ctx, layout, run_file, rank_file, run_dir, progress)
+        with StopSignals() as signals:
+            _generate_all(ctx, layout, run_file, rank_file, run_dir, progress, signals)
+        rank_file.append(phases=tracer.take_finished()[2])
+        rank_file.set_attrs(status="complete", peak_memory_bytes=_peak_memory(device))
         if run_file is not None:
             run_file.set_status("complete")
+    except RunInterrupted as exc:
+        _finish_rank_file(rank_file, tracer, "interrupted", str(exc), device)
+        if run_file is not None:
+            run_file.set_status("interrupted", error=str(exc))
+        log.warning("run interrupted: %s; finished steps are in %s", exc, run_dir)
+        raise
     except BaseException as exc:
-        _fail(comm, run_file, exc)
+        message = f"{type(exc).__name__}: {exc}"
+        _finish_rank_file(rank_file, tracer, "failed", message, device)
+        _fail(comm, channel, recorder, message)
         raise
     finally:
+        channel.close()
         rank_file.close()
         if run_file is not None:
             run_file.close()
         handle.remove()
     return RunResult(run_dir / "run.h5", layout)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu"
+
+
+def _peak_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _finish_rank_file(
+    rank_file: RankFile, tracer: Tracer, status: str, error: str, device: torch.device
+) -> None:
+    """Keep whatever finished before the stop; never mask the original problem."""
+    with contextlib.suppress(Exception):
+        tracer.end_step()
+        steps, exchanges, phases = tracer.take_finished()
+        rank_file.append(steps=steps, exchanges=exchanges, phases=phases)
+        rank_file.set_attrs(status=status, error=error, peak_memory_bytes=_peak_memory(device))
+
+
+class _StepHooks:
+    """Per step: trace, flush the rank file, progress bar, finiteness and stop checks."""
+
+    def __init__(self, ctx, rank_file, bar, signals, image: int) -> None:
+        self.ctx = ctx
+        self.rank_file = rank_file
+        self.bar = bar
+        self.signals = signals
+        self.image = image
+
+    def begin(self, step: int, kind: str) -> None:
+        self.ctx.comm.tracer.begin_step(self.image, step, kind)
+
+    def end(self, step: int, latent: torch.Tensor) -> None:
+        comm = self.ctx.comm
+        comm.tracer.end_step()
+        steps, exchanges, phases = comm.tracer.take_finished()
+        self.rank_file.append(
+            steps=steps, exchanges=exchanges, phases=phases, traffic=comm.counter.drain()
+        )
+        self.bar.update(1)
+        if self.ctx.job.runtime.check_finite and not bool(torch.isfinite(latent).all()):
+            raise NonFiniteLatent(
+                f"the latent of rank {comm.world.Get_rank()} holds NaN or Inf after step "
+                f"{step} (image {self.image}); set runtime.check_finite=false to continue"
+            )
+        fault_step = _injected_fault(comm.world.Get_rank())
+        if fault_step is not None and fault_step == step:
+            raise RuntimeError(f"injected fault (PCPP_MPI_FAULT) at step {step}")
+        if comm.any_rank(self.signals.received is not None):
+            name = self.signals.received or "a signal on another rank"
+            raise RunInterrupted(f"stopped after step {step} of image {self.image} by {name}")
+
+
+def _injected_fault(rank: int) -> int | None:
+    """Test-only fault injection: ``PCPP_MPI_FAULT=RANK:STEP`` raises on that rank and step."""
+    value = os.environ.get("PCPP_MPI_FAULT")
+    if not value:
+        return None
+    fault_rank, _, fault_step = value.partition(":")
+    if int(fault_rank) != rank:
+        return None
+    return int(fault_step)
 
 
 def _generate_all(
@@ -197,10 +300,12 @@ def _generate_all(
     rank_file: RankFile,
     run_dir: Path,
     progress: bool,
+    signals: StopSignals,
 ) -> None:
     job = ctx.job
     generation = job.generation
     comm = ctx.comm
+    tracer = comm.tracer
     show = progress and comm.world.Get_rank() == 0
     for index, prompt in enumerate(generation.prompts):
         negatives = generation.negative_prompts
@@ -208,21 +313,25 @@ def _generate_all(
         seed = generation.seed + index
         comm.counter.begin_image(index)
         bar = _progress_bar(generation.steps, f"image {index + 1}/{len(generation.prompts)}", show)
-        latent = denoise_band(
-            ctx, prompt, negative, seed, on_step=lambda _s, bar=bar: bar.update(1)
-        )
+        hooks = _StepHooks(ctx, rank_file, bar, signals, index)
+        with tracer.phase("denoise", index):
+            latent = denoise_band(ctx, prompt, negative, seed, hooks)
         bar.close()
         full = None
-        if comm.topology.cfg_index == 0:
-            full = comm.gather_bands(generation.steps - 1, latent, [b.rows for b in layout.bands])
-        rank_file.append_traffic([row for row in comm.counter.as_rows() if row[0] == index])
+        with tracer.phase("gather", index):
+            if comm.topology.cfg_index == 0:
+                rows = [b.rows for b in layout.bands]
+                full = comm.gather_bands(generation.steps - 1, latent, rows)
+        rank_file.append(traffic=comm.counter.drain(), phases=tracer.take_finished()[2])
         if run_file is not None:
             assert full is not None
-            image = latent_to_image(ctx.bundle, full.to(ctx.device))
-            run_file.add_latent(index, full[0].numpy())
-            run_file.add_image(index, image, prompt, seed)
-            if job.output.png:
-                write_png(run_dir / f"image-{index:04d}.png", image)
+            with tracer.phase("decode", index):
+                image = latent_to_image(ctx.bundle, full.to(ctx.device))
+            with tracer.phase("write", index):
+                run_file.add_latent(index, full[0].numpy())
+                run_file.add_image(index, image, prompt, seed)
+                if job.output.png:
+                    write_png(run_dir / f"image-{index:04d}.png", image)
             log.info("image %d written (seed %d)", index, seed)
 
 
@@ -232,18 +341,34 @@ def _progress_bar(total: int, description: str, show: bool):
     return tqdm(total=total, desc=description, unit="step", disable=not show, file=sys.stderr)
 
 
-def _fail(comm: RankComm, run_file: RunFile | None, exc: BaseException) -> None:
+class _FailureRecorder:
+    """Rank 0's record of the first failure (from its own thread or the failure channel)."""
+
+    def __init__(self, run_file: RunFile | None) -> None:
+        self.run_file = run_file
+        self.recorded = False
+
+    def record(self, rank: int, message: str) -> None:
+        if self.recorded or self.run_file is None or self.run_file.closed:
+            return
+        self.recorded = True
+        with contextlib.suppress(Exception):
+            self.run_file.set_status("failed", error=f"rank {rank}: {message}")
+
+
+def _fail(
+    comm: RankComm, channel: FailureChannel, recorder: _FailureRecorder, message: str
+) -> None:
     """Record the failure; with other ranks alive, end the whole job (they may be blocked)."""
     rank = comm.world.Get_rank()
-    status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-    message = f"{type(exc).__name__}: {exc}"
-    if run_file is not None and not run_file.closed:
-        try:
-            run_file.set_status(status, error=f"rank {rank}: {message}")
-        finally:
-            run_file.close()
+    if rank == 0:
+        recorder.record(0, message)
     if comm.world.Get_size() > 1:
-        sys.stderr.write(f"[rank {rank}] error: {message}\n")
+        sys.stderr.write(f"pcpp-mpi [rank {rank}] error: {message}\n")
         traceback.print_exc(file=sys.stderr)
         sys.stderr.flush()
-        comm.abort(1)
+        channel.report(message)
+        comm.abort(EXIT_FAILED)
+
+
+EXIT_FAILED = 1

@@ -105,7 +105,7 @@ def parallelize(
             handle.exchanges.append(exchange)
         conv = modules[spec.name]
         assert isinstance(conv, nn.Conv2d)
-        replace(spec.name, HaloConv2d(conv, halo, exchange, clock))
+        replace(spec.name, HaloConv2d(conv, halo, exchange, clock, spec.always_fresh))
 
     for spec in inventory.norms:
         stats = None

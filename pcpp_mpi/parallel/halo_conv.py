@@ -25,16 +25,24 @@ class HaloConv2d(nn.Module):
     ``halo.above`` rows from the band above, the band, and ``halo.below`` rows from the band
     below (zeros beyond the image edges, or for ``naive``), with no padding along the height:
     output ``(B, C', h / stride, W')`` equals the matching rows of the full-image convolution.
+    In displaced steps the halo is the neighbours' rows from the previous step, except with
+    ``always_fresh`` (``conv_in``, whose input is the step's own latent).
     """
 
     def __init__(
-        self, conv: nn.Conv2d, halo: Halo, exchange: RowExchange | None, clock: StepClock
+        self,
+        conv: nn.Conv2d,
+        halo: Halo,
+        exchange: RowExchange | None,
+        clock: StepClock,
+        always_fresh: bool = False,
     ) -> None:
         super().__init__()
         self.conv = conv
         self.halo = halo
         self.exchange = exchange
         self.clock = clock
+        self.always_fresh = always_fresh
 
     def _zeros(self, x: torch.Tensor, rows: int) -> torch.Tensor:
         return x.new_zeros(x.shape[0], x.shape[1], rows, x.shape[3])
@@ -46,7 +54,7 @@ class HaloConv2d(nn.Module):
         if self.exchange is not None and clock.kind != "local":
             to_up = x[:, :, :below] if below else None
             to_down = x[:, :, x.shape[2] - above :] if above else None
-            if clock.fresh:
+            if clock.fresh or self.always_fresh:
                 self.exchange.post(clock.step, to_up, to_down)
                 from_up, from_down = self.exchange.wait(clock.step)
             else:

@@ -34,6 +34,12 @@ class ConvSpec:
     padding: int
     dilation: int
 
+    @property
+    def always_fresh(self) -> bool:
+        """``conv_in`` reads the step's own input ``x_t``: its halo is always exchanged fresh
+        (one latent row), also in displaced steps."""
+        return self.name == "conv_in"
+
 
 @dataclass(frozen=True)
 class NormSpec:

@@ -1,0 +1,60 @@
+"""Making a loaded model band-parallel for one job on one rank."""
+
+from __future__ import annotations
+
+import torch
+
+from pcpp_mpi.comm.context import RankComm
+from pcpp_mpi.config import JobConfig
+from pcpp_mpi.engine.denoise import BandContext
+from pcpp_mpi.engine.layout import RunLayout, plan_layout
+from pcpp_mpi.models import ModelBundle, unet_config, vae_scale_factor
+from pcpp_mpi.parallel.apply import parallelize
+from pcpp_mpi.parallel.clock import StepClock
+from pcpp_mpi.parallel.inventory import inventory_of
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def unet_batch(job: JobConfig, layout: RunLayout) -> int:
+    """UNet batch on one rank: 2 with in-rank CFG, 1 with cfg_parallel or no guidance."""
+    guided = job.generation.guidance_scale > 1.0
+    return 2 if guided and layout.cfg_groups == 1 else 1
+
+
+def prepare_band_context(
+    job: JobConfig,
+    comm: RankComm,
+    bundle: ModelBundle,
+    device: torch.device,
+    layout: RunLayout | None = None,
+) -> BandContext:
+    """Install the parallel layers for ``job`` on ``bundle.unet`` (undo with
+    ``ctx.handle.remove()``) and return everything :func:`denoise_band` needs."""
+    if layout is None:
+        n_ranks = comm.world.Get_size()
+        layout = plan_layout(job, n_ranks, unet_config(job.model), vae_scale_factor(job.model))
+    clock = StepClock(layout.mode, job.generation.steps, job.parallel.warmup_steps)
+    inventory = inventory_of(bundle.unet, layout.latent_height, layout.latent_width)
+    handle = parallelize(
+        bundle.unet,
+        inventory,
+        comm,
+        layout.bands,
+        clock,
+        mode=layout.mode,
+        ratio=job.parallel.ratio,
+        batch=unet_batch(job, layout),
+    )
+    return BandContext(
+        job=job,
+        comm=comm,
+        bundle=bundle,
+        bands=layout.bands,
+        clock=clock,
+        handle=handle,
+        device=device,
+        dtype=DTYPES[job.runtime.dtype],
+        latent_height=layout.latent_height,
+        latent_width=layout.latent_width,
+    )

@@ -1,0 +1,336 @@
+"""Exchange life cycles on MPI.COMM_SELF, the traffic counter and the rank topology."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import numpy as np
+import pytest
+import torch
+
+from pcpp_mpi.comm.exchanges import (
+    AllBandsExchange,
+    ExchangeError,
+    NeighbourExchange,
+    StatsAllreduce,
+    WireSpec,
+    mpi_buffer,
+)
+from pcpp_mpi.comm.topology import Topology
+from pcpp_mpi.comm.traffic import TrafficCounter
+from pcpp_mpi.trace.recorder import Tracer
+
+CPU = torch.device("cpu")
+WIRE = WireSpec(compute_device=CPU, wire_device=CPU, dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def mpi() -> ModuleType:
+    """mpi4py.MPI, initialised (as a singleton when not launched by mpirun)."""
+    from mpi4py import MPI
+
+    return MPI
+
+
+def edge_exchange(mpi: ModuleType, counter: TrafficCounter | None = None) -> NeighbourExchange:
+    """A lone band: no neighbour above or below, so nothing travels, but the life cycle holds."""
+    return NeighbourExchange(
+        name="conv",
+        kind="halo",
+        comm=mpi.COMM_SELF,
+        up=None,
+        down=None,
+        tag=3,
+        send_shapes=(None, None),
+        recv_shapes=(None, None),
+        wire=WIRE,
+        counter=counter or TrafficCounter(),
+        tracer=Tracer(enabled=False),
+    )
+
+
+# -- NeighbourExchange life cycle ----------------------------------------------------------------
+
+
+def test_neighbour_wait_without_post_raises(mpi: ModuleType) -> None:
+    exchange = edge_exchange(mpi)
+    with pytest.raises(ExchangeError, match="never posted"):
+        exchange.wait(0)
+    exchange.post(0, None, None)
+    with pytest.raises(ExchangeError, match="never posted"):
+        exchange.wait(1)
+    with pytest.raises(ExchangeError, match="never posted"):
+        exchange.wait(2)  # same parity as 0, but another step
+
+
+def test_neighbour_post_twice_raises(mpi: ModuleType) -> None:
+    exchange = edge_exchange(mpi)
+    exchange.post(0, None, None)
+    with pytest.raises(ExchangeError, match="pending"):
+        exchange.post(0, None, None)  # still pending
+    assert exchange.wait(0) == (None, None)
+    with pytest.raises(ExchangeError, match="twice"):
+        exchange.post(0, None, None)  # completed, but the same step again
+
+
+def test_neighbour_post_over_pending_set_raises(mpi: ModuleType) -> None:
+    exchange = edge_exchange(mpi)
+    exchange.post(4, None, None)
+    exchange.post(5, None, None)  # the other set: fine
+    with pytest.raises(ExchangeError, match="step 6 posted while step 4 is still pending"):
+        exchange.post(6, None, None)
+    exchange.wait(4)
+    exchange.post(6, None, None)  # the set is free again
+    with pytest.raises(ExchangeError, match="step 7 posted while step 5"):
+        exchange.post(7, None, None)
+
+
+def test_neighbour_sets_are_reused(mpi: ModuleType) -> None:
+    exchange = edge_exchange(mpi)
+    for step in range(6):
+        exchange.post(step, None, None)
+        if step > 0:
+            exchange.wait(step - 1)  # displaced: read the previous step while this one flies
+        assert exchange.wait(step) == (None, None)
+        exchange.wait(step)  # waiting again for a completed step is harmless
+    with pytest.raises(ExchangeError, match="never posted"):
+        exchange.wait(3)  # overwritten by step 5
+
+
+def test_neighbour_reset(mpi: ModuleType) -> None:
+    exchange = edge_exchange(mpi)
+    exchange.post(0, None, None)
+    with pytest.raises(ExchangeError, match="still pending"):
+        exchange.reset()
+    exchange.wait(0)
+    exchange.reset()
+    with pytest.raises(ExchangeError, match="never posted"):
+        exchange.wait(0)  # forgotten
+    exchange.post(0, None, None)  # a new image starts at step 0 again
+    exchange.wait(0)
+
+
+def test_neighbour_exchange_to_itself(mpi: ModuleType) -> None:
+    """COMM_SELF rank 0 as both neighbours: what goes up comes back from up, what goes down
+    comes back from down (messages on one tag keep their order), and the bytes are counted."""
+    counter = TrafficCounter()
+    exchange = NeighbourExchange(
+        name="rows",
+        kind="kv",
+        comm=mpi.COMM_SELF,
+        up=0,
+        down=0,
+        tag=5,
+        send_shapes=((1, 2, 1, 3), (1, 2, 2, 3)),
+        recv_shapes=((1, 2, 1, 3), (1, 2, 2, 3)),
+        wire=WIRE,
+        counter=counter,
+        tracer=Tracer(enabled=False),
+    )
+    for step in range(3):
+        to_up = torch.randn(1, 2, 1, 3)
+        to_down = torch.randn(1, 2, 2, 3)
+        expected_up = to_up.clone()
+        exchange.post(step, to_up, to_down)
+        to_up.zero_()  # the exchange copied the data when posting
+        from_up, from_down = exchange.wait(step)
+        assert from_up is not None and from_down is not None
+        assert torch.equal(from_up, expected_up)
+        assert torch.equal(from_down, to_down)
+    sent, received = counter.step_totals(0, 2)
+    assert sent == {"kv": (6 + 12) * 4} and received == {"kv": (6 + 12) * 4}
+
+
+def test_neighbour_exchange_missing_data_raises(mpi: ModuleType) -> None:
+    exchange = NeighbourExchange(
+        name="rows",
+        kind="halo",
+        comm=mpi.COMM_SELF,
+        up=None,
+        down=0,
+        tag=6,
+        send_shapes=(None, (1, 1, 1, 2)),
+        recv_shapes=(None, (1, 1, 1, 2)),
+        wire=WIRE,
+        counter=TrafficCounter(),
+        tracer=Tracer(enabled=False),
+    )
+    with pytest.raises(ExchangeError, match="no data"):
+        exchange.post(0, None, None)
+
+
+# -- AllBandsExchange ----------------------------------------------------------------------------
+
+
+def test_all_bands_exchange_one_band(mpi: ModuleType) -> None:
+    counter = TrafficCounter()
+    exchange = AllBandsExchange(
+        name="attn",
+        kind="kv",
+        comm=mpi.COMM_SELF,
+        tag=7,
+        shapes=[(2, 12, 16)],
+        wire=WIRE,
+        counter=counter,
+        tracer=Tracer(enabled=False),
+    )
+    for step in range(4):
+        exchange.post(step, torch.randn(2, 12, 16))
+        if step:
+            assert exchange.wait(step - 1) == [None]
+        assert exchange.wait(step) == [None]  # own index: None; there is no other band
+    assert counter.as_rows() == []  # nothing sent to or received from anybody
+    with pytest.raises(ExchangeError, match="never posted"):
+        exchange.wait(7)
+    exchange.post(4, torch.zeros(2, 12, 16))
+    with pytest.raises(ExchangeError, match="pending"):
+        exchange.reset()
+    exchange.wait(4)
+    exchange.reset()
+    exchange.post(0, torch.zeros(2, 12, 16))
+    with pytest.raises(ExchangeError, match="pending"):
+        exchange.post(2, torch.zeros(2, 12, 16))
+
+
+# -- StatsAllreduce ------------------------------------------------------------------------------
+
+
+def test_stats_allreduce_self(mpi: ModuleType) -> None:
+    counter = TrafficCounter()
+    stats = StatsAllreduce(
+        name="norm",
+        kind="norm",
+        comm=mpi.COMM_SELF,
+        shape=(3, 2, 4),
+        counter=counter,
+        tracer=Tracer(enabled=False),
+    )
+    locals_ = [torch.randn(3, 2, 4, dtype=torch.float64) for _ in range(3)]
+    for step, local in enumerate(locals_):
+        stats.post(step, local)
+        total = stats.wait(step)
+        assert total.dtype == torch.float64
+        assert torch.equal(total, local)  # one rank: the sum is its own contribution
+        assert torch.equal(stats.posted(step), local)
+    # the previous step's contribution is still there for the displaced correction
+    assert torch.equal(stats.posted(1), locals_[1])
+    with pytest.raises(ExchangeError, match="never posted"):
+        stats.posted(0)  # overwritten by step 2
+    with pytest.raises(ExchangeError, match="never posted"):
+        stats.wait(5)
+    # 3 x 2 x 4 float64 = 192 bytes, each way, per step
+    assert counter.as_rows() == [(0, s, "norm", 192, 192) for s in range(3)]
+
+
+# -- mpi_buffer ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "dtype,itemsize",
+    [(torch.float16, 2), (torch.bfloat16, 2), (torch.float32, 4), (torch.float64, 8)],
+)
+def test_mpi_buffer_bytes(mpi: ModuleType, dtype: torch.dtype, itemsize: int) -> None:
+    tensor = torch.arange(24, dtype=torch.float32).reshape(2, 3, 4).to(dtype)
+    buffer, datatype = mpi_buffer(tensor)
+    assert datatype == mpi.BYTE
+    assert isinstance(buffer, np.ndarray) and buffer.dtype == np.uint8
+    assert buffer.size == 24 * itemsize == tensor.nbytes
+    # a view, not a copy: writing the bytes changes the tensor
+    buffer[:] = 0
+    assert torch.count_nonzero(tensor) == 0
+
+
+def test_mpi_buffer_round_trip_half(mpi: ModuleType) -> None:
+    """A bfloat16 tensor sent as bytes arrives bit for bit."""
+    source = torch.randn(3, 5).to(torch.bfloat16)
+    target = torch.empty_like(source)
+    request = mpi.COMM_SELF.Irecv(mpi_buffer(target), source=0, tag=11)
+    mpi.COMM_SELF.Send(mpi_buffer(source), dest=0, tag=11)
+    request.Wait()
+    assert torch.equal(target, source)
+
+
+def test_mpi_buffer_non_contiguous_raises() -> None:
+    tensor = torch.zeros(4, 6, dtype=torch.float16)
+    with pytest.raises(ExchangeError, match="contiguous"):
+        mpi_buffer(tensor.t())
+    with pytest.raises(ExchangeError, match="contiguous"):
+        mpi_buffer(tensor[:, ::2])
+    assert mpi_buffer(tensor[1:3])[0].size == 2 * 6 * 2  # a contiguous slice is fine
+
+
+# -- WireSpec ------------------------------------------------------------------------------------
+
+
+def test_wire_spec_on_the_cpu() -> None:
+    assert not WIRE.staged
+    buffer = WIRE.empty((2, 3))
+    assert buffer.shape == (2, 3) and buffer.dtype == torch.float32 and buffer.device == CPU
+    assert WIRE.to_compute(buffer) is buffer
+
+
+# -- TrafficCounter ------------------------------------------------------------------------------
+
+
+def test_traffic_counter() -> None:
+    counter = TrafficCounter()
+    counter.add(0, "halo", sent=100, received=50)
+    counter.add(0, "halo", sent=10)
+    counter.add(0, "norm", sent=96, received=96)
+    counter.add(1, "kv", received=7)
+    counter.add(1, "kv")  # nothing: no entry
+    counter.begin_image(1)
+    counter.add(0, "halo", sent=5, received=5)
+    assert counter.step_totals(0, 0) == (
+        {"halo": 110, "norm": 96},
+        {"halo": 50, "norm": 96},
+    )
+    assert counter.step_totals(0, 1) == ({}, {"kv": 7})
+    assert counter.step_totals(1, 0) == ({"halo": 5}, {"halo": 5})
+    assert counter.step_totals(2, 0) == ({}, {})
+    assert counter.as_rows() == [
+        (0, 0, "halo", 110, 50),
+        (0, 0, "norm", 96, 96),
+        (0, 1, "kv", 0, 7),
+        (1, 0, "halo", 5, 5),
+    ]
+
+
+# -- Topology ------------------------------------------------------------------------------------
+
+
+def test_topology_bands_only() -> None:
+    layout = [Topology(3, rank, 1) for rank in range(3)]
+    assert [t.n_bands for t in layout] == [3, 3, 3]
+    assert [t.band_index for t in layout] == [0, 1, 2]
+    assert [t.cfg_index for t in layout] == [0, 0, 0]
+    assert [t.cfg_partner for t in layout] == [None, None, None]
+    assert [t.is_output_rank for t in layout] == [True, False, False]
+
+
+def test_topology_cfg_groups() -> None:
+    # 6 ranks = 2 CFG groups x 3 bands: ranks 0-2 unconditional, 3-5 conditional
+    layout = [Topology(6, rank, 2) for rank in range(6)]
+    assert [t.n_bands for t in layout] == [3] * 6
+    assert [t.band_index for t in layout] == [0, 1, 2, 0, 1, 2]
+    assert [t.cfg_index for t in layout] == [0, 0, 0, 1, 1, 1]
+    assert [t.cfg_partner for t in layout] == [3, 4, 5, 0, 1, 2]
+    assert [t.is_output_rank for t in layout] == [True] + [False] * 5
+    two = [Topology(2, rank, 2) for rank in range(2)]
+    assert [(t.band_index, t.cfg_index, t.cfg_partner) for t in two] == [(0, 0, 1), (0, 1, 0)]
+
+
+@pytest.mark.parametrize(
+    "size,rank,groups,message",
+    [
+        (3, 0, 2, "even rank count"),
+        (5, 4, 2, "even rank count"),
+        (4, 0, 3, "cfg_groups must be 1 or 2"),
+        (4, 0, 0, "cfg_groups must be 1 or 2"),
+        (4, 4, 1, "outside"),
+        (4, -1, 2, "outside"),
+    ],
+)
+def test_topology_rejects(size: int, rank: int, groups: int, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Topology(size, rank, groups)

@@ -1,0 +1,729 @@
+"""The band-parallel layers on one process, with in-memory fake exchanges instead of MPI.
+
+Each band runs in its own thread (as it would on its own rank); the fakes implement the same
+post/wait protocol as :mod:`pcpp_mpi.comm.exchanges`: what band ``i`` posts for step ``t`` is
+what its neighbours (or every band) receive when they wait for step ``t``; a wait blocks until
+the partners have posted.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import UNet2DConditionModel
+from diffusers.models.attention_processor import Attention
+from torch import nn
+
+from pcpp_mpi.comm.exchanges import WireSpec
+from pcpp_mpi.comm.topology import Topology
+from pcpp_mpi.config.schema import ModelConfig
+from pcpp_mpi.geometry import Band, conv_halo, level_unit, pcpp_rows, split_bands
+from pcpp_mpi.models import unet_config
+from pcpp_mpi.parallel.apply import parallelize
+from pcpp_mpi.parallel.band_attention import BandSelfAttnProcessor, KVRows
+from pcpp_mpi.parallel.band_norm import BandGroupNorm, local_group_stats
+from pcpp_mpi.parallel.clock import StepClock
+from pcpp_mpi.parallel.halo_conv import HaloConv2d
+from pcpp_mpi.parallel.inventory import LayerInventory, inventory_of
+
+TIMEOUT_S = 20.0
+Tensor = torch.Tensor
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """The bands already run in parallel threads; intra-op threads on top only oversubscribe
+    the CPU (and make a small busy machine very slow)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# -- in-memory fakes -----------------------------------------------------------------------------
+
+
+class Mailbox:
+    """Messages keyed by ``(step, sender, what)``; ``get`` waits until the key was posted."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._messages: dict[tuple[int, int, str], Any] = {}
+
+    def put(self, step: int, sender: int, what: str, value: Any) -> None:
+        with self._cond:
+            key = (step, sender, what)
+            assert key not in self._messages, f"{key} posted twice"
+            self._messages[key] = value
+            self._cond.notify_all()
+
+    def get(self, step: int, sender: int, what: str) -> Any:
+        key = (step, sender, what)
+        with self._cond:
+            if not self._cond.wait_for(lambda: key in self._messages, timeout=TIMEOUT_S):
+                raise AssertionError(f"nobody posted {key}")
+            return self._messages[key]
+
+    def posted(self, step: int, sender: int, what: str) -> bool:
+        with self._cond:
+            return (step, sender, what) in self._messages
+
+
+def _clone(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.detach().clone()
+
+
+class FakeRows:
+    """Band ``index``'s end of a neighbour exchange (halos, pcpp K/V rows)."""
+
+    def __init__(self, box: Mailbox, index: int, n_bands: int) -> None:
+        self.box, self.index, self.n = box, index, n_bands
+        self.posted_steps: list[int] = []
+        self.waited_steps: list[int] = []
+
+    def post(self, step: int, to_up: Tensor | None, to_down: Tensor | None) -> None:
+        self.posted_steps.append(step)
+        self.box.put(step, self.index, "up", _clone(to_up))
+        self.box.put(step, self.index, "down", _clone(to_down))
+
+    def wait(self, step: int) -> tuple[Tensor | None, Tensor | None]:
+        self.waited_steps.append(step)
+        i = self.index
+        from_up = self.box.get(step, i - 1, "down") if i > 0 else None
+        from_down = self.box.get(step, i + 1, "up") if i + 1 < self.n else None
+        return from_up, from_down
+
+
+class FakeBlocks:
+    """Band ``index``'s end of an all-bands exchange (full K/V)."""
+
+    def __init__(self, box: Mailbox, index: int, n_bands: int) -> None:
+        self.box, self.index, self.n = box, index, n_bands
+        self.posted_steps: list[int] = []
+
+    def post(self, step: int, own: Tensor) -> None:
+        self.posted_steps.append(step)
+        self.box.put(step, self.index, "block", _clone(own))
+
+    def wait(self, step: int) -> list[Tensor | None]:
+        return [
+            None if band == self.index else self.box.get(step, band, "block")
+            for band in range(self.n)
+        ]
+
+
+class FakeAllreduce:
+    """Band ``index``'s end of a statistics all-reduce."""
+
+    def __init__(self, box: Mailbox, index: int, n_bands: int) -> None:
+        self.box, self.index, self.n = box, index, n_bands
+
+    def post(self, step: int, local: Tensor) -> None:
+        self.box.put(step, self.index, "stats", _clone(local))
+
+    def wait(self, step: int) -> Tensor:
+        return sum(self.box.get(step, band, "stats") for band in range(self.n))  # type: ignore[return-value]
+
+    def posted(self, step: int) -> Tensor:
+        assert self.box.posted(step, self.index, "stats"), f"step {step} never posted"
+        return self.box.get(step, self.index, "stats")
+
+
+def run_bands(fns: Sequence[Callable[[], Tensor]]) -> list[Tensor]:
+    """Run one callable per band concurrently (as ranks would) and return their results."""
+    with ThreadPoolExecutor(max_workers=len(fns)) as pool:
+        futures = [pool.submit(fn) for fn in fns]
+        return [f.result(timeout=2 * TIMEOUT_S) for f in futures]
+
+
+def split_rows(x: Tensor, rows: Sequence[int], dim: int = 2) -> list[Tensor]:
+    return list(torch.split(x, list(rows), dim=dim))
+
+
+# -- StepClock -----------------------------------------------------------------------------------
+
+
+def clock_kinds(mode: str, steps: int, warmup: int) -> list[str]:
+    clock = StepClock(mode, steps, warmup)
+    kinds = []
+    for step in range(steps):
+        clock.begin(step)
+        assert clock.step == step
+        kinds.append(clock.kind)
+    return kinds
+
+
+def test_clock_kinds_per_mode() -> None:
+    assert clock_kinds("single", 4, 2) == ["local"] * 4
+    assert clock_kinds("naive", 4, 2) == ["local"] * 4
+    assert clock_kinds("sync", 4, 2) == ["sync"] * 4
+    for mode in ("distrifusion", "pcpp"):
+        assert clock_kinds(mode, 5, 2) == [
+            "sync",
+            "sync",
+            "displaced",
+            "displaced",
+            "displaced_last",
+        ]
+        assert clock_kinds(mode, 3, 1) == ["sync", "displaced", "displaced_last"]
+        assert clock_kinds(mode, 3, 3) == ["sync"] * 3
+        assert clock_kinds(mode, 2, 1) == ["sync", "displaced_last"]
+
+
+def test_clock_flags_and_previous_kind() -> None:
+    clock = StepClock("pcpp", 4, 1)
+    seen = []
+    for step in range(4):
+        clock.begin(step)
+        seen.append((clock.previous_kind, clock.fresh, clock.displaced, clock.posts_for_next))
+    assert seen == [
+        (None, True, False, False),
+        ("sync", False, True, True),
+        ("displaced", False, True, True),
+        ("displaced", False, True, False),  # last step: nothing posted for a next step
+    ]
+
+
+@pytest.mark.parametrize("mode", ["single", "naive", "sync", "distrifusion", "pcpp"])
+def test_clock_posts_nothing_for_next_on_last_step(mode: str) -> None:
+    clock = StepClock(mode, 3, 1)
+    for step in range(3):
+        clock.begin(step)
+    assert clock.posts_for_next is False
+
+
+def test_clock_out_of_order() -> None:
+    clock = StepClock("sync", 4, 0)
+    with pytest.raises(RuntimeError, match="follows"):
+        clock.begin(1)  # must start at 0
+    clock.begin(0)
+    with pytest.raises(RuntimeError, match="follows"):
+        clock.begin(0)  # repeated
+    with pytest.raises(RuntimeError, match="follows"):
+        clock.begin(2)  # skipped
+    clock.begin(1)
+    clock.reset()
+    assert (clock.step, clock.kind, clock.previous_kind) == (-1, "local", None)
+    clock.begin(0)
+
+
+def test_clock_displaced_without_warmup_raises() -> None:
+    # a displaced first step would read a previous step that never happened
+    clock = StepClock("distrifusion", 4, 0)
+    with pytest.raises(RuntimeError, match="previous step"):
+        clock.begin(0)
+
+
+# -- HaloConv2d ----------------------------------------------------------------------------------
+
+
+def make_conv(stride: int, seed: int) -> nn.Conv2d:
+    torch.manual_seed(seed)
+    conv = nn.Conv2d(3, 5, 3, stride=stride, padding=1)
+    conv.requires_grad_(False)
+    return conv
+
+
+def halo_convs(conv: nn.Conv2d, clocks: Sequence[StepClock], box: Mailbox) -> list[HaloConv2d]:
+    halo = conv_halo(conv.kernel_size[0], conv.stride[0], conv.padding[0], conv.dilation[0])
+    n = len(clocks)
+    return [HaloConv2d(conv, halo, FakeRows(box, i, n), clocks[i]) for i in range(n)]
+
+
+CONV_CASES = [
+    # (stride, band rows): stride-2 bands start on even rows
+    (1, (5, 3)),
+    (1, (4, 4, 3)),
+    (1, (1, 6, 2)),
+    (2, (6, 4)),
+    (2, (4, 2, 6)),
+]
+
+
+@pytest.mark.parametrize("stride,rows", CONV_CASES)
+def test_halo_conv_sync_equals_full_conv(stride: int, rows: tuple[int, ...]) -> None:
+    conv = make_conv(stride, seed=sum(rows) + stride)
+    x = torch.randn(2, 3, sum(rows), 7)
+    full = conv(x)
+    n = len(rows)
+    clocks = [StepClock("sync", 1, 0) for _ in range(n)]
+    for clock in clocks:
+        clock.begin(0)
+    layers = halo_convs(conv, clocks, Mailbox())
+    parts = split_rows(x, rows)
+    outs = run_bands([lambda i=i: layers[i](parts[i]) for i in range(n)])
+    for out, r in zip(outs, rows, strict=True):
+        assert out.shape[2] == r // stride
+    assert torch.allclose(torch.cat(outs, dim=2), full, atol=1e-6)
+
+
+@pytest.mark.parametrize("stride,rows", CONV_CASES)
+def test_halo_conv_naive_differs_at_band_edges(stride: int, rows: tuple[int, ...]) -> None:
+    conv = make_conv(stride, seed=7 + stride)
+    x = torch.randn(1, 3, sum(rows), 6) + 2.0  # nonzero neighbours: zeros are a visible error
+    full = conv(x)
+    n = len(rows)
+    clocks = [StepClock("naive", 1, 0) for _ in range(n)]
+    for clock in clocks:
+        clock.begin(0)
+        assert clock.kind == "local"
+    box = Mailbox()
+    layers = halo_convs(conv, clocks, box)
+    outs = [layer(part) for layer, part in zip(layers, split_rows(x, rows), strict=True)]
+    for layer in layers:  # naive: nothing posted, nothing waited for
+        assert isinstance(layer.exchange, FakeRows)
+        assert layer.exchange.posted_steps == [] and layer.exchange.waited_steps == []
+    naive = torch.cat(outs, dim=2)
+    assert naive.shape == full.shape
+    wrong = (naive - full).abs().amax(dim=(0, 1, 3)) > 1e-4  # per output row
+    # exactly the output rows that read a row of another band are wrong
+    halo = conv_halo(3, stride, 1)
+    edges = set()
+    start = 0
+    for index, r in enumerate(rows):
+        first, last = start // stride, (start + r) // stride - 1
+        if index > 0 and halo.above:
+            edges.add(first)
+        if index + 1 < n and halo.below:
+            edges.add(last)
+        start += r
+    assert edges, "every case has a band edge with a halo"
+    assert {int(i) for i in torch.nonzero(wrong).flatten()} == edges
+    # the same layers without an exchange object behave the same
+    alone = [HaloConv2d(conv, halo, None, clocks[i]) for i in range(n)]
+    outs_alone = [layer(p) for layer, p in zip(alone, split_rows(x, rows), strict=True)]
+    assert torch.equal(torch.cat(outs_alone, dim=2), naive)
+
+
+def test_halo_conv_displaced_uses_previous_step() -> None:
+    """Step 0 sync (x0), step 1 displaced (x1), step 2 displaced_last (x1 again): step 1 sees
+    step 0's halos, step 2 sees step 1's and is exact again."""
+    conv = make_conv(1, seed=3)
+    rows = (4, 3, 5)
+    n = len(rows)
+    x0 = torch.randn(2, 3, sum(rows), 6)
+    x1 = x0 + torch.randn_like(x0)
+    clocks = [StepClock("distrifusion", 3, 1) for _ in range(n)]
+    layers = halo_convs(conv, clocks, Mailbox())
+
+    def step(step: int, x: Tensor) -> Tensor:
+        for clock in clocks:
+            clock.begin(step)
+        parts = split_rows(x, rows)
+        return torch.cat(run_bands([lambda i=i: layers[i](parts[i]) for i in range(n)]), dim=2)
+
+    assert torch.allclose(step(0, x0), conv(x0), atol=1e-6)
+    stale = step(1, x1)
+    # interior rows are exact, rows next to a boundary used x0's halo
+    boundary = {3, 4, 6, 7}  # last/first rows of [0,4), [4,7), [7,12)
+    wrong = {int(i) for i in torch.nonzero((stale - conv(x1)).abs().amax(dim=(0, 1, 3)) > 1e-4)}
+    assert wrong == boundary
+    # a stale row r reads rows r-1..r+1: its own band's from x1, the other band's from x0
+    band_of = [0] * 4 + [1] * 3 + [2] * 5
+    for row in boundary:
+        window = torch.stack(
+            [
+                x1[:, :, j] if band_of[j] == band_of[row] else x0[:, :, j]
+                for j in range(row - 1, row + 2)
+            ],
+            dim=2,
+        )
+        expected = F.conv2d(window, conv.weight, conv.bias, padding=(0, 1))[:, :, 0]
+        assert torch.allclose(stale[:, :, row], expected, atol=1e-6)
+    assert torch.allclose(step(2, x1), conv(x1), atol=1e-6)
+    for layer in layers:
+        exchange = layer.exchange
+        assert isinstance(exchange, FakeRows)
+        assert exchange.posted_steps == [0, 1]  # the last step posts nothing
+        assert exchange.waited_steps == [0, 0, 1]
+
+
+# -- BandGroupNorm -------------------------------------------------------------------------------
+
+
+def make_norm(groups: int, channels: int, seed: int) -> nn.GroupNorm:
+    torch.manual_seed(seed)
+    norm = nn.GroupNorm(groups, channels, eps=1e-5)
+    norm.requires_grad_(False)
+    nn.init.normal_(norm.weight)
+    nn.init.normal_(norm.bias)
+    return norm
+
+
+@pytest.mark.parametrize("rows", [(5, 3), (4, 1, 7), (2, 6, 3, 1)])
+def test_band_group_norm_sync_equals_group_norm(rows: tuple[int, ...]) -> None:
+    norm = make_norm(4, 8, seed=len(rows))
+    x = torch.randn(2, 8, sum(rows), 5) * 3.0 + 1.5
+    full = norm(x)
+    n = len(rows)
+    clocks = [StepClock("sync", 1, 0) for _ in range(n)]
+    for clock in clocks:
+        clock.begin(0)
+    box = Mailbox()
+    layers = [BandGroupNorm(norm, FakeAllreduce(box, i, n), clocks[i]) for i in range(n)]
+    parts = split_rows(x, rows)
+    outs = run_bands([lambda i=i: layers[i](parts[i]) for i in range(n)])
+    assert torch.allclose(torch.cat(outs, dim=2), full, atol=1e-5)
+
+
+def test_band_group_norm_local_uses_band_statistics() -> None:
+    norm = make_norm(2, 4, seed=11)
+    rows = (3, 5)
+    x = torch.randn(1, 4, 8, 4)
+    x[:, :, 3:] += 5.0  # different statistics per band
+    clock = StepClock("naive", 1, 0)
+    clock.begin(0)
+    layers = [BandGroupNorm(norm, None, clock) for _ in rows]
+    for layer, part in zip(layers, split_rows(x, rows), strict=True):
+        assert torch.allclose(layer(part), norm(part), atol=1e-5)
+    out = torch.cat([layer(p) for layer, p in zip(layers, split_rows(x, rows), strict=True)], 2)
+    assert not torch.allclose(out, norm(x), atol=1e-3)
+
+
+def test_local_group_stats() -> None:
+    x = torch.arange(2 * 4 * 3 * 2, dtype=torch.float32).reshape(2, 4, 3, 2)
+    stats = local_group_stats(x, 2)
+    assert stats.shape == (3, 2, 2) and stats.dtype == torch.float64
+    grouped = x.double().reshape(2, 2, -1)
+    assert torch.equal(stats[0], grouped.sum(-1))
+    assert torch.equal(stats[1], grouped.square().sum(-1))
+    assert torch.equal(stats[2], torch.full((2, 2), 12.0, dtype=torch.float64))
+
+
+def test_band_group_norm_displaced_correction() -> None:
+    """Displaced stats = previous global - previous own + fresh own: a band whose rows alone
+    changed since the previous step gets exactly the new global statistics."""
+    norm = make_norm(4, 8, seed=5)
+    rows = (4, 2, 5)
+    n = len(rows)
+    x0 = torch.randn(2, 8, sum(rows), 3)
+    x1 = x0.clone()
+    x1[:, :, 4:6] = torch.randn(2, 8, 2, 3) * 4.0 + 3.0  # only band 1 changes
+    clocks = [StepClock("distrifusion", 2, 1) for _ in range(n)]
+    box = Mailbox()
+    layers = [BandGroupNorm(norm, FakeAllreduce(box, i, n), clocks[i]) for i in range(n)]
+
+    def step(step: int, x: Tensor) -> list[Tensor]:
+        for clock in clocks:
+            clock.begin(step)
+        parts = split_rows(x, rows)
+        return run_bands([lambda i=i: layers[i](parts[i]) for i in range(n)])
+
+    assert torch.allclose(torch.cat(step(0, x0), dim=2), norm(x0), atol=1e-5)
+    outs = step(1, x1)
+    exact = split_rows(norm(x1), rows)
+    assert torch.allclose(outs[1], exact[1], atol=1e-5)
+    # the unchanged bands used band 1's stale share
+    assert not torch.allclose(outs[0], exact[0], atol=1e-3)
+    assert torch.allclose(outs[0], split_rows(norm(x0), rows)[0], atol=1e-5)
+
+
+# -- BandSelfAttnProcessor -----------------------------------------------------------------------
+
+WIDTH = 4
+
+
+def make_attention(seed: int) -> Attention:
+    torch.manual_seed(seed)
+    attn = Attention(query_dim=32, heads=4, dim_head=8)
+    attn.requires_grad_(False).eval()
+    return attn
+
+
+def tokens(x: Tensor, start: int, stop: int) -> Tensor:
+    """Tokens of rows ``[start, stop)`` of a ``(B, H*W, C)`` sequence."""
+    return x[:, start * WIDTH : stop * WIDTH]
+
+
+def band_attentions(
+    reference: Attention,
+    clocks: Sequence[StepClock],
+    rows: Sequence[int],
+    pattern: str,
+    ratio: float,
+) -> list[Attention]:
+    box_blocks, box_rows = Mailbox(), Mailbox()
+    n = len(rows)
+    layers = []
+    for i in range(n):
+        attn = copy.deepcopy(reference)  # one module per "rank", same weights
+        kv_rows = None
+        row_exchange = None
+        if pattern == "pcpp":
+            kv_rows = KVRows(
+                width=WIDTH,
+                own_rows=rows[i],
+                own=pcpp_rows(ratio, rows[i]),
+                from_up=0 if i == 0 else pcpp_rows(ratio, rows[i - 1]),
+                from_down=0 if i + 1 == n else pcpp_rows(ratio, rows[i + 1]),
+            )
+            row_exchange = FakeRows(box_rows, i, n)
+        attn.set_processor(
+            BandSelfAttnProcessor(
+                clock=clocks[i],
+                band_index=i,
+                pattern=pattern,  # type: ignore[arg-type]
+                blocks=FakeBlocks(box_blocks, i, n),
+                rows=row_exchange,
+                kv_rows=kv_rows,
+            )
+        )
+        layers.append(attn)
+    return layers
+
+
+@pytest.mark.parametrize("rows", [(3, 3), (4, 1, 3), (2, 3, 2, 1)])
+def test_band_attention_sync_equals_full_attention(rows: tuple[int, ...]) -> None:
+    reference = make_attention(seed=len(rows))
+    x = torch.randn(2, sum(rows) * WIDTH, 32)
+    full = reference(x)
+    n = len(rows)
+    clocks = [StepClock("sync", 1, 0) for _ in range(n)]
+    for clock in clocks:
+        clock.begin(0)
+    layers = band_attentions(reference, clocks, rows, "full", 1.0)
+    parts = split_rows(x, [r * WIDTH for r in rows], dim=1)
+    outs = run_bands([lambda i=i: layers[i](parts[i]) for i in range(n)])
+    assert torch.allclose(torch.cat(outs, dim=1), full, atol=1e-6)
+
+
+def test_band_attention_local_sees_own_band_only() -> None:
+    reference = make_attention(seed=2)
+    rows = (3, 2)
+    x = torch.randn(1, 5 * WIDTH, 32)
+    clocks = [StepClock("naive", 1, 0) for _ in rows]
+    for clock in clocks:
+        clock.begin(0)
+    layers = band_attentions(reference, clocks, rows, "full", 1.0)
+    parts = split_rows(x, [r * WIDTH for r in rows], dim=1)
+    for layer, part in zip(layers, parts, strict=True):
+        assert torch.allclose(layer(part), reference(part), atol=1e-6)
+    assert not torch.allclose(layers[0](parts[0]), tokens(reference(x), 0, 3), atol=1e-4)
+
+
+@pytest.mark.parametrize("pattern,rows", [("full", (3, 2, 3)), ("pcpp", (3, 2))])
+def test_band_attention_displaced_full_context(pattern: str, rows: tuple[int, ...]) -> None:
+    """distrifusion, or pcpp with ratio 1 on two bands, on an unchanged input: every step equals
+    the full attention (the stale context is the same as the fresh one)."""
+    reference = make_attention(seed=9)
+    n = len(rows)
+    x = torch.randn(2, sum(rows) * WIDTH, 32)
+    full = reference(x)
+    clocks = [StepClock("pcpp" if pattern == "pcpp" else "distrifusion", 4, 1) for _ in rows]
+    layers = band_attentions(reference, clocks, rows, pattern, 1.0)
+    parts = split_rows(x, [r * WIDTH for r in rows], dim=1)
+    for step in range(4):
+        for clock in clocks:
+            clock.begin(step)
+        outs = run_bands([lambda i=i: layers[i](parts[i]) for i in range(n)])
+        assert torch.allclose(torch.cat(outs, dim=1), full, atol=1e-6), step
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.3, 0.5, 1.0])
+def test_band_attention_pcpp_partial_context(ratio: float) -> None:
+    """pcpp: a band attends to itself plus the ceil(ratio * rows) rows of each neighbour next
+    to the shared boundary (never a band two away, even with ratio 1); known answer: diffusers'
+    own attention with those rows as keys."""
+    reference = make_attention(seed=4)
+    rows = (4, 3, 5)
+    starts = [0, 4, 7]
+    n = len(rows)
+    x = torch.randn(2, sum(rows) * WIDTH, 32)
+    clocks = [StepClock("pcpp", 4, 1) for _ in rows]
+    layers = band_attentions(reference, clocks, rows, "pcpp", ratio)
+    parts = split_rows(x, [r * WIDTH for r in rows], dim=1)
+    expected = []
+    for i in range(n):
+        above = 0 if i == 0 else pcpp_rows(ratio, rows[i - 1])
+        below = 0 if i + 1 == n else pcpp_rows(ratio, rows[i + 1])
+        window = tokens(x, starts[i] - above, starts[i] + rows[i] + below)
+        expected.append(reference(parts[i], encoder_hidden_states=window))
+    for step in range(4):
+        for clock in clocks:
+            clock.begin(step)
+        outs = run_bands([lambda i=i: layers[i](parts[i]) for i in range(n)])
+        if step == 0:  # warm-up: full context
+            assert torch.allclose(torch.cat(outs, dim=1), reference(x), atol=1e-6)
+            continue
+        for i in range(n):
+            assert torch.allclose(outs[i], expected[i], atol=1e-6), (step, i)
+
+
+def test_band_attention_rejects_cross_attention_input() -> None:
+    reference = make_attention(seed=1)
+    clock = StepClock("sync", 1, 0)
+    clock.begin(0)
+    layers = band_attentions(reference, [clock], (2,), "full", 1.0)
+    x = torch.randn(1, 2 * WIDTH, 32)
+    with pytest.raises(ValueError, match="self-attention only"):
+        layers[0](x, encoder_hidden_states=x)
+
+
+# -- parallelize on a whole UNet, with a fake RankComm -------------------------------------------
+
+
+class FakeComm:
+    """What :func:`pcpp_mpi.parallel.apply.parallelize` asks of a RankComm, in memory: every
+    exchange name gets one mailbox shared by the bands."""
+
+    def __init__(self, boxes: dict[str, Mailbox], lock: threading.Lock, index: int, n: int) -> None:
+        self.topology = Topology(n, index, 1)
+        self._boxes, self._lock, self._index, self._n = boxes, lock, index, n
+
+    def _box(self, name: str) -> Mailbox:
+        with self._lock:
+            return self._boxes.setdefault(name, Mailbox())
+
+    def wire_spec(self, device: torch.device, dtype: torch.dtype) -> WireSpec:
+        return WireSpec(device, device, dtype)
+
+    def neighbour_exchange(self, name: str, kind: str, **_: object) -> FakeRows:
+        return FakeRows(self._box(name), self._index, self._n)
+
+    def all_bands_exchange(self, name: str, kind: str, **_: object) -> FakeBlocks:
+        return FakeBlocks(self._box(name), self._index, self._n)
+
+    def stats_allreduce(self, name: str, kind: str, **_: object) -> FakeAllreduce:
+        return FakeAllreduce(self._box(name), self._index, self._n)
+
+
+LATENT = (16, 8)  # tiny UNet: 3 levels, unit 4 -> 2 bands of 8 rows, or 3 of 8, 4, 4
+TINY_CONFIG = unet_config(ModelConfig(builtin="tiny"))
+
+
+@pytest.fixture(scope="module")
+def tiny_unet() -> tuple[UNet2DConditionModel, LayerInventory]:
+    """The tiny UNet's architecture with seeded random weights (the weights do not matter)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel.from_config(TINY_CONFIG)
+    unet.requires_grad_(False).eval()
+    return unet, inventory_of(unet, *LATENT)
+
+
+def share_weights(unet: UNet2DConditionModel) -> UNet2DConditionModel:
+    """A second UNet module tree over the same weight tensors (parallelize only re-wires
+    modules, so bands may share weights; much faster than a deep copy)."""
+    with torch.device("meta"):
+        twin = UNet2DConditionModel.from_config(unet.config)
+    twin.load_state_dict(unet.state_dict(), assign=True)
+    return twin.requires_grad_(False).eval()
+
+
+def parallel_unets(
+    tiny: tuple[UNet2DConditionModel, LayerInventory],
+    n: int,
+    mode: str,
+    steps: int,
+    warmup: int,
+    ratio: float = 0.3,
+) -> tuple[list[UNet2DConditionModel], list[StepClock], tuple[Band, ...]]:
+    unet, inventory = tiny
+    bands = split_bands(LATENT[0], n, level_unit(inventory.levels))
+    boxes: dict[str, Mailbox] = {}
+    lock = threading.Lock()
+    copies, clocks = [], []
+    for index in range(n):
+        band_unet = share_weights(unet)
+        clock = StepClock(mode, steps, warmup)
+        comm = FakeComm(boxes, lock, index, n)
+        parallelize(band_unet, inventory, comm, bands, clock, mode=mode, ratio=ratio, batch=2)  # type: ignore[arg-type]
+        copies.append(band_unet)
+        clocks.append(clock)
+    return copies, clocks, bands
+
+
+def unet_inputs(seed: int) -> tuple[Tensor, Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    sample = torch.randn(2, 4, *LATENT, generator=generator)
+    text = torch.randn(2, 16, TINY_CONFIG["cross_attention_dim"], generator=generator)
+    return sample, text
+
+
+def run_unet_bands(
+    unets: Sequence[UNet2DConditionModel],
+    clocks: Sequence[StepClock],
+    bands: Sequence[Band],
+    step: int,
+    sample: Tensor,
+    text: Tensor,
+) -> Tensor:
+    for clock in clocks:
+        clock.begin(step)
+
+    def band(i: int) -> Tensor:
+        part = sample[:, :, bands[i].start : bands[i].stop]
+        return unets[i](part, 500, encoder_hidden_states=text).sample
+
+    return torch.cat(run_bands([lambda i=i: band(i) for i in range(len(unets))]), dim=2)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_parallelized_tiny_unet_sync_equals_single(
+    tiny_unet: tuple[UNet2DConditionModel, LayerInventory], n: int
+) -> None:
+    """DESIGN 'Exactness invariants': sync equals single (here on one process, fake comm)."""
+    sample, text = unet_inputs(seed=n)
+    full = tiny_unet[0](sample, 500, encoder_hidden_states=text).sample
+    unets, clocks, bands = parallel_unets(tiny_unet, n, "sync", 2, 0)
+    scale = full.abs().max()
+    for step in range(2):
+        out = run_unet_bands(unets, clocks, bands, step, sample, text)
+        assert (out - full).abs().max() <= 1e-5 * scale, step
+
+
+def test_parallelized_tiny_unet_naive_has_seams(
+    tiny_unet: tuple[UNet2DConditionModel, LayerInventory],
+) -> None:
+    sample, text = unet_inputs(seed=5)
+    full = tiny_unet[0](sample, 500, encoder_hidden_states=text).sample
+    unets, clocks, bands = parallel_unets(tiny_unet, 2, "naive", 1, 0)
+    out = run_unet_bands(unets, clocks, bands, 0, sample, text)
+    assert (out - full).abs().max() > 1e-3 * full.abs().max()
+
+
+@pytest.mark.parametrize("mode,n,ratio", [("distrifusion", 3, 0.3), ("pcpp", 2, 1.0)])
+def test_parallelized_tiny_unet_displaced_on_constant_input(
+    tiny_unet: tuple[UNet2DConditionModel, LayerInventory], mode: str, n: int, ratio: float
+) -> None:
+    """With the same input at every step, stale context equals fresh context: distrifusion,
+    and pcpp with ratio 1 on two bands, equal single at every step, displaced ones included
+    (checks which step each layer posts and reads, and the corrected stale GroupNorm)."""
+    sample, text = unet_inputs(seed=21)
+    full = tiny_unet[0](sample, 500, encoder_hidden_states=text).sample
+    unets, clocks, bands = parallel_unets(tiny_unet, n, mode, 4, 1, ratio=ratio)
+    scale = full.abs().max()
+    kinds = []
+    for step in range(4):
+        out = run_unet_bands(unets, clocks, bands, step, sample, text)
+        kinds.append(clocks[0].kind)
+        assert (out - full).abs().max() <= 1e-5 * scale, (step, clocks[0].kind)
+    assert kinds == ["sync", "displaced", "displaced", "displaced_last"]
+
+
+def test_conv_in_is_fresh_in_displaced_steps(
+    tiny_unet: tuple[UNet2DConditionModel, LayerInventory],
+) -> None:
+    """DESIGN.md table: the first conv (conv_in) takes fresh halo rows of x_t, also in displaced
+    steps. Step 0 is sync on x0, step 1 displaced on x1: conv_in's output must match the full
+    conv_in of x1."""
+    x0, text = unet_inputs(seed=11)
+    x1 = x0 + torch.randn_like(x0)
+    unets, clocks, bands = parallel_unets(tiny_unet, 2, "pcpp", 3, 1)
+    captured: dict[int, Tensor] = {}
+    for i, unet in enumerate(unets):
+        unet.conv_in.register_forward_hook(
+            lambda _m, _a, out, i=i: captured.__setitem__(i, out.detach().clone())
+        )
+    run_unet_bands(unets, clocks, bands, 0, x0, text)
+    run_unet_bands(unets, clocks, bands, 1, x1, text)
+    fresh = tiny_unet[0].conv_in(x1)
+    got = torch.cat([captured[0], captured[1]], dim=2)
+    assert torch.allclose(got, fresh, atol=1e-5)

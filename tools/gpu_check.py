@@ -1,0 +1,162 @@
+"""Correctness on the GPU machine: every mode against ``single`` and bytes against ``plan``.
+
+Run with one rank per GPU::
+
+    mpirun -np 2 python tools/gpu_check.py --arch sdxl --size 1024 --steps 4 --out gpu-check
+
+For each mode the final latent (gathered to rank 0) is compared with a ``single`` run on
+rank 0, and every rank's bytes per step and kind with :class:`pcpp_mpi.planning.JobPlan`.
+``sync`` (and the all-warm displaced modes) must match ``single`` within half-precision
+rounding; the measured difference is printed and written to ``check.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import mpi4py
+
+mpi4py.rc.thread_level = "multiple"
+import torch  # noqa: E402
+from mpi4py import MPI  # noqa: E402
+
+from pcpp_mpi.comm.context import RankComm  # noqa: E402
+from pcpp_mpi.comm.mpi_info import cuda_aware  # noqa: E402
+from pcpp_mpi.config import job_from_dict  # noqa: E402
+from pcpp_mpi.engine.denoise import denoise_band  # noqa: E402
+from pcpp_mpi.engine.setup import DTYPES, prepare_band_context  # noqa: E402
+from pcpp_mpi.models import load_model  # noqa: E402
+from pcpp_mpi.planning import make_plan  # noqa: E402
+
+CASES = {
+    "sync": {"mode": "sync"},
+    "distrifusion-warm": {"mode": "distrifusion", "warmup_steps": "all"},
+    "pcpp-r1-warm": {"mode": "pcpp", "ratio": 1.0, "warmup_steps": "all"},
+    "cfg-sync": {"mode": "sync", "cfg_parallel": True},
+    "distrifusion": {"mode": "distrifusion"},
+    "pcpp": {"mode": "pcpp"},
+    "naive": {"mode": "naive"},
+}
+
+
+def _job(args: argparse.Namespace, settings: dict):
+    parallel = {"mode": "sync", "warmup_steps": 1, "ratio": 0.3, "cfg_parallel": False}
+    parallel.update(settings)
+    if parallel["warmup_steps"] == "all":
+        parallel["warmup_steps"] = args.steps
+    model = (
+        {"builtin": "tiny"}
+        if args.arch == "tiny"
+        else {"arch": args.arch, "weights": "random", "seed": 0}
+    )
+    return job_from_dict(
+        {
+            "model": model,
+            "generation": {
+                "prompts": ["a check prompt"],
+                "height": args.size,
+                "width": args.size,
+                "steps": args.steps,
+                "guidance_scale": 5.0,
+            },
+            "runtime": {"dtype": args.dtype, "device": args.device, "check_finite": True},
+            "parallel": parallel,
+        }
+    )
+
+
+def _run(job, comm: RankComm, bundle, device) -> torch.Tensor | None:
+    ctx = prepare_band_context(job, comm, bundle, device)
+    try:
+        comm.counter.drain()
+        latent = denoise_band(ctx, "a check prompt", "", 0)
+        full = None
+        if comm.topology.cfg_index == 0:
+            rows = [b.rows for b in ctx.bands]
+            full = comm.gather_bands(job.generation.steps - 1, latent.float(), rows)
+        return full
+    finally:
+        ctx.handle.remove()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="sdxl", choices=("tiny", "sd15", "sd21", "sdxl"))
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--dtype", default="float16", choices=tuple(DTYPES))
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+
+    world = MPI.COMM_WORLD
+    rank, size = world.Get_rank(), world.Get_size()
+    aware = bool(cuda_aware())
+    if args.device == "cuda":
+        device = torch.device("cuda", rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    base = _job(args, {})
+    bundle = load_model(base.model, DTYPES[args.dtype], device)
+
+    reference = None
+    if rank == 0:
+        single = RankComm(MPI.COMM_SELF, 1, cuda_aware=aware)
+        reference = _run(_job(args, {"mode": "single"}), single, bundle, device)
+        single.free()
+    world.Barrier()
+    report = {
+        "cuda_aware": aware,
+        "ranks": size,
+        "arch": args.arch,
+        "size": args.size,
+        "steps": args.steps,
+        "dtype": args.dtype,
+        "cases": {},
+    }
+    for name, settings in CASES.items():
+        job = _job(args, settings)
+        groups = 2 if job.parallel.cfg_parallel else 1
+        if size % groups:
+            continue
+        comm = RankComm(world, groups, cuda_aware=aware)
+        full = _run(job, comm, bundle, device)
+        plan = make_plan(job, size)
+        mismatches = []
+        measured = {(s, k): (a, b) for (_, s, k, a, b) in comm.counter.drain()}
+        for step in range(job.generation.steps):
+            traffic = plan.step_traffic(rank, plan.layout.mode, step)
+            for kind in set(traffic.sent) | set(traffic.received):
+                want = (traffic.sent.get(kind, 0), traffic.received.get(kind, 0))
+                if measured.get((step, kind)) != want:
+                    mismatches.append((step, kind, measured.get((step, kind)), want))
+        all_mismatches = world.gather(mismatches, root=0)
+        comm.free()
+        if rank == 0:
+            assert reference is not None and full is not None
+            diff = float((full - reference).abs().max())
+            scale = float(reference.abs().max())
+            bad = [m for ms in all_mismatches for m in ms if m[1] != "gather"]
+            report["cases"][name] = {
+                "max_abs_diff": diff,
+                "latent_scale": scale,
+                "relative": diff / scale,
+                "byte_mismatches": len(bad),
+            }
+            print(
+                f"{name:18s} max|diff| {diff:.3e}  scale {scale:.3f}  rel {diff / scale:.2e}"
+                f"  bytes {'== plan' if not bad else f'{len(bad)} mismatches: {bad[:3]}'}",
+                flush=True,
+            )
+    if rank == 0:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "check.json").write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
