@@ -166,11 +166,11 @@ class RankComm:
         finally:
             node.Free()
 
-    def any_rank(self, flag: bool) -> bool:
-        """True on every rank if ``flag`` is true on any rank (one tiny all-reduce)."""
+    def max_over_ranks(self, value: int) -> int:
+        """The largest ``value`` of all ranks, on every rank (one tiny all-reduce)."""
         if self.world.Get_size() == 1:
-            return flag
-        return bool(self.world.allreduce(int(flag), op=MPI.MAX))
+            return value
+        return int(self.world.allreduce(value, op=MPI.MAX))
 
     def bcast(self, value: Any, root: int = 0) -> Any:
         return self.world.bcast(value, root=root)

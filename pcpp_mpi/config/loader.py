@@ -231,15 +231,14 @@ def _convert(key: str, value: Any, tp: Any) -> Any:
             return value
         raise ConfigError(f"{key}: expected an integer, got {_show(value)}")
     if tp is float:
+        if isinstance(value, str) and _looks_numeric(value):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no decimal point) as text
         if isinstance(value, int | float) and not isinstance(value, bool):
             number = float(value)
             if not math.isfinite(number):
                 raise ConfigError(f"{key}: expected a finite number, got {_show(value)}")
             return number
-        hint = ""
-        if isinstance(value, str) and _looks_numeric(value):
-            hint = " (YAML reads an exponent without a decimal point as text: write 0.1 or 1.0e-1)"
-        raise ConfigError(f"{key}: expected a number, got {_show(value)}{hint}")
+        raise ConfigError(f"{key}: expected a number, got {_show(value)}")
     if tp is str:
         if isinstance(value, str):
             return value

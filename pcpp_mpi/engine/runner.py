@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import resource
+import signal
 import socket
 import sys
 import time
@@ -29,14 +30,14 @@ from pcpp_mpi.engine.decode import latent_to_image
 from pcpp_mpi.engine.denoise import BandContext, denoise_band
 from pcpp_mpi.engine.layout import RunLayout, plan_layout
 from pcpp_mpi.engine.stopping import NonFiniteLatent, RunInterrupted, StopSignals
-from pcpp_mpi.models import load_model, unet_config, vae_scale_factor
+from pcpp_mpi.models import check_model_folder, load_model, unet_config, vae_scale_factor
 from pcpp_mpi.output import RunFile, prepare_run_dir, write_png
 from pcpp_mpi.output.provenance import collect_package_versions, git_revision
 from pcpp_mpi.output.rank_file import RankFile, rank_file_name
+from pcpp_mpi.output.space import check_free_space
 from pcpp_mpi.parallel.apply import parallelize
 from pcpp_mpi.parallel.clock import StepClock
 from pcpp_mpi.parallel.inventory import inventory_of
-from pcpp_mpi.trace.recorder import Tracer
 
 log = logging.getLogger("pcpp_mpi")
 
@@ -69,6 +70,19 @@ def _attempt(action: Callable[[], object]) -> tuple[object, str | None]:
         return None, str(exc)
 
 
+def _check_job(job: JobConfig, n_ranks: int) -> RunLayout:
+    """Everything that can be checked without weights: model folder, geometry, rank count."""
+    if job.model.path is not None:
+        check_model_folder(job.model.path)
+    return plan_layout(job, n_ranks, unet_config(job.model), vae_scale_factor(job.model))
+
+
+def _prepare_output(out_dir: str | Path, overwrite: bool) -> Path:
+    run_dir = prepare_run_dir(out_dir, overwrite)
+    check_free_space(run_dir)
+    return run_dir
+
+
 def compute_device(job: JobConfig, comm: RankComm) -> torch.device:
     if job.runtime.device == "cpu":
         return torch.device("cpu")
@@ -89,21 +103,22 @@ def run_job(
     rank = comm.world.Get_rank()
     n_ranks = comm.world.Get_size()
 
-    layout, error = _attempt(
-        lambda: plan_layout(job, n_ranks, unet_config(job.model), vae_scale_factor(job.model))
-    )
-    agree(comm, error)
-    assert isinstance(layout, RunLayout)
     config_yaml = job_to_yaml(job)
     digests = comm.allgather(config_yaml)
     if any(d != digests[0] for d in digests):
         differing = [r for r, d in enumerate(digests) if d != digests[0]]
-        raise JobError(f"ranks {differing} loaded a different job configuration than rank 0")
+        raise JobError(
+            f"ranks {differing} loaded a different job configuration than rank 0; every rank "
+            "must be given the same job file and --set options"
+        )
+    layout, error = _attempt(lambda: _check_job(job, n_ranks))
+    agree(comm, error)
+    assert isinstance(layout, RunLayout)
 
     run_dir = None
     error = None
     if rank == 0:
-        run_dir, error = _attempt(lambda: prepare_run_dir(out_dir, overwrite))
+        run_dir, error = _attempt(lambda: _prepare_output(out_dir, overwrite))
     agree(comm, error)
     run_dir = Path(comm.bcast(str(run_dir) if rank == 0 else None))
 
@@ -173,6 +188,7 @@ def run_job(
             "band_stop": ctx.band.stop,
             "mode": layout.mode,
             "host": socket.gethostname(),
+            "pid": os.getpid(),
             "device": _device_name(device),
             "tracing": job.runtime.trace,
             "epoch_unix": epoch_unix,
@@ -206,14 +222,14 @@ def run_job(
         if run_file is not None:
             run_file.set_status("complete")
     except RunInterrupted as exc:
-        _finish_rank_file(rank_file, tracer, "interrupted", str(exc), device)
+        _finish_rank_file(rank_file, comm, "interrupted", str(exc), device)
         if run_file is not None:
             run_file.set_status("interrupted", error=str(exc))
         log.warning("run interrupted: %s; finished steps are in %s", exc, run_dir)
         raise
     except BaseException as exc:
         message = f"{type(exc).__name__}: {exc}"
-        _finish_rank_file(rank_file, tracer, "failed", message, device)
+        _finish_rank_file(rank_file, comm, "failed", message, device)
         _fail(comm, channel, recorder, message)
         raise
     finally:
@@ -238,13 +254,16 @@ def _peak_memory(device: torch.device) -> int:
 
 
 def _finish_rank_file(
-    rank_file: RankFile, tracer: Tracer, status: str, error: str, device: torch.device
+    rank_file: RankFile, comm: RankComm, status: str, error: str, device: torch.device
 ) -> None:
-    """Keep whatever finished before the stop; never mask the original problem."""
+    """Keep whatever finished before the stop (a step cut short is left out); never mask the
+    original problem."""
     with contextlib.suppress(Exception):
-        tracer.end_step()
-        steps, exchanges, phases = tracer.take_finished()
-        rank_file.append(steps=steps, exchanges=exchanges, phases=phases)
+        steps, exchanges, phases = comm.tracer.take_finished()
+        rank_file.append(
+            steps=steps, exchanges=exchanges, phases=phases, traffic=comm.counter.drain()
+        )
+    with contextlib.suppress(Exception):
         rank_file.set_attrs(status=status, error=error, peak_memory_bytes=_peak_memory(device))
 
 
@@ -277,9 +296,11 @@ class _StepHooks:
         fault_step = _injected_fault(comm.world.Get_rank())
         if fault_step is not None and fault_step == step:
             raise RuntimeError(f"injected fault (PCPP_MPI_FAULT) at step {step}")
-        if comm.any_rank(self.signals.received is not None):
-            name = self.signals.received or "a signal on another rank"
-            raise RunInterrupted(f"stopped after step {step} of image {self.image} by {name}")
+        signum = comm.max_over_ranks(self.signals.received)
+        if signum:
+            raise RunInterrupted(
+                f"stopped after step {step} of image {self.image} by {signal.Signals(signum).name}"
+            )
 
 
 def _injected_fault(rank: int) -> int | None:
@@ -328,6 +349,7 @@ def _generate_all(
             with tracer.phase("decode", index):
                 image = latent_to_image(ctx.bundle, full.to(ctx.device))
             with tracer.phase("write", index):
+                check_free_space(run_dir, need=2 * image.nbytes + full.nbytes)
                 run_file.add_latent(index, full[0].numpy())
                 run_file.add_image(index, image, prompt, seed)
                 if job.output.png:

@@ -24,12 +24,12 @@ class StopSignals:
     """
 
     def __init__(self) -> None:
-        self.received: str | None = None
+        self.received: int = 0  # the first stop signal's number, 0 while none came
         self._previous: dict[signal.Signals, object] = {}
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
-        if self.received is None:
-            self.received = signal.Signals(signum).name
+        if not self.received:
+            self.received = signum
 
     def __enter__(self) -> StopSignals:
         for sig in STOP_SIGNALS:

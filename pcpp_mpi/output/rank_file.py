@@ -12,7 +12,8 @@ Layout (schema version :data:`pcpp_mpi.SCHEMA_VERSION`; full reference in docs/F
     /traffic     image, step, kind, sent, received   (bytes handed to MPI, per step and kind)
 
 Each rank writes only its own file and flushes after every step, so a killed job keeps every
-finished step readable.
+finished step readable. Files are opened without HDF5 file locking, so a running job's files
+can be read (e.g. to watch progress) while it writes them.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 from pcpp_mpi import SCHEMA_VERSION
 from pcpp_mpi.output.errors import OutputError
 from pcpp_mpi.output.run_file import check_schema_version
+from pcpp_mpi.output.space import check_free_space
 from pcpp_mpi.trace.recorder import ExchangeRow, PhaseRow, StepRow
 
 _STR = h5py.string_dtype()
@@ -117,7 +119,7 @@ class RankFile:
     def __init__(self, path: Path, attrs: Mapping[str, Any]) -> None:
         self.path = path
         try:
-            self._file = h5py.File(path, "w-")
+            self._file = h5py.File(path, "w-", locking=False)
         except (OSError, FileExistsError) as exc:
             raise OutputError(f"cannot create rank file {path}: {exc}") from exc
         self._file.attrs["schema_version"] = SCHEMA_VERSION
@@ -146,7 +148,8 @@ class RankFile:
         phases: Sequence[PhaseRow] = (),
         traffic: Sequence[tuple[int, int, str, int, int]] = (),
     ) -> None:
-        """Append rows to the tables and flush."""
+        """Append rows to the tables and flush (refused when the disk is nearly full)."""
+        check_free_space(self.path.parent)
         try:
             self._append("steps", [_step_tuple(r) for r in steps])
             self._append("exchanges", [_exchange_tuple(r) for r in exchanges])
@@ -191,7 +194,7 @@ def read_table(path: str | Path, name: str) -> np.ndarray:
     """One table of a rank file (``steps``, ``exchanges``, ``phases``, ``traffic``)."""
     if name not in TABLES:
         raise ValueError(f"unknown rank-file table {name!r} (known: {', '.join(TABLES)})")
-    with h5py.File(path, "r") as file:
+    with h5py.File(path, "r", locking=False) as file:
         check_schema_version(file, path)
         return _decoded(file[name][()])
 
@@ -203,6 +206,6 @@ def read_traffic(path: str | Path) -> np.ndarray:
 
 def read_rank_attrs(path: str | Path) -> dict[str, Any]:
     """The root attributes of a rank file."""
-    with h5py.File(path, "r") as file:
+    with h5py.File(path, "r", locking=False) as file:
         check_schema_version(file, path)
         return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in file.attrs.items()}

@@ -160,7 +160,7 @@ class RunFile:
             raise ValueError(f"expected {n_ranks} rank file names, got {len(rank_files)}")
         links = [cls._link_target(path, name) for name in rank_files]
         try:
-            file = h5py.File(path, "w-")
+            file = h5py.File(path, "w-", locking=False)
         except FileExistsError as exc:
             raise OutputError(f"run file {path} already exists; it is not overwritten") from exc
         except OSError as exc:
@@ -359,7 +359,7 @@ def open_run_file(path: str | Path) -> h5py.File:
     """Open a run file read-only after checking its schema version."""
     path = Path(path)
     try:
-        file = h5py.File(path, "r")
+        file = h5py.File(path, "r", locking=False)
     except OSError as exc:
         raise OutputError(f"cannot open run file {path}: {_describe(exc)}") from exc
     try:

@@ -1,0 +1,206 @@
+"""Faults and interruptions: a job never hangs, never loses finished work, says what happened.
+
+Each test launches real jobs (``mpirun`` with the tiny model on the CPU) and watches them
+from outside, as an operator would.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from mpi_launch import REPO, mpi_env, mpirun_path
+
+from pcpp_mpi.output import read_run
+from pcpp_mpi.output.rank_file import read_rank_attrs, read_table
+
+pytestmark = pytest.mark.mpi
+
+CLI = [sys.executable, "-m", "pcpp_mpi.cli", "run", "jobs/tiny.yaml", "--no-progress"]
+SMALL = ["--set", "generation.height=128", "--set", "generation.width=96"]
+
+
+def launch(n: int, out: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    command = [
+        mpirun_path(),
+        "-np",
+        str(n),
+        "--oversubscribe",
+        "--bind-to",
+        "none",
+        *CLI,
+        "--out",
+        str(out),
+        *SMALL,
+        *extra,
+    ]
+    return subprocess.Popen(
+        command,
+        env=env or mpi_env(),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def wait_for_steps(out: Path, n_ranks: int, steps: int, timeout: float = 240) -> None:
+    """Until every rank file holds at least ``steps`` finished steps."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if all(
+                len(read_table(out / f"rank-{r:04d}.h5", "steps")) >= steps for r in range(n_ranks)
+            ):
+                return
+        except (OSError, KeyError):
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"no {steps} finished steps in {out} after {timeout} s")
+
+
+def finish(process: subprocess.Popen, timeout: float) -> tuple[int, str]:
+    try:
+        _, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise AssertionError(f"the job did not end within {timeout} s") from None
+    return process.returncode, stderr
+
+
+def test_failing_rank_ends_job_promptly_and_is_recorded(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    env = mpi_env() | {"PCPP_MPI_FAULT": "1:3"}
+    process = launch(3, out, "--set", "generation.steps=40", env=env)
+    wait_for_steps(out, 3, 3)
+    started = time.monotonic()
+    code, stderr = finish(process, timeout=60)
+    assert time.monotonic() - started < 10 + 5  # the fault follows step 3 within one step
+    assert code != 0
+    assert stderr.count("error: RuntimeError: injected fault") == 1
+    assert "pcpp-mpi [rank 1] error:" in stderr
+    info = read_run(out / "run.h5")
+    assert info.status == "failed"
+    assert "rank 1" in info.error and "injected fault" in info.error
+    for rank in range(3):
+        steps = read_table(out / f"rank-{rank:04d}.h5", "steps")
+        assert list(steps["step"][:3]) == [0, 1, 2]
+
+
+def test_killed_rank_never_hangs_the_job(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    process = launch(3, out, "--set", "generation.steps=200")
+    wait_for_steps(out, 3, 2)
+    victim = int(read_rank_attrs(out / "rank-0002.h5")["pid"])
+    os.kill(victim, signal.SIGKILL)
+    code, _ = finish(process, timeout=60)
+    assert code != 0
+    assert read_run(out / "run.h5").status != "complete"
+    assert len(read_table(out / "rank-0000.h5", "steps")) >= 2
+
+
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM, signal.SIGINT])
+def test_signal_to_one_rank_interrupts_all_at_a_step_boundary(tmp_path: Path, sig) -> None:
+    out = tmp_path / "run"
+    process = launch(2, out, "--set", "generation.steps=200")
+    wait_for_steps(out, 2, 2)
+    os.kill(int(read_rank_attrs(out / "rank-0001.h5")["pid"]), sig)
+    code, stderr = finish(process, timeout=60)
+    assert code == 3, stderr[-2000:]
+    info = read_run(out / "run.h5")
+    assert info.status == "interrupted"
+    assert sig.name in info.error
+    counts = {len(read_table(out / f"rank-{r:04d}.h5", "steps")) for r in range(2)}
+    assert len(counts) == 1 and 2 <= counts.pop() < 200  # same step boundary on both ranks
+    assert read_rank_attrs(out / "rank-0000.h5")["status"] == "interrupted"
+
+
+def test_sigterm_to_mpirun_marks_the_run_interrupted(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    process = launch(2, out, "--set", "generation.steps=200")
+    wait_for_steps(out, 2, 2)
+    process.send_signal(signal.SIGTERM)
+    code, _ = finish(process, timeout=60)
+    assert code != 0
+    assert read_run(out / "run.h5").status == "interrupted"
+
+
+def test_non_finite_latent_names_step_and_rank(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    process = launch(
+        2, out, "--set", "generation.steps=5", "--set", "generation.guidance_scale=1e38"
+    )
+    code, stderr = finish(process, timeout=240)
+    assert code != 0
+    assert re.search(r"latent of rank \d holds NaN or Inf after step \d", stderr)
+    info = read_run(out / "run.h5")
+    assert info.status == "failed" and "NaN or Inf" in info.error
+
+    allowed = tmp_path / "allowed"
+    process = launch(
+        2,
+        allowed,
+        "--set",
+        "generation.steps=6",
+        "--set",
+        "generation.guidance_scale=1e38",
+        "--set",
+        "runtime.check_finite=false",
+    )
+    code, stderr = finish(process, timeout=240)
+    assert code == 0, stderr[-2000:]
+    assert read_run(allowed / "run.h5").status == "complete"
+
+
+@contextmanager
+def small_disk(path: Path, size: str):
+    """A tmpfs of ``size`` mounted at ``path`` (root only)."""
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+
+
+@needs_root
+def test_nearly_full_disk_is_refused_before_work(tmp_path: Path) -> None:
+    with small_disk(tmp_path / "small", "2m") as disk:
+        result = subprocess.run(
+            [*CLI, "--out", str(disk / "run"), *SMALL],
+            env=mpi_env(),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert result.returncode == 2
+        assert "disk full" in result.stderr
+
+
+@needs_root
+def test_disk_filling_up_mid_run_fails_cleanly(tmp_path: Path) -> None:
+    with small_disk(tmp_path / "small", "16m") as disk:
+        out = disk / "run"
+        process = launch(2, out, "--set", "generation.steps=200")
+        wait_for_steps(out, 2, 2)
+        free = shutil.disk_usage(disk).free
+        (disk / "filler").write_bytes(b"\0" * (free - 2**20))
+        code, stderr = finish(process, timeout=60)
+        assert code != 0
+        assert "disk full" in stderr
+        assert read_run(out / "run.h5").status == "failed"
+        assert len(read_table(out / "rank-0000.h5", "steps")) >= 2

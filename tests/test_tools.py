@@ -1,0 +1,304 @@
+"""The analysis tools on real traces: tiny jobs under ``mpirun -np 2`` and ``-np 3``.
+
+Two launches in one session fixture (steps = 4): ``-np 2`` runs ``pcpp`` and ``sync``;
+``-np 3`` runs ``pcpp`` and then a long ``pcpp`` job that the fixture kills with SIGKILL
+(the whole ``mpirun`` process group) once every rank has written two steps: a real killed
+job, whose partial trace every tool must still read.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+
+import h5py
+import numpy as np
+import pytest
+from mpi_launch import REPO, mpi_env, mpirun, mpirun_path
+from test_analysis import validate_trace_events
+
+from pcpp_mpi.accounting import step_kind
+from pcpp_mpi.analysis.files import load_run
+from pcpp_mpi.analysis.stats import group_exchanges
+from pcpp_mpi.analysis.synthetic import write_synthetic_run
+from pcpp_mpi.config import load_job
+from pcpp_mpi.planning import make_plan
+
+pytestmark = pytest.mark.mpi
+
+BASE = REPO / "tests" / "data_tiny_exact.yaml"
+STEPS = 4
+RUNS = {
+    2: {
+        "pcpp": ["parallel.mode=pcpp", f"generation.steps={STEPS}"],
+        "sync": [f"generation.steps={STEPS}"],
+    },
+    3: {
+        "pcpp": ["parallel.mode=pcpp", f"generation.steps={STEPS}"],
+        "killed": ["parallel.mode=pcpp", "generation.steps=200"],
+    },
+}
+TOOLS = ("summary", "timeline", "perfetto", "compare", "bench_tracing")
+
+
+def tool(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", REPO / "tools" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _spec(root: Path, n: int, runs: dict[str, list[str]]) -> Path:
+    spec = root / f"np{n}.json"
+    spec.write_text(json.dumps({"base": str(BASE), "out": str(root / f"np{n}"), "runs": runs}))
+    return spec
+
+
+def _steps_written(path: Path) -> int:
+    try:
+        with h5py.File(path, "r", locking=False) as file:
+            return int(file["steps"].shape[0])
+    except (OSError, KeyError):
+        return 0
+
+
+def _launch_and_kill(root: Path) -> None:
+    """``-np 3``: the complete run, then SIGKILL the job two steps into the long one."""
+    driver = [sys.executable, str(REPO / "tests" / "mpi_driver.py"), str(_spec(root, 3, RUNS[3]))]
+    command = [mpirun_path(), "-np", "3", "--oversubscribe", "--bind-to", "none", *driver]
+    killed = root / "np3" / "killed"
+    process = subprocess.Popen(
+        command,
+        env=mpi_env(),
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 400
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            if all(_steps_written(killed / f"rank-{r:04d}.h5") >= 2 for r in range(3)):
+                break
+            time.sleep(0.2)
+        assert process.poll() is None, "the job ended before it could be killed"
+        assert time.monotonic() < deadline, "the long job never wrote two steps"
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        output = process.communicate(timeout=60)[0]
+    assert (root / "np3" / "pcpp" / "run.h5").exists(), output[-3000:]
+
+
+@pytest.fixture(scope="session")
+def real(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Root holding ``np2/{pcpp,sync}`` and ``np3/{pcpp,killed}``."""
+    root = tmp_path_factory.mktemp("tools")
+    driver = REPO / "tests" / "mpi_driver.py"
+    result = mpirun(2, [sys.executable, str(driver), str(_spec(root, 2, RUNS[2]))])
+    assert result.returncode == 0, result.stderr[-5000:]
+    _launch_and_kill(root)
+    return root
+
+
+COMPLETE = [(2, "pcpp"), (2, "sync"), (3, "pcpp")]
+
+
+# ----------------------------------------------------------------------------- the traces
+def _traced_bytes(run_dir: Path, rank: int) -> dict[tuple[int, str], tuple[int, int]]:
+    rows = load_run(run_dir).ranks[rank].exchanges
+    out: dict[tuple[int, str], tuple[int, int]] = {}
+    for row in rows:
+        key = (int(row["step"]), str(row["kind"]))
+        sent, received = out.get(key, (0, 0))
+        out[key] = (sent + int(row["sent"]), received + int(row["received"]))
+    return out
+
+
+def _planned_bytes(n: int, name: str, rank: int, steps: range) -> dict:
+    plan = make_plan(load_job(BASE, RUNS[n][name]), n)
+    expected = {}
+    for step in steps:
+        traffic = plan.step_traffic(rank, plan.layout.mode, step)
+        for kind in set(traffic.sent) | set(traffic.received):
+            expected[(step, kind)] = (traffic.sent.get(kind, 0), traffic.received.get(kind, 0))
+    return expected
+
+
+@pytest.mark.parametrize(("n", "name"), COMPLETE)
+def test_traced_bytes_equal_the_plan(real: Path, n: int, name: str) -> None:
+    """Every exchange row's bytes, summed per step and kind, equal ``plan``'s prediction."""
+    for rank in range(n):
+        traced = _traced_bytes(real / f"np{n}" / name, rank)
+        assert traced == _planned_bytes(n, name, rank, range(STEPS)), f"rank {rank}"
+
+
+@pytest.mark.parametrize(("n", "name"), COMPLETE)
+def test_every_step_is_traced(real: Path, n: int, name: str) -> None:
+    run = load_run(real / f"np{n}" / name)
+    job = load_job(BASE, RUNS[n][name])
+    assert run.status == "complete" and len(run.ranks) == n and not run.notes()
+    for trace in run.ranks:
+        assert trace.status == "complete" and trace.peak_memory_bytes > 0
+        assert [int(s) for s in trace.steps["step"]] == list(range(STEPS))
+        kinds = [step_kind(s, STEPS, run.mode, job.parallel.warmup_steps) for s in range(STEPS)]
+        assert trace.steps["kind"].tolist() == kinds
+        assert {"model_load", "setup", "denoise", "gather"} <= set(trace.phases["name"].tolist())
+        # a step's exposed_comm is the sum of the waits completed in it
+        exchanges = group_exchanges(trace.exchanges)
+        assert exchanges.pending == 0
+        for row in trace.steps:
+            waits = exchanges.exposed[exchanges.waited_in_step == row["step"]].sum()
+            assert row["exposed_comm"] == pytest.approx(waits, abs=1e-9)
+
+
+# ----------------------------------------------------------------------------- the tools
+def test_summary_on_real_runs(real: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    summary = tool("summary")
+    runs = [str(real / "np2" / "pcpp"), str(real / "np3" / "pcpp")]
+    assert summary.main([*runs, "--baseline", str(real / "np2" / "sync"), "--json"]) == 0
+    captured = capsys.readouterr()
+    document = json.loads(captured.out)
+    assert "is a 'sync' run, not 'single'" in captured.err
+    for run, n in zip(document["runs"], (2, 3), strict=True):
+        assert run["n_ranks"] == n and run["steps_common"] == STEPS and run["status"] == "complete"
+        assert 0.0 <= run["overlap_efficiency"] <= 1.0 and run["load_imbalance"] >= 1.0
+        assert run["speedup_step"] > 0 and len(run["ranks"]) == n
+        plan = make_plan(load_job(BASE, RUNS[n]["pcpp"]), n)
+        for rank in run["ranks"]:
+            sent, _ = plan.run_totals(rank["rank"], "pcpp")
+            gather = plan.gather(rank["rank"]).total_sent
+            by_kind = sum(
+                v for k, v in rank.items() if k.startswith("sent_per_step_") and k[14:] != "bytes"
+            )
+            assert by_kind == rank["sent_per_step_bytes"]
+            assert by_kind == pytest.approx((sent - gather) / STEPS, abs=1)
+    assert summary.main([*runs]) == 0
+    text = capsys.readouterr().out
+    assert "first step excluded" in text and "runs side by side" in text
+    assert summary.main([runs[0], "--csv"]) == 0
+    assert capsys.readouterr().out.startswith("run,mode,run_status,rank,")
+
+
+def test_timeline_on_real_runs(real: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    timeline = tool("timeline")
+    for n in (2, 3):
+        out = tmp_path / f"np{n}.png"
+        assert timeline.main([str(real / f"np{n}" / "pcpp"), "-o", str(out), "--phases"]) == 0
+        with Image.open(out) as image:
+            assert image.format == "PNG"
+    zoom = tmp_path / "zoom.png"
+    assert timeline.main([str(real / "np2" / "pcpp"), "-o", str(zoom), "--steps", "2:4"]) == 0
+    assert timeline.main([str(real / "np2" / "pcpp"), "-o", str(zoom), "--steps", "9:"]) == 1
+
+
+def test_perfetto_on_real_runs(real: Path, tmp_path: Path) -> None:
+    perfetto = tool("perfetto")
+    for n in (2, 3):
+        out = tmp_path / f"np{n}.json"
+        assert perfetto.main([str(real / f"np{n}" / "pcpp"), "-o", str(out)]) == 0
+        document = json.loads(out.read_text())
+        counts = validate_trace_events(document)
+        info = document["otherData"]
+        assert info["unmatched_sends"] == "0" and info["unmatched_receives"] == "0"
+        assert counts["s"] == int(info["matched"]) > 0
+        assert {e["pid"] for e in document["traceEvents"]} == set(range(n))
+
+
+def test_compare_on_real_runs(
+    real: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    compare = tool("compare")
+    png = tmp_path / "diff.png"
+    a, b = str(real / "np2" / "pcpp"), str(real / "np3" / "pcpp")
+    assert compare.main([a, b, "--png", str(png), "--json"]) == 0
+    image = json.loads(capsys.readouterr().out)["images"][0]
+    assert image["height"] == 160 and image["width"] == 128 and png.exists()
+    assert 0.0 < image["ssim"] <= 1.0 and image["latent_max_abs_diff"] is not None
+    assert compare.main([a, str(real / "np2" / "pcpp"), "--no-png"]) == 0
+    assert "inf (identical)" in capsys.readouterr().out
+    other = tmp_path / "other"
+    write_synthetic_run(other, 1, 2)
+    from pcpp_mpi.output import RunFile
+
+    with h5py.File(other / "run.h5", "r+") as file:
+        file["images"].create_dataset("image-0000", data=np.zeros((64, 48, 3), np.uint8))
+    assert RunFile  # the synthetic run file was written by RunFile
+    assert compare.main([a, str(other), "--no-png"]) == 1
+    assert "A is 160x128 (H x W), B is 64x48 (H x W)" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the killed job
+def test_killed_job_leaves_a_readable_partial_trace(
+    real: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    killed = real / "np3" / "killed"
+    run = load_run(killed)
+    assert run.status == "running" and len(run.ranks) == 3
+    finished = min(len(t.steps) for t in run.ranks)
+    assert 2 <= finished < 200
+    for trace in run.ranks:
+        assert trace.status == "running" and trace.peak_memory_bytes is None
+        steps = [int(s) for s in trace.steps["step"]]
+        assert steps == list(range(len(steps)))
+    # the bytes of the steps every rank finished equal the plan (exchanges waited by then)
+    for rank in range(3):
+        traced = _traced_bytes(killed, rank)
+        planned = _planned_bytes(3, "killed", rank, range(finished - 1))
+        assert {k: v for k, v in traced.items() if k[0] < finished - 1} == planned
+
+    assert tool("summary").main([str(killed)]) == 0
+    text = capsys.readouterr().out
+    assert "status running" in text and "NOTE: run status is 'running'" in text
+    assert "of 200 expected" in text
+    png = tmp_path / "killed.png"
+    assert tool("timeline").main([str(killed), "-o", str(png)]) == 0
+    assert "status running" in capsys.readouterr().out and png.exists()
+    trace_json = tmp_path / "killed.json"
+    assert tool("perfetto").main([str(killed), "-o", str(trace_json)]) == 0
+    validate_trace_events(json.loads(trace_json.read_text()))
+    assert tool("compare").main([str(killed), str(real / "np3" / "pcpp")]) == 1
+    assert "holds 0 image(s)" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- refusals, help
+def test_every_tool_refuses_an_unknown_schema_version(
+    real: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    future = tmp_path / "future"
+    shutil.copytree(real / "np2" / "pcpp", future)
+    with h5py.File(future / "run.h5", "r+") as file:
+        file.attrs["schema_version"] = 99
+    calls = {
+        "summary": [str(future)],
+        "timeline": [str(future), "-o", str(tmp_path / "t.png")],
+        "perfetto": [str(future), "-o", str(tmp_path / "t.json")],
+        "compare": [str(future), str(real / "np2" / "pcpp")],
+    }
+    for name, argv in calls.items():
+        assert tool(name).main(argv) == 1, name
+        err = capsys.readouterr().err
+        assert "unsupported file" in err and "schema version 99" in err, name
+
+
+@pytest.mark.parametrize("name", TOOLS)
+def test_every_tool_has_help(name: str) -> None:
+    done = subprocess.run(
+        [sys.executable, str(REPO / "tools" / f"{name}.py"), "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert done.returncode == 0 and "usage:" in done.stdout
