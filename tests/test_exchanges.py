@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from pcpp_mpi.comm.deferred import DeferredStarts
 from pcpp_mpi.comm.exchanges import (
     AllBandsExchange,
     ExchangeError,
@@ -46,6 +47,7 @@ def edge_exchange(mpi: ModuleType, counter: TrafficCounter | None = None) -> Nei
         wire=WIRE,
         counter=counter or TrafficCounter(),
         tracer=Tracer(enabled=False),
+        deferred=DeferredStarts(),
     )
 
 
@@ -126,6 +128,7 @@ def test_neighbour_exchange_to_itself(mpi: ModuleType) -> None:
         wire=WIRE,
         counter=counter,
         tracer=Tracer(enabled=False),
+        deferred=DeferredStarts(),
     )
     for step in range(3):
         to_up = torch.randn(1, 2, 1, 3)
@@ -154,6 +157,7 @@ def test_neighbour_exchange_missing_data_raises(mpi: ModuleType) -> None:
         wire=WIRE,
         counter=TrafficCounter(),
         tracer=Tracer(enabled=False),
+        deferred=DeferredStarts(),
     )
     with pytest.raises(ExchangeError, match="no data"):
         exchange.post(0, None, None)
@@ -173,6 +177,7 @@ def test_all_bands_exchange_one_band(mpi: ModuleType) -> None:
         wire=WIRE,
         counter=counter,
         tracer=Tracer(enabled=False),
+        deferred=DeferredStarts(),
     )
     for step in range(4):
         exchange.post(step, torch.randn(2, 12, 16))
@@ -202,8 +207,10 @@ def test_stats_allreduce_self(mpi: ModuleType) -> None:
         kind="norm",
         comm=mpi.COMM_SELF,
         shape=(3, 2, 4),
+        wire=WIRE,
         counter=counter,
         tracer=Tracer(enabled=False),
+        deferred=DeferredStarts(),
     )
     locals_ = [torch.randn(3, 2, 4, dtype=torch.float64) for _ in range(3)]
     for step, local in enumerate(locals_):
@@ -334,3 +341,55 @@ def test_topology_cfg_groups() -> None:
 def test_topology_rejects(size: int, rank: int, groups: int, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Topology(size, rank, groups)
+
+
+# -- DeferredStarts ------------------------------------------------------------------------------
+
+
+class FakeEvent:
+    """Stands in for a CUDA event: not done until the test says so."""
+
+    def __init__(self) -> None:
+        self.done = False
+        self.waited = False
+
+    def query(self) -> bool:
+        return self.done
+
+    def synchronize(self) -> None:
+        self.waited = True
+        self.done = True
+
+
+def test_deferred_starts_run_in_order_once_ready() -> None:
+    started: list[str] = []
+    deferred = DeferredStarts()
+    first, second = FakeEvent(), FakeEvent()
+    deferred.submit(first, lambda: started.append("a"))
+    deferred.submit(second, lambda: started.append("b"))
+    deferred.submit(None, lambda: started.append("c"))  # no event, but after a and b
+    assert started == [] and len(deferred) == 3
+    second.done = True
+    deferred.progress()
+    assert started == []  # b may not overtake a: MPI matching follows posting order
+    first.done = True
+    deferred.progress()
+    assert started == ["a", "b", "c"] and len(deferred) == 0
+
+
+def test_deferred_flush_waits_for_events() -> None:
+    started: list[int] = []
+    deferred = DeferredStarts()
+    events = [FakeEvent() for _ in range(3)]
+    for index, event in enumerate(events):
+        deferred.submit(event, lambda index=index: started.append(index))
+    deferred.flush()
+    assert started == [0, 1, 2]
+    assert all(event.waited for event in events)
+
+
+def test_cpu_starts_run_at_once() -> None:
+    started: list[int] = []
+    deferred = DeferredStarts()
+    deferred.submit(None, lambda: started.append(1))
+    assert started == [1] and len(deferred) == 0

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from mpi4py import MPI
 
+from pcpp_mpi.comm.deferred import DeferredStarts
 from pcpp_mpi.comm.exchanges import (
     AllBandsExchange,
     NeighbourExchange,
@@ -44,6 +45,7 @@ class RankComm:
         self.cuda_aware = cuda_aware
         self.counter = TrafficCounter()
         self.tracer = Tracer()
+        self.deferred = DeferredStarts()
         self._next_tag = 0
 
     # ------------------------------------------------------------------ set-up helpers
@@ -78,6 +80,7 @@ class RankComm:
             wire=wire,
             counter=self.counter,
             tracer=self.tracer,
+            deferred=self.deferred,
         )
 
     def all_bands_exchange(
@@ -92,16 +95,21 @@ class RankComm:
             wire=wire,
             counter=self.counter,
             tracer=self.tracer,
+            deferred=self.deferred,
         )
 
-    def stats_allreduce(self, name: str, kind: str, *, shape: Sequence[int]) -> StatsAllreduce:
+    def stats_allreduce(
+        self, name: str, kind: str, *, shape: Sequence[int], wire: WireSpec
+    ) -> StatsAllreduce:
         return StatsAllreduce(
             name=name,
             kind=kind,
             comm=self.patch,
             shape=shape,
+            wire=wire,
             counter=self.counter,
             tracer=self.tracer,
+            deferred=self.deferred,
         )
 
     # ------------------------------------------------------------------ whole-step collectives
@@ -112,6 +120,7 @@ class RankComm:
         wire = self.wire_spec(own.device, own.dtype)
         own = own.to(wire.wire_device).contiguous()
         wire.settle()  # the prediction's kernels must have finished before MPI reads it
+        self.deferred.flush()
         theirs = torch.empty_like(own)
         partner = 1 - self.pair.Get_rank()
         start = self.tracer.now()

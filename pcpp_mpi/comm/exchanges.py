@@ -5,9 +5,11 @@ displaced step ``t`` can read what step ``t - 1`` received while posting its own
 ``t + 1``. Misuse raises :class:`ExchangeError`: posting a set whose previous step was never
 completed, or waiting for a step that was not posted.
 
-Buffers live in *wire memory*: host memory when MPI cannot take device pointers (data is copied
-in and out), or the compute device itself when the MPI library is CUDA-aware. Layers see only
-tensors on their compute device.
+Buffers live in *wire memory*: pinned host memory when MPI cannot take device pointers (data is
+copied in and out on the compute stream), or the compute device itself when the MPI library is
+CUDA-aware. Layers see only tensors on their compute device. On a GPU, ``post`` only queues the
+copies and records an event; the MPI calls start once the event has completed (see
+:mod:`pcpp_mpi.comm.deferred`), so the host keeps launching kernels.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from mpi4py import MPI
 
+from pcpp_mpi.comm.deferred import DeferredStarts
 from pcpp_mpi.comm.traffic import TrafficCounter
 from pcpp_mpi.trace.recorder import Tracer
 
@@ -53,15 +56,23 @@ class WireSpec:
         return torch.empty(tuple(shape), dtype=self.dtype, device=self.wire_device, pin_memory=pin)
 
     def to_compute(self, wire: torch.Tensor) -> torch.Tensor:
-        return wire.to(self.compute_device, non_blocking=False) if self.staged else wire
+        """A received buffer as a compute-device tensor (an asynchronous copy when staged: the
+        buffer is refilled only after an event recorded later on the same stream)."""
+        return wire.to(self.compute_device, non_blocking=True) if self.staged else wire
+
+    def ready_event(self) -> torch.cuda.Event | None:
+        """An event after everything queued so far on the compute stream (None on the CPU):
+        the send copies just queued, and the kernels that read the receive set being reused."""
+        if self.compute_device.type != "cuda":
+            return None
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(self.compute_device))
+        return event
 
     def settle(self) -> None:
-        """Before MPI touches device buffers: the copies into the send buffers must be done,
-        and kernels still reading a receive set that is about to be refilled must be finished.
-        (Blocking the host here is the simple, correct baseline; the GPU data path replaces it
-        with events waited on by a communication thread.)"""
-        if self.wire_device.type == "cuda":
-            torch.cuda.current_stream(self.wire_device).synchronize()
+        """Block until the compute stream is idle (for blocking MPI calls on its data)."""
+        if self.compute_device.type == "cuda":
+            torch.cuda.current_stream(self.compute_device).synchronize()
 
 
 class _TwoSets:
@@ -70,12 +81,14 @@ class _TwoSets:
     Waits are reported to the tracer (the time the caller was blocked: exposed communication).
     """
 
-    def __init__(self, name: str, tracer: Tracer) -> None:
+    def __init__(self, name: str, tracer: Tracer, deferred: DeferredStarts) -> None:
         self.name = name
         self.tracer = tracer
+        self.deferred = deferred
         self.step: list[int | None] = [None, None]
         self.requests: list[list[MPI.Request]] = [[], []]
         self.completed: list[bool] = [True, True]
+        self.started: list[bool] = [True, True]
 
     def begin_post(self, step: int) -> int:
         parity = step % 2
@@ -87,7 +100,13 @@ class _TwoSets:
             raise ExchangeError(f"{self.name}: step {step} posted twice")
         self.step[parity] = step
         self.completed[parity] = False
+        self.started[parity] = False
         return parity
+
+    def start(self, parity: int, requests: list[MPI.Request]) -> None:
+        """The MPI operations of a set have been started (maybe later than its post)."""
+        self.requests[parity].extend(requests)
+        self.started[parity] = True
 
     def complete(self, step: int) -> int:
         parity = step % 2
@@ -95,7 +114,9 @@ class _TwoSets:
             raise ExchangeError(f"{self.name}: wait for step {step}, which was never posted")
         if not self.completed[parity]:
             start = self.tracer.now()
-            MPI.Request.Waitall(self.requests[parity])
+            if not self.started[parity] or not MPI.Request.Testall(self.requests[parity]):
+                self.deferred.flush()  # never block while our own sends wait to be started
+                MPI.Request.Waitall(self.requests[parity])
             self.tracer.waited(self.name, step, start, self.tracer.now())
             self.requests[parity] = []
             self.completed[parity] = True
@@ -130,16 +151,18 @@ class NeighbourExchange:
         wire: WireSpec,
         counter: TrafficCounter,
         tracer: Tracer,
+        deferred: DeferredStarts,
     ) -> None:
         self.name = name
         self.kind = kind
         self._comm = comm
         self._tracer = tracer
+        self._deferred = deferred
         self._peers = (up, down)
         self._tag = tag
         self._wire = wire
         self._counter = counter
-        self._sets = _TwoSets(name, tracer)
+        self._sets = _TwoSets(name, tracer, deferred)
         self._send = [
             [
                 None if p is None or s is None else wire.empty(s)
@@ -158,41 +181,46 @@ class NeighbourExchange:
     def post(self, step: int, to_up: torch.Tensor | None, to_down: torch.Tensor | None) -> None:
         """Start receiving step ``step``'s rows from both neighbours and send ours."""
         parity = self._sets.begin_post(step)
-        requests = self._sets.requests[parity]
-        tag = 2 * self._tag + parity
         for side, data in enumerate((to_up, to_down)):
             send = self._send[parity][side]
             if send is not None:
                 if data is None:
                     raise ExchangeError(f"{self.name}: no data for neighbour {self._peers[side]}")
-                send.copy_(data)
-        self._wire.settle()
+                send.copy_(data, non_blocking=True)
         messages = []
         for side in (0, 1):
             peer = self._peers[side]
-            if peer is None:
-                continue
-            sent = received = 0
-            recv = self._recv[parity][side]
-            if recv is not None:
-                requests.append(self._comm.Irecv(mpi_buffer(recv), source=peer, tag=tag))
-                received = recv.nbytes
-            send = self._send[parity][side]
-            if send is not None:
-                requests.append(self._comm.Isend(mpi_buffer(send), dest=peer, tag=tag))
-                sent = send.nbytes
-            if sent or received:
-                messages.append((peer, sent, received))
+            recv, send = self._recv[parity][side], self._send[parity][side]
+            if peer is not None and (recv is not None or send is not None):
+                sent = 0 if send is None else send.nbytes
+                messages.append((peer, sent, 0 if recv is None else recv.nbytes))
         self._counter.add(
             step,
             self.kind,
             sent=sum(m[1] for m in messages),
             received=sum(m[2] for m in messages),
         )
+        self._deferred.submit(self._wire.ready_event(), lambda: self._start(step, parity, messages))
+
+    def _start(self, step: int, parity: int, messages: list[tuple[int, int, int]]) -> None:
+        requests: list[MPI.Request] = []
+        tag = 2 * self._tag + parity
+        for side in (0, 1):
+            peer = self._peers[side]
+            if peer is None:
+                continue
+            recv = self._recv[parity][side]
+            if recv is not None:
+                requests.append(self._comm.Irecv(mpi_buffer(recv), source=peer, tag=tag))
+            send = self._send[parity][side]
+            if send is not None:
+                requests.append(self._comm.Isend(mpi_buffer(send), dest=peer, tag=tag))
+        self._sets.start(parity, requests)
         self._tracer.posted(self.name, self.kind, step, messages)
 
     def wait(self, step: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Rows received for ``step``: ``(from_up, from_down)``, ``None`` at image edges."""
+        self._deferred.progress()
         parity = self._sets.complete(step)
         up, down = self._recv[parity]
         return (
@@ -218,16 +246,18 @@ class AllBandsExchange:
         wire: WireSpec,
         counter: TrafficCounter,
         tracer: Tracer,
+        deferred: DeferredStarts,
     ) -> None:
         self.name = name
         self.kind = kind
         self._comm = comm
         self._tracer = tracer
+        self._deferred = deferred
         self._rank = comm.Get_rank()
         self._tag = tag
         self._wire = wire
         self._counter = counter
-        self._sets = _TwoSets(name, tracer)
+        self._sets = _TwoSets(name, tracer, deferred)
         self._send = [wire.empty(shapes[self._rank]) for _ in range(2)]
         self._recv = [
             [None if band == self._rank else wire.empty(shape) for band, shape in enumerate(shapes)]
@@ -236,30 +266,37 @@ class AllBandsExchange:
 
     def post(self, step: int, own: torch.Tensor) -> None:
         parity = self._sets.begin_post(step)
-        requests = self._sets.requests[parity]
-        tag = 2 * self._tag + parity
-        messages = []
         send = self._send[parity]
-        send.copy_(own)
-        self._wire.settle()
-        for band, recv in enumerate(self._recv[parity]):
-            if recv is not None:
-                requests.append(self._comm.Irecv(mpi_buffer(recv), source=band, tag=tag))
-        buffer = mpi_buffer(send)
-        for band, recv in enumerate(self._recv[parity]):
-            if recv is not None:
-                requests.append(self._comm.Isend(buffer, dest=band, tag=tag))
-                messages.append((band, send.nbytes, recv.nbytes))
+        send.copy_(own, non_blocking=True)
+        messages = [
+            (band, send.nbytes, recv.nbytes)
+            for band, recv in enumerate(self._recv[parity])
+            if recv is not None
+        ]
         self._counter.add(
             step,
             self.kind,
             sent=sum(m[1] for m in messages),
             received=sum(m[2] for m in messages),
         )
+        self._deferred.submit(self._wire.ready_event(), lambda: self._start(step, parity, messages))
+
+    def _start(self, step: int, parity: int, messages: list[tuple[int, int, int]]) -> None:
+        requests: list[MPI.Request] = []
+        tag = 2 * self._tag + parity
+        for band, recv in enumerate(self._recv[parity]):
+            if recv is not None:
+                requests.append(self._comm.Irecv(mpi_buffer(recv), source=band, tag=tag))
+        buffer = mpi_buffer(self._send[parity])
+        for band, recv in enumerate(self._recv[parity]):
+            if recv is not None:
+                requests.append(self._comm.Isend(buffer, dest=band, tag=tag))
+        self._sets.start(parity, requests)
         self._tracer.posted(self.name, self.kind, step, messages)
 
     def wait(self, step: int) -> list[torch.Tensor | None]:
         """Every band's block for ``step`` in band order; ``None`` at this rank's own index."""
+        self._deferred.progress()
         parity = self._sets.complete(step)
         return [None if r is None else self._wire.to_compute(r) for r in self._recv[parity]]
 
@@ -270,7 +307,9 @@ class AllBandsExchange:
 class StatsAllreduce:
     """Sum of per-band statistics over all bands of a group (GroupNorm sums and counts).
 
-    Statistics are float64 host tensors whatever the compute device: they are a few numbers.
+    Statistics travel as float64 host tensors (pinned when the compute device is a GPU): they
+    are a few numbers. ``post`` takes them on the compute device; ``wait`` and ``posted``
+    return host tensors.
     """
 
     def __init__(
@@ -280,34 +319,42 @@ class StatsAllreduce:
         kind: str,
         comm: MPI.Comm,
         shape: Sequence[int],
+        wire: WireSpec,
         counter: TrafficCounter,
         tracer: Tracer,
+        deferred: DeferredStarts,
     ) -> None:
         self.name = name
         self.kind = kind
         self._comm = comm
         self._counter = counter
         self._tracer = tracer
-        self._sets = _TwoSets(name, tracer)
-        self._local = [torch.empty(tuple(shape), dtype=torch.float64) for _ in range(2)]
-        self._global = [torch.empty(tuple(shape), dtype=torch.float64) for _ in range(2)]
+        self._deferred = deferred
+        self._host = WireSpec(wire.compute_device, torch.device("cpu"), torch.float64)
+        self._sets = _TwoSets(name, tracer, deferred)
+        self._local = [self._host.empty(shape) for _ in range(2)]
+        self._global = [self._host.empty(shape) for _ in range(2)]
 
     def post(self, step: int, local: torch.Tensor) -> None:
         parity = self._sets.begin_post(step)
-        self._local[parity].copy_(local)
-        self._sets.requests[parity].append(
-            self._comm.Iallreduce(
-                [self._local[parity].numpy(), MPI.DOUBLE],
-                [self._global[parity].numpy(), MPI.DOUBLE],
-                op=MPI.SUM,
-            )
-        )
+        self._local[parity].copy_(local, non_blocking=True)
         nbytes = self._local[parity].nbytes
         self._counter.add(step, self.kind, sent=nbytes, received=nbytes)
+        self._deferred.submit(self._host.ready_event(), lambda: self._start(step, parity))
+
+    def _start(self, step: int, parity: int) -> None:
+        request = self._comm.Iallreduce(
+            [self._local[parity].numpy(), MPI.DOUBLE],
+            [self._global[parity].numpy(), MPI.DOUBLE],
+            op=MPI.SUM,
+        )
+        self._sets.start(parity, [request])
+        nbytes = self._local[parity].nbytes
         self._tracer.posted(self.name, self.kind, step, [(-1, nbytes, nbytes)])
 
     def wait(self, step: int) -> torch.Tensor:
-        """The group-wide sum for ``step``."""
+        """The group-wide sum for ``step`` (host tensor)."""
+        self._deferred.progress()
         return self._global[self._sets.complete(step)]
 
     def posted(self, step: int) -> torch.Tensor:

@@ -110,7 +110,9 @@ def parallelize(
     for spec in inventory.norms:
         stats = None
         if communicate:
-            stats = comm.stats_allreduce(spec.name, "norm", shape=(3, batch, spec.groups))
+            stats = comm.stats_allreduce(
+                spec.name, "norm", shape=(3, batch, spec.groups), wire=wire
+            )
             handle.exchanges.append(stats)
         norm = modules[spec.name]
         assert isinstance(norm, nn.GroupNorm)

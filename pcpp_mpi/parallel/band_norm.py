@@ -19,15 +19,15 @@ class StatsExchange(Protocol):
 
 
 def local_group_stats(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """``(3, B, G)`` float64: per-group sum, sum of squares and element count of a local band
-    ``x`` of shape ``(B, C, h, W)``."""
+    """``(3, B, G)`` float64 on ``x``'s device: per-group sum, sum of squares and element count
+    of a local band ``x`` of shape ``(B, C, h, W)``."""
     batch = x.shape[0]
     grouped = x.reshape(batch, groups, -1)
     accumulate = torch.float64 if x.device.type == "cpu" else torch.float32
     total = grouped.sum(dim=-1, dtype=accumulate)
     squares = grouped.square().sum(dim=-1, dtype=accumulate)
     count = torch.full_like(total, grouped.shape[-1])
-    return torch.stack([total, squares, count]).to("cpu", torch.float64)
+    return torch.stack([total, squares, count]).to(torch.float64)
 
 
 class BandGroupNorm(nn.Module):
@@ -55,12 +55,13 @@ class BandGroupNorm(nn.Module):
             stats = local
         elif clock.fresh:
             self.exchange.post(clock.step, local)
-            stats = self.exchange.wait(clock.step)
+            stats = self.exchange.wait(clock.step).to(x.device, non_blocking=True)
         else:
             if clock.posts_for_next:
                 self.exchange.post(clock.step, local)
             previous = clock.step - 1
-            stats = self.exchange.wait(previous) - self.exchange.posted(previous) + local
+            stale = self.exchange.wait(previous) - self.exchange.posted(previous)
+            stats = stale.to(x.device, non_blocking=True) + local
         total, squares, count = stats
         mean = total / count
         var = (squares / count - mean.square()).clamp_min(0.0)
@@ -68,8 +69,8 @@ class BandGroupNorm(nn.Module):
         batch = x.shape[0]
         shape = (batch, norm.num_groups, 1)
         grouped = x.reshape(batch, norm.num_groups, -1)
-        mean_t = mean.to(x.device, torch.float32).view(shape)
-        inv_t = inv_std.to(x.device, torch.float32).view(shape)
+        mean_t = mean.to(torch.float32).view(shape)
+        inv_t = inv_std.to(torch.float32).view(shape)
         y = ((grouped.float() - mean_t) * inv_t).to(x.dtype).reshape(x.shape)
         if norm.affine:
             y = y * norm.weight.view(1, -1, 1, 1) + norm.bias.view(1, -1, 1, 1)
