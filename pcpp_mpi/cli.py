@@ -68,6 +68,15 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from pcpp_mpi.engine.stopping import StopSignals
+
+    # installed before the slow imports and the model load: a stop signal during start-up
+    # ends the run cleanly at its first step boundary instead of killing the rank
+    with StopSignals() as signals:
+        return _run_with(args, signals)
+
+
+def _run_with(args: argparse.Namespace, signals) -> int:
     import mpi4py
 
     mpi4py.rc.thread_level = "multiple"
@@ -101,7 +110,12 @@ def _run(args: argparse.Namespace) -> int:
     comm = RankComm(world, cfg_groups, cuda_aware=bool(cuda_aware()))
     try:
         result = run_job(
-            job, comm, args.out, overwrite=args.overwrite, progress=not args.no_progress
+            job,
+            comm,
+            args.out,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+            signals=signals,
         )
     except JobError as exc:
         if rank == 0:

@@ -14,6 +14,7 @@ from pcpp_mpi.accounting import (
 )
 from pcpp_mpi.config import JobConfig
 from pcpp_mpi.engine.layout import RunLayout, plan_layout
+from pcpp_mpi.engine.setup import unet_batch
 from pcpp_mpi.geometry import conv_halo, pcpp_rows
 from pcpp_mpi.models import unet_config, vae_scale_factor
 from pcpp_mpi.parallel.inventory import LayerInventory, trace_inventory
@@ -155,9 +156,7 @@ def make_plan(job: JobConfig, n_ranks: int) -> JobPlan:
     config = unet_config(job.model)
     layout = plan_layout(job, n_ranks, config, vae_scale_factor(job.model))
     inventory = trace_inventory(config, layout.latent_height, layout.latent_width)
-    guided = job.generation.guidance_scale > 1.0
-    batch = 2 if guided and layout.cfg_groups == 1 else 1
-    return JobPlan(job, layout, inventory, batch, ITEMSIZE[job.runtime.dtype])
+    return JobPlan(job, layout, inventory, unet_batch(job, layout), ITEMSIZE[job.runtime.dtype])
 
 
 def _mib(n: int) -> str:

@@ -29,19 +29,22 @@ from pcpp_mpi.config import JobConfig, job_to_yaml
 from pcpp_mpi.engine.decode import latent_to_image
 from pcpp_mpi.engine.denoise import BandContext, denoise_band
 from pcpp_mpi.engine.layout import RunLayout, plan_layout
+from pcpp_mpi.engine.schedulers import check_schedule
+from pcpp_mpi.engine.setup import DTYPES, prepare_band_context
 from pcpp_mpi.engine.stopping import NonFiniteLatent, RunInterrupted, StopSignals
-from pcpp_mpi.models import check_model_folder, load_model, unet_config, vae_scale_factor
+from pcpp_mpi.models import (
+    check_model_folder,
+    load_model,
+    scheduler_config,
+    unet_config,
+    vae_scale_factor,
+)
 from pcpp_mpi.output import RunFile, prepare_run_dir, write_png
 from pcpp_mpi.output.provenance import collect_package_versions, git_revision
 from pcpp_mpi.output.rank_file import RankFile, rank_file_name
 from pcpp_mpi.output.space import check_free_space
-from pcpp_mpi.parallel.apply import parallelize
-from pcpp_mpi.parallel.clock import StepClock
-from pcpp_mpi.parallel.inventory import inventory_of
 
 log = logging.getLogger("pcpp_mpi")
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class JobError(RuntimeError):
@@ -74,6 +77,8 @@ def _check_job(job: JobConfig, n_ranks: int) -> RunLayout:
     """Everything that can be checked without weights: model folder, geometry, rank count."""
     if job.model.path is not None:
         check_model_folder(job.model.path)
+    generation = job.generation
+    check_schedule(generation.scheduler, scheduler_config(job.model), generation.steps)
     return plan_layout(job, n_ranks, unet_config(job.model), vae_scale_factor(job.model))
 
 
@@ -98,8 +103,14 @@ def run_job(
     *,
     overwrite: bool = False,
     progress: bool = True,
+    signals: StopSignals | None = None,
 ) -> RunResult:
-    """Run ``job`` on this rank; every rank of ``comm.world`` calls it together."""
+    """Run ``job`` on this rank; every rank of ``comm.world`` calls it together.
+
+    ``signals``: stop-signal handlers the caller installed early (so a signal during start-up
+    stops the run at its first step boundary); without them they are installed for the
+    denoising only.
+    """
     rank = comm.world.Get_rank()
     n_ranks = comm.world.Get_size()
 
@@ -150,32 +161,8 @@ def run_job(
 
     with tracer.phase("setup"):
         world_info = describe_world(comm.world)
-        clock = StepClock(layout.mode, job.generation.steps, job.parallel.warmup_steps)
-        inventory = inventory_of(bundle.unet, layout.latent_height, layout.latent_width)
-        guided = job.generation.guidance_scale > 1.0
-        batch = 2 if guided and layout.cfg_groups == 1 else 1
-        handle = parallelize(
-            bundle.unet,
-            inventory,
-            comm,
-            layout.bands,
-            clock,
-            mode=layout.mode,
-            ratio=job.parallel.ratio,
-            batch=batch,
-        )
-    ctx = BandContext(
-        job=job,
-        comm=comm,
-        bundle=bundle,
-        bands=layout.bands,
-        clock=clock,
-        handle=handle,
-        device=device,
-        dtype=dtype,
-        latent_height=layout.latent_height,
-        latent_width=layout.latent_width,
-    )
+        ctx = prepare_band_context(job, comm, bundle, device, layout)
+    handle = ctx.handle
     topology = comm.topology
     rank_file = RankFile(
         run_dir / rank_file_name(rank),
@@ -215,8 +202,8 @@ def run_job(
     recorder = _FailureRecorder(run_file)
     channel = FailureChannel(comm.world, recorder.record)
     try:
-        with StopSignals() as signals:
-            _generate_all(ctx, layout, run_file, rank_file, run_dir, progress, signals)
+        with contextlib.nullcontext(signals) if signals else StopSignals() as active:
+            _generate_all(ctx, layout, run_file, rank_file, run_dir, progress, active)
         rank_file.append(phases=tracer.take_finished()[2])
         rank_file.set_attrs(status="complete", peak_memory_bytes=_peak_memory(device))
         if run_file is not None:

@@ -25,3 +25,22 @@ def make_scheduler(name: str, config: Mapping[str, Any]) -> SchedulerMixin:
             base, algorithm_type="dpmsolver++", thresholding=False
         )
     raise ValueError(f"unknown scheduler {name!r} (known: ddim, euler, dpmsolver++)")
+
+
+def check_schedule(name: str, config: Mapping[str, Any], steps: int) -> None:
+    """Raise ValueError naming ``generation.steps`` if the schedule cannot take ``steps`` steps
+    (e.g. DDIM with more steps than training timesteps minus its offset)."""
+    scheduler = make_scheduler(name, config)
+    train_steps = int(scheduler.config.num_train_timesteps)
+    try:
+        scheduler.set_timesteps(steps)
+    except ValueError as exc:
+        raise ValueError(
+            f"generation.steps: {steps} steps do not fit the schedule ({exc})"
+        ) from exc
+    last = int(scheduler.timesteps.max())
+    if last >= train_steps or len(scheduler.timesteps) != steps:
+        raise ValueError(
+            f"generation.steps: {steps} steps of {name} reach timestep {last} of a schedule "
+            f"trained on {train_steps} timesteps (0 to {train_steps - 1}); use fewer steps"
+        )

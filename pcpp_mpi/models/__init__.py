@@ -9,7 +9,7 @@
 from pcpp_mpi.models.bundle import ModelBundle, PromptEmbeddings, PromptEncoder
 from pcpp_mpi.models.errors import ModelError
 from pcpp_mpi.models.folder import check_model_folder
-from pcpp_mpi.models.loader import load_model, unet_config, vae_scale_factor
+from pcpp_mpi.models.loader import load_model, scheduler_config, unet_config, vae_scale_factor
 
 __all__ = [
     "ModelBundle",
@@ -18,6 +18,7 @@ __all__ = [
     "PromptEncoder",
     "check_model_folder",
     "load_model",
+    "scheduler_config",
     "unet_config",
     "vae_scale_factor",
 ]

@@ -7,9 +7,14 @@ from typing import Any
 import torch
 
 from pcpp_mpi.config.schema import ModelConfig
-from pcpp_mpi.models.bundle import ModelBundle
+from pcpp_mpi.models.bundle import ModelBundle, default_scheduler_config
 from pcpp_mpi.models.errors import ModelError
-from pcpp_mpi.models.folder import folder_unet_config, folder_vae_scale_factor, load_folder
+from pcpp_mpi.models.folder import (
+    folder_unet_config,
+    folder_vae_scale_factor,
+    load_folder,
+    read_component_config,
+)
 from pcpp_mpi.models.random_arch import arch_unet_config, arch_vae_scale_factor, load_random_arch
 from pcpp_mpi.models.tiny import load_tiny, tiny_unet_config, tiny_vae_scale_factor
 
@@ -54,6 +59,14 @@ def vae_scale_factor(model: ModelConfig) -> int:
         return arch_vae_scale_factor(model.arch)
     assert model.path is not None
     return folder_vae_scale_factor(model.path)
+
+
+def scheduler_config(model: ModelConfig) -> dict[str, Any]:
+    """The model's noise-schedule config, without loading weights."""
+    if _source(model) == "path":
+        assert model.path is not None
+        return read_component_config(model.path, "scheduler")
+    return default_scheduler_config()
 
 
 def load_model(model: ModelConfig, dtype: torch.dtype, device: torch.device) -> ModelBundle:
