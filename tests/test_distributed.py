@@ -41,6 +41,7 @@ RUNS: dict[int, dict[str, list[str]]] = {
         "single": [],
         "sd_single": SD_FOLDER,
         "sdxl_single": SDXL_FOLDER,
+        "single_256": ["generation.height=256"],
         "single_dpm": ["generation.scheduler=dpmsolver++"],
         "single_euler": ["generation.scheduler=euler"],
     },
@@ -78,6 +79,14 @@ RUNS: dict[int, dict[str, list[str]]] = {
         "cfg_pcpp": ["parallel.cfg_parallel=true", "parallel.mode=pcpp"],
         "distrifusion": ["parallel.mode=distrifusion"],
         "pcpp": ["parallel.mode=pcpp"],
+    },
+    8: {  # the 8-rank code paths (8 bands; 4 bands x 2 CFG groups), at 256 px = 8 units
+        "sync_256": ["generation.height=256"],
+        "cfg_pcpp_256": [
+            "generation.height=256",
+            "parallel.cfg_parallel=true",
+            "parallel.mode=pcpp",
+        ],
     },
 }
 
@@ -136,6 +145,11 @@ def test_sync_equals_single(runs, n: int) -> None:
     assert max_diff(runs(n) / "sync", single) < EXACT
     # and the latent is far from trivial: the comparison is meaningful
     assert np.abs(latent(single)).max() > 1.0
+
+
+def test_eight_ranks_sync_equals_single(runs) -> None:
+    assert max_diff(runs(8) / "sync_256", runs(1) / "single_256") < EXACT
+    assert max_diff(runs(8) / "cfg_pcpp_256", runs(1) / "single_256") > 1e-3
 
 
 @pytest.mark.parametrize("n", [2, 3])
@@ -204,7 +218,7 @@ def _predicted(plan, rank: int, mode: str) -> dict[tuple[int, str], tuple[int, i
     return expected
 
 
-BYTE_CASES = [(n, name) for n in (2, 3, 4) for name in RUNS[n]]
+BYTE_CASES = [(n, name) for n in (2, 3, 4, 8) for name in RUNS[n]]
 
 
 @pytest.mark.parametrize(("n", "name"), BYTE_CASES)
