@@ -550,8 +550,9 @@ def test_time_limit_interrupts_the_run(
     slurm: None, tmp_path: Path, launcher: str, signal: str
 ) -> None:
     # Slurm limits are whole minutes and the warning may come up to 60 s early: with --time=2
-    # and @30 it arrives 60-90 s after the start, after the ranks' ~30 s start-up. 500 steps
-    # of the tiny model would take several minutes.
+    # and @30 it arrives 60-90 s after the start, after the ranks' ~30 s start-up. 900 steps
+    # of the tiny model at 512 px take several minutes even on an idle machine (500 steps at
+    # 256 px finished within the limit there).
     job_id = _submit(
         [
             "--ntasks=2",
@@ -561,7 +562,11 @@ def test_time_limit_interrupts_the_run(
             str(PCPP_SBATCH),
             str(TINY),
             "--set",
-            "generation.steps=500",
+            "generation.steps=900",
+            "--set",
+            "generation.height=512",
+            "--set",
+            "generation.width=512",
             "--no-progress",
         ],
         tmp_path,
@@ -586,5 +591,5 @@ def test_time_limit_interrupts_the_run(
         traffic = read_traffic(path)
         assert set(traffic["step"]) == set(range(len(steps)))
         counts.append(len(steps))
-    assert counts[0] == counts[1] < 500
+    assert counts[0] == counts[1] < 900
     assert f"interrupted (exit 3): finished steps are in runs/{job_id}" in log
