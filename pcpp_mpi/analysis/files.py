@@ -11,7 +11,6 @@ No MPI, no torch.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ import yaml
 
 from pcpp_mpi.output.errors import OutputError
 from pcpp_mpi.output.rank_file import TABLES
-from pcpp_mpi.output.run_file import check_schema_version
+from pcpp_mpi.output.run_file import check_schema_version, plain_value, read_provenance
 
 RUN_FILE_NAME = "run.h5"
 _RANK_FILE_RE = re.compile(r"^rank-(\d+)\.h5$")
@@ -41,17 +40,6 @@ STATUS_NOTES: MappingProxyType[str, str] = MappingProxyType(
         "failed": "the job failed: only the steps finished before the failure are here",
     }
 )
-
-
-def plain(value: Any) -> Any:
-    """An HDF5 attribute value as a plain Python value (str, int, float, list)."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return value
 
 
 def open_h5(path: str | Path) -> h5py.File:
@@ -156,22 +144,11 @@ def read_rank_trace(path: str | Path) -> RankTrace:
     """Read one rank file (attributes and the four tables); missing tables read as empty."""
     path = Path(path)
     with open_h5(path) as file:
-        attrs = {key: plain(value) for key, value in file.attrs.items()}
+        attrs = {key: plain_value(value) for key, value in file.attrs.items()}
         tables = {}
         for name in TABLES:
             tables[name] = decode_table(file[name][()]) if name in file else empty_table(name)
     return RankTrace(path=path, attrs=attrs, **tables)
-
-
-def _read_provenance(group: h5py.Group) -> dict[str, Any]:
-    json_keys = set(json.loads(plain(group.attrs.get("_json_keys", "[]"))))
-    out: dict[str, Any] = {}
-    for key, value in group.attrs.items():
-        if key == "_json_keys":
-            continue
-        value = plain(value)
-        out[key] = json.loads(value) if key in json_keys else value
-    return out
 
 
 @dataclass(frozen=True)
@@ -208,7 +185,7 @@ def read_run_meta(path: str | Path) -> RunMeta:
     """Read ``run.h5``'s attributes, configuration, provenance, rank links and image names."""
     path = Path(path)
     with open_h5(path) as file:
-        attrs = {key: plain(value) for key, value in file.attrs.items()}
+        attrs = {key: plain_value(value) for key, value in file.attrs.items()}
         rank_files = []
         if "ranks" in file:
             for name in sorted(file["ranks"].keys(), key=_index_key):
@@ -217,7 +194,7 @@ def read_run_meta(path: str | Path) -> RunMeta:
                     rank_files.append(link.filename)
         images = sorted(file["images"].keys(), key=_index_key) if "images" in file else []
         config = file["config"].asstr()[()] if "config" in file else ""
-        provenance = _read_provenance(file["provenance"]) if "provenance" in file else {}
+        provenance = read_provenance(file["provenance"]) if "provenance" in file else {}
     error = attrs.get("error")
     n_ranks = attrs.get("n_ranks")
     return RunMeta(

@@ -75,6 +75,13 @@ class WireSpec:
             torch.cuda.current_stream(self.compute_device).synchronize()
 
 
+def _count(
+    counter: TrafficCounter, step: int, kind: str, messages: list[tuple[int, int, int]]
+) -> None:
+    """Add ``(peer, sent, received)`` messages to the traffic of ``step``."""
+    counter.add(step, kind, sent=sum(m[1] for m in messages), received=sum(m[2] for m in messages))
+
+
 class _TwoSets:
     """Book-keeping of the two buffer sets: which step each holds and its pending requests.
 
@@ -194,12 +201,7 @@ class NeighbourExchange:
             if peer is not None and (recv is not None or send is not None):
                 sent = 0 if send is None else send.nbytes
                 messages.append((peer, sent, 0 if recv is None else recv.nbytes))
-        self._counter.add(
-            step,
-            self.kind,
-            sent=sum(m[1] for m in messages),
-            received=sum(m[2] for m in messages),
-        )
+        _count(self._counter, step, self.kind, messages)
         self._deferred.submit(self._wire.ready_event(), lambda: self._start(step, parity, messages))
 
     def _start(self, step: int, parity: int, messages: list[tuple[int, int, int]]) -> None:
@@ -273,12 +275,7 @@ class AllBandsExchange:
             for band, recv in enumerate(self._recv[parity])
             if recv is not None
         ]
-        self._counter.add(
-            step,
-            self.kind,
-            sent=sum(m[1] for m in messages),
-            received=sum(m[2] for m in messages),
-        )
+        _count(self._counter, step, self.kind, messages)
         self._deferred.submit(self._wire.ready_event(), lambda: self._start(step, parity, messages))
 
     def _start(self, step: int, parity: int, messages: list[tuple[int, int, int]]) -> None:

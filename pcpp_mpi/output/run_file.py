@@ -59,7 +59,7 @@ def _name_index(name: str) -> int:
     return int(match.group(1)) if match else -1
 
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
     """Convert numpy scalars and arrays read from HDF5 attributes to Python values."""
     if isinstance(value, np.generic):
         return value.item()
@@ -83,7 +83,7 @@ def check_schema_version(file: h5py.File | h5py.Group, path: str | Path | None =
             f"{where} has no schema_version attribute: not a file written by pcpp-mpi "
             f"(this version reads schema versions {supported})"
         )
-    raw = _plain(file.attrs["schema_version"])
+    raw = plain_value(file.attrs["schema_version"])
     try:
         version = int(raw)
     except (TypeError, ValueError):
@@ -257,7 +257,7 @@ class RunFile:
     @property
     def status(self) -> str:
         """The status currently recorded in the file."""
-        return str(_plain(self._require_open().attrs["status"]))
+        return str(plain_value(self._require_open().attrs["status"]))
 
     def set_status(self, status: FinalStatus, error: str | None = None) -> None:
         """Record the final status (with ``error`` and the finish time) and flush.
@@ -344,13 +344,14 @@ def _write_provenance(group: h5py.Group, provenance: Mapping[str, object]) -> No
     group.attrs[_JSON_KEYS_ATTR] = json.dumps(json_keys)
 
 
-def _read_provenance(group: h5py.Group) -> dict[str, Any]:
-    json_keys = set(json.loads(_plain(group.attrs.get(_JSON_KEYS_ATTR, "[]"))))
+def read_provenance(group: h5py.Group) -> dict[str, Any]:
+    """The ``/provenance`` attributes as plain values (JSON-encoded ones decoded)."""
+    json_keys = set(json.loads(plain_value(group.attrs.get(_JSON_KEYS_ATTR, "[]"))))
     result: dict[str, Any] = {}
     for key, value in group.attrs.items():
         if key == _JSON_KEYS_ATTR:
             continue
-        value = _plain(value)
+        value = plain_value(value)
         result[key] = json.loads(value) if key in json_keys else value
     return result
 
@@ -381,8 +382,8 @@ def read_run(path: str | Path) -> RunInfo:
     path = Path(path)
     with open_run_file(path) as file:
         attrs = file.attrs
-        error = _plain(attrs.get("error"))
-        n_ranks = _plain(attrs.get("n_ranks"))
+        error = plain_value(attrs.get("error"))
+        n_ranks = plain_value(attrs.get("n_ranks"))
         images = []
         image_group = file.get("images")
         for name in _sorted_names(image_group):
@@ -391,8 +392,8 @@ def read_run(path: str | Path) -> RunInfo:
                 RunImage(
                     name=name,
                     array=dataset[()],
-                    prompt=str(_plain(dataset.attrs.get("prompt", ""))),
-                    seed=int(_plain(dataset.attrs.get("seed", -1))),
+                    prompt=str(plain_value(dataset.attrs.get("prompt", ""))),
+                    seed=int(plain_value(dataset.attrs.get("seed", -1))),
                 )
             )
         latent_group = file.get("latents")
@@ -404,14 +405,14 @@ def read_run(path: str | Path) -> RunInfo:
             if isinstance(link, h5py.ExternalLink):
                 rank_files.append(link.filename)
         config = file["config"].asstr()[()] if "config" in file else ""
-        provenance = _read_provenance(file["provenance"]) if "provenance" in file else {}
+        provenance = read_provenance(file["provenance"]) if "provenance" in file else {}
         return RunInfo(
             path=path,
-            schema_version=int(_plain(attrs["schema_version"])),
-            status=str(_plain(attrs.get("status", "unknown"))),
+            schema_version=int(plain_value(attrs["schema_version"])),
+            status=str(plain_value(attrs.get("status", "unknown"))),
             error=str(error) if error else None,
-            created=_plain(attrs.get("created")),
-            finished=_plain(attrs.get("finished")),
+            created=plain_value(attrs.get("created")),
+            finished=plain_value(attrs.get("finished")),
             n_ranks=int(n_ranks) if n_ranks is not None else None,
             config_yaml=config,
             provenance=provenance,
