@@ -393,3 +393,14 @@ def test_cpu_starts_run_at_once() -> None:
     deferred = DeferredStarts()
     deferred.submit(None, lambda: started.append(1))
     assert started == [1] and len(deferred) == 0
+
+
+def test_drain_completes_a_pending_set(mpi: ModuleType) -> None:
+    """A run stopped between post and wait: drain completes the set, then reset works."""
+    exchange = edge_exchange(mpi)
+    exchange.post(0, None, None)
+    with pytest.raises(ExchangeError, match="pending"):
+        exchange.reset()
+    exchange.drain()
+    exchange.reset()
+    exchange.post(0, None, None)  # the set is usable again

@@ -129,6 +129,16 @@ class _TwoSets:
             self.completed[parity] = True
         return parity
 
+    def drain(self) -> None:
+        """Complete every pending set (a run stopped between a post and its wait): MPI must
+        not be left writing into buffers that are about to be freed."""
+        for parity in (0, 1):
+            if not self.completed[parity]:
+                self.deferred.flush()
+                MPI.Request.Waitall(self.requests[parity])
+                self.requests[parity] = []
+                self.completed[parity] = True
+
     def reset(self) -> None:
         """Forget finished steps (a new image starts at step 0); pending ones are an error."""
         for parity in (0, 1):
@@ -233,6 +243,9 @@ class NeighbourExchange:
     def reset(self) -> None:
         self._sets.reset()
 
+    def drain(self) -> None:
+        self._sets.drain()
+
 
 class AllBandsExchange:
     """A band's block to every other band of its group, and theirs to it (full K/V context)."""
@@ -300,6 +313,9 @@ class AllBandsExchange:
     def reset(self) -> None:
         self._sets.reset()
 
+    def drain(self) -> None:
+        self._sets.drain()
+
 
 class StatsAllreduce:
     """Sum of per-band statistics over all bands of a group (GroupNorm sums and counts).
@@ -363,3 +379,6 @@ class StatsAllreduce:
 
     def reset(self) -> None:
         self._sets.reset()
+
+    def drain(self) -> None:
+        self._sets.drain()

@@ -209,6 +209,7 @@ def run_job(
         if run_file is not None:
             run_file.set_status("complete")
     except RunInterrupted as exc:
+        handle.drain()  # the step's displaced sends and receives were posted, never waited
         _finish_rank_file(rank_file, comm, "interrupted", str(exc), device)
         if run_file is not None:
             run_file.set_status("interrupted", error=str(exc))

@@ -37,6 +37,11 @@ class ParallelHandle:
         for exchange in self.exchanges:
             exchange.reset()  # type: ignore[attr-defined]
 
+    def drain(self) -> None:
+        """Complete the exchanges still in flight (every rank stopped at the same step)."""
+        for exchange in self.exchanges:
+            exchange.drain()  # type: ignore[attr-defined]
+
     def remove(self) -> None:
         for parent, child, original in reversed(self.replaced):
             setattr(parent, child, original)
