@@ -24,7 +24,7 @@ from mpi_launch import REPO, mpirun
 
 from pcpp_mpi.config import load_job
 from pcpp_mpi.output import read_run
-from pcpp_mpi.output.rank_file import read_traffic
+from pcpp_mpi.output.rank_file import read_rank_attrs, read_traffic
 from pcpp_mpi.planning import make_plan
 
 pytestmark = pytest.mark.mpi
@@ -62,6 +62,12 @@ RUNS: dict[int, dict[str, list[str]]] = {
         "naive": ["parallel.mode=naive"],
         "cfg_sync": ["parallel.cfg_parallel=true"],
         "sd_sync": SD_FOLDER,
+        "distrifusion_graphs": ["parallel.mode=distrifusion", "runtime.graphs=emulate"],
+        "pcpp_graphs": ["parallel.mode=pcpp", "runtime.graphs=emulate"],
+        "naive_graphs": ["parallel.mode=naive", "runtime.graphs=emulate"],
+        "pcpp_10": ["parallel.mode=pcpp", "generation.steps=10"],
+        "pcpp_10_graphs": ["parallel.mode=pcpp", "generation.steps=10", "runtime.graphs=emulate"],
+        "cfg_sync_graphs": ["parallel.cfg_parallel=true", "runtime.graphs=emulate"],
     },
     3: {
         "sync": [],
@@ -72,11 +78,24 @@ RUNS: dict[int, dict[str, list[str]]] = {
         "naive": ["parallel.mode=naive"],
         "sdxl_sync": SDXL_FOLDER,
         "sdxl_pcpp": [*SDXL_FOLDER, "parallel.mode=pcpp"],
+        "sync_graphs": ["runtime.graphs=emulate"],
+        "pcpp_graphs": ["parallel.mode=pcpp", "runtime.graphs=emulate"],
+        "distrifusion_10": ["parallel.mode=distrifusion", "generation.steps=10"],
+        "distrifusion_10_graphs": [
+            "parallel.mode=distrifusion",
+            "generation.steps=10",
+            "runtime.graphs=emulate",
+        ],
     },
     4: {
         "sync": [],
         "cfg_sync": ["parallel.cfg_parallel=true"],
         "cfg_pcpp": ["parallel.cfg_parallel=true", "parallel.mode=pcpp"],
+        "cfg_pcpp_graphs": [
+            "parallel.cfg_parallel=true",
+            "parallel.mode=pcpp",
+            "runtime.graphs=emulate",
+        ],
         "distrifusion": ["parallel.mode=distrifusion"],
         "pcpp": ["parallel.mode=pcpp"],
     },
@@ -200,6 +219,27 @@ def test_displaced_modes_are_deterministic(runs, mode: str) -> None:
     assert np.array_equal(image_a, image_b)
 
 
+GRAPH_CASES = [(n, name) for n in RUNS for name in RUNS[n] if name.endswith("_graphs")]
+
+
+@pytest.mark.parametrize(("n", "name"), GRAPH_CASES)
+def test_replayed_steps_equal_eager_steps(runs, folders, n: int, name: str) -> None:
+    """Steps driven by a recorded step (what a CUDA graph replay does for MPI) give the same
+    latent, bit for bit, as steps whose layers call MPI themselves."""
+    graphs, eager = runs(n) / name, runs(n) / name.removesuffix("_graphs")
+    assert np.array_equal(latent(graphs), latent(eager))
+    steps = load_job(BASE, overrides(n, name, folders)).generation.steps
+    for rank in range(n):
+        attrs = read_rank_attrs(graphs / f"rank-{rank:04d}.h5")
+        assert attrs["graphs"] == "emulate"
+        # the first call runs eagerly; each variant (step kind, previous kind, parity) is
+        # recorded once, at its first use, and every later step replays one
+        assert attrs["graph_replays"] == steps - 1
+        assert 1 <= attrs["graph_captures"] <= 6
+        if steps > 8:
+            assert attrs["graph_captures"] < attrs["graph_replays"]
+
+
 # ---------------------------------------------------------------- bytes on the wire
 def _measured(run_dir: Path, rank: int) -> dict[tuple[int, str], tuple[int, int]]:
     table = read_traffic(run_dir / f"rank-{rank:04d}.h5")
@@ -208,13 +248,14 @@ def _measured(run_dir: Path, rank: int) -> dict[tuple[int, str], tuple[int, int]
 
 def _predicted(plan, rank: int, mode: str) -> dict[tuple[int, str], tuple[int, int]]:
     expected: dict[tuple[int, str], tuple[int, int]] = {}
-    for step in range(STEPS):
+    steps = plan.job.generation.steps
+    for step in range(steps):
         traffic = plan.step_traffic(rank, mode, step)
         for kind in set(traffic.sent) | set(traffic.received):
             expected[(step, kind)] = (traffic.sent.get(kind, 0), traffic.received.get(kind, 0))
     gather = plan.gather(rank)
     for kind in set(gather.sent) | set(gather.received):
-        expected[(STEPS - 1, kind)] = (gather.sent.get(kind, 0), gather.received.get(kind, 0))
+        expected[(steps - 1, kind)] = (gather.sent.get(kind, 0), gather.received.get(kind, 0))
     return expected
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from pcpp_mpi.comm.capture import StepRecorder
 from pcpp_mpi.comm.deferred import DeferredStarts
 from pcpp_mpi.comm.exchanges import (
     AllBandsExchange,
@@ -48,6 +49,7 @@ def edge_exchange(mpi: ModuleType, counter: TrafficCounter | None = None) -> Nei
         counter=counter or TrafficCounter(),
         tracer=Tracer(enabled=False),
         deferred=DeferredStarts(),
+        recorder=StepRecorder(),
     )
 
 
@@ -129,6 +131,7 @@ def test_neighbour_exchange_to_itself(mpi: ModuleType) -> None:
         counter=counter,
         tracer=Tracer(enabled=False),
         deferred=DeferredStarts(),
+        recorder=StepRecorder(),
     )
     for step in range(3):
         to_up = torch.randn(1, 2, 1, 3)
@@ -158,6 +161,7 @@ def test_neighbour_exchange_missing_data_raises(mpi: ModuleType) -> None:
         counter=TrafficCounter(),
         tracer=Tracer(enabled=False),
         deferred=DeferredStarts(),
+        recorder=StepRecorder(),
     )
     with pytest.raises(ExchangeError, match="no data"):
         exchange.post(0, None, None)
@@ -178,6 +182,7 @@ def test_all_bands_exchange_one_band(mpi: ModuleType) -> None:
         counter=counter,
         tracer=Tracer(enabled=False),
         deferred=DeferredStarts(),
+        recorder=StepRecorder(),
     )
     for step in range(4):
         exchange.post(step, torch.randn(2, 12, 16))
@@ -211,6 +216,7 @@ def test_stats_allreduce_self(mpi: ModuleType) -> None:
         counter=counter,
         tracer=Tracer(enabled=False),
         deferred=DeferredStarts(),
+        recorder=StepRecorder(),
     )
     locals_ = [torch.randn(3, 2, 4, dtype=torch.float64) for _ in range(3)]
     for step, local in enumerate(locals_):

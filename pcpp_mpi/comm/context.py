@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from mpi4py import MPI
 
+from pcpp_mpi.comm.capture import StepRecorder
 from pcpp_mpi.comm.deferred import DeferredStarts
 from pcpp_mpi.comm.exchanges import (
     AllBandsExchange,
@@ -46,6 +47,7 @@ class RankComm:
         self.counter = TrafficCounter()
         self.tracer = Tracer()
         self.deferred = DeferredStarts()
+        self.recorder = StepRecorder()
         self._next_tag = 0
 
     # ------------------------------------------------------------------ set-up helpers
@@ -81,6 +83,7 @@ class RankComm:
             counter=self.counter,
             tracer=self.tracer,
             deferred=self.deferred,
+            recorder=self.recorder,
         )
 
     def all_bands_exchange(
@@ -96,6 +99,7 @@ class RankComm:
             counter=self.counter,
             tracer=self.tracer,
             deferred=self.deferred,
+            recorder=self.recorder,
         )
 
     def stats_allreduce(
@@ -110,6 +114,7 @@ class RankComm:
             counter=self.counter,
             tracer=self.tracer,
             deferred=self.deferred,
+            recorder=self.recorder,
         )
 
     # ------------------------------------------------------------------ whole-step collectives

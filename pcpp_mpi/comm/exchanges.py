@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from mpi4py import MPI
 
+from pcpp_mpi.comm.capture import StepRecorder
 from pcpp_mpi.comm.deferred import DeferredStarts
 from pcpp_mpi.comm.traffic import TrafficCounter
 from pcpp_mpi.trace.recorder import Tracer
@@ -120,14 +121,30 @@ class _TwoSets:
         if self.step[parity] != step:
             raise ExchangeError(f"{self.name}: wait for step {step}, which was never posted")
         if not self.completed[parity]:
-            start = self.tracer.now()
-            if not self.started[parity] or not MPI.Request.Testall(self.requests[parity]):
-                self.deferred.flush()  # never block while our own sends wait to be started
-                MPI.Request.Waitall(self.requests[parity])
-            self.tracer.waited(self.name, step, start, self.tracer.now())
+            blocked_from = self._finish(parity)
+            self.tracer.waited(self.name, step, blocked_from, self.tracer.now())
             self.requests[parity] = []
             self.completed[parity] = True
         return parity
+
+    def _finish(self, parity: int) -> float:
+        """Block until the requests of set ``parity`` completed. While MPI starts of this rank
+        still wait for the GPU, keep starting them as their events complete (so no two ranks
+        wait on each other's unstarted sends) without blocking on the GPU queue; once none
+        is pending, block in MPI.
+
+        Returns when blocking in MPI began: only that part is *exposed* communication (every
+        send of this rank has started, so its GPU has finished the work queued before them);
+        the time before it is this rank's host waiting for its own GPU.
+        """
+        requests = self.requests[parity]
+        while len(self.deferred):
+            if self.started[parity] and MPI.Request.Testall(requests):
+                return self.tracer.now()
+            self.deferred.progress()
+        blocked_from = self.tracer.now()
+        MPI.Request.Waitall(requests)
+        return blocked_from
 
     def drain(self) -> None:
         """Complete every pending set (a run stopped between a post and its wait): MPI must
@@ -169,12 +186,14 @@ class NeighbourExchange:
         counter: TrafficCounter,
         tracer: Tracer,
         deferred: DeferredStarts,
+        recorder: StepRecorder,
     ) -> None:
         self.name = name
         self.kind = kind
         self._comm = comm
         self._tracer = tracer
         self._deferred = deferred
+        self._recorder = recorder
         self._peers = (up, down)
         self._tag = tag
         self._wire = wire
@@ -197,13 +216,28 @@ class NeighbourExchange:
 
     def post(self, step: int, to_up: torch.Tensor | None, to_down: torch.Tensor | None) -> None:
         """Start receiving step ``step``'s rows from both neighbours and send ours."""
+        if self._recorder.recording:
+            self._stage(step % 2, to_up, to_down)
+            self._recorder.note_post(self, step)
+            return
         parity = self._sets.begin_post(step)
+        self._stage(parity, to_up, to_down)
+        self._submit(step, parity)
+
+    def _stage(self, parity: int, to_up: torch.Tensor | None, to_down: torch.Tensor | None) -> None:
+        """Queue the copies of the rows to send into send set ``parity``."""
         for side, data in enumerate((to_up, to_down)):
             send = self._send[parity][side]
             if send is not None:
                 if data is None:
                     raise ExchangeError(f"{self.name}: no data for neighbour {self._peers[side]}")
                 send.copy_(data, non_blocking=True)
+
+    def launch(self, step: int) -> None:
+        """The MPI part of :meth:`post` (a replayed graph has filled the send set)."""
+        self._submit(step, self._sets.begin_post(step))
+
+    def _submit(self, step: int, parity: int) -> None:
         messages = []
         for side in (0, 1):
             peer = self._peers[side]
@@ -232,13 +266,20 @@ class NeighbourExchange:
 
     def wait(self, step: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Rows received for ``step``: ``(from_up, from_down)``, ``None`` at image edges."""
-        self._deferred.progress()
-        parity = self._sets.complete(step)
-        up, down = self._recv[parity]
+        if self._recorder.recording:
+            self._recorder.note_wait(self, step)
+        else:
+            self.complete(step)
+        up, down = self._recv[step % 2]
         return (
             None if up is None else self._wire.to_compute(up),
             None if down is None else self._wire.to_compute(down),
         )
+
+    def complete(self, step: int) -> None:
+        """The MPI part of :meth:`wait`."""
+        self._deferred.progress()
+        self._sets.complete(step)
 
     def reset(self) -> None:
         self._sets.reset()
@@ -262,12 +303,14 @@ class AllBandsExchange:
         counter: TrafficCounter,
         tracer: Tracer,
         deferred: DeferredStarts,
+        recorder: StepRecorder,
     ) -> None:
         self.name = name
         self.kind = kind
         self._comm = comm
         self._tracer = tracer
         self._deferred = deferred
+        self._recorder = recorder
         self._rank = comm.Get_rank()
         self._tag = tag
         self._wire = wire
@@ -280,9 +323,20 @@ class AllBandsExchange:
         ]
 
     def post(self, step: int, own: torch.Tensor) -> None:
+        if self._recorder.recording:
+            self._send[step % 2].copy_(own, non_blocking=True)
+            self._recorder.note_post(self, step)
+            return
         parity = self._sets.begin_post(step)
+        self._send[parity].copy_(own, non_blocking=True)
+        self._submit(step, parity)
+
+    def launch(self, step: int) -> None:
+        """The MPI part of :meth:`post` (a replayed graph has filled the send buffer)."""
+        self._submit(step, self._sets.begin_post(step))
+
+    def _submit(self, step: int, parity: int) -> None:
         send = self._send[parity]
-        send.copy_(own, non_blocking=True)
         messages = [
             (band, send.nbytes, recv.nbytes)
             for band, recv in enumerate(self._recv[parity])
@@ -306,9 +360,16 @@ class AllBandsExchange:
 
     def wait(self, step: int) -> list[torch.Tensor | None]:
         """Every band's block for ``step`` in band order; ``None`` at this rank's own index."""
+        if self._recorder.recording:
+            self._recorder.note_wait(self, step)
+        else:
+            self.complete(step)
+        return [None if r is None else self._wire.to_compute(r) for r in self._recv[step % 2]]
+
+    def complete(self, step: int) -> None:
+        """The MPI part of :meth:`wait`."""
         self._deferred.progress()
-        parity = self._sets.complete(step)
-        return [None if r is None else self._wire.to_compute(r) for r in self._recv[parity]]
+        self._sets.complete(step)
 
     def reset(self) -> None:
         self._sets.reset()
@@ -336,6 +397,7 @@ class StatsAllreduce:
         counter: TrafficCounter,
         tracer: Tracer,
         deferred: DeferredStarts,
+        recorder: StepRecorder,
     ) -> None:
         self.name = name
         self.kind = kind
@@ -343,14 +405,26 @@ class StatsAllreduce:
         self._counter = counter
         self._tracer = tracer
         self._deferred = deferred
+        self._recorder = recorder
         self._host = WireSpec(wire.compute_device, torch.device("cpu"), torch.float64)
         self._sets = _TwoSets(name, tracer, deferred)
         self._local = [self._host.empty(shape) for _ in range(2)]
         self._global = [self._host.empty(shape) for _ in range(2)]
 
     def post(self, step: int, local: torch.Tensor) -> None:
+        if self._recorder.recording:
+            self._local[step % 2].copy_(local, non_blocking=True)
+            self._recorder.note_post(self, step)
+            return
         parity = self._sets.begin_post(step)
         self._local[parity].copy_(local, non_blocking=True)
+        self._submit(step, parity)
+
+    def launch(self, step: int) -> None:
+        """The MPI part of :meth:`post` (a replayed graph has copied the statistics)."""
+        self._submit(step, self._sets.begin_post(step))
+
+    def _submit(self, step: int, parity: int) -> None:
         nbytes = self._local[parity].nbytes
         self._counter.add(step, self.kind, sent=nbytes, received=nbytes)
         self._deferred.submit(self._host.ready_event(), lambda: self._start(step, parity))
@@ -367,15 +441,23 @@ class StatsAllreduce:
 
     def wait(self, step: int) -> torch.Tensor:
         """The group-wide sum for ``step`` (host tensor)."""
-        self._deferred.progress()
-        return self._global[self._sets.complete(step)]
+        if self._recorder.recording:
+            self._recorder.note_wait(self, step)
+        else:
+            self.complete(step)
+        return self._global[step % 2]
 
     def posted(self, step: int) -> torch.Tensor:
         """What this rank contributed for ``step`` (for the displaced correction)."""
         parity = step % 2
-        if self._sets.step[parity] != step:
+        if not self._recorder.recording and self._sets.step[parity] != step:
             raise ExchangeError(f"{self.name}: step {step} was never posted")
         return self._local[parity]
+
+    def complete(self, step: int) -> None:
+        """The MPI part of :meth:`wait`."""
+        self._deferred.progress()
+        self._sets.complete(step)
 
     def reset(self) -> None:
         self._sets.reset()

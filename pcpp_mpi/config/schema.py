@@ -13,6 +13,7 @@ ModeName = Literal["single", "naive", "sync", "distrifusion", "pcpp"]
 SchedulerName = Literal["ddim", "euler", "dpmsolver++"]
 DtypeName = Literal["float32", "float16", "bfloat16"]
 DeviceName = Literal["cpu", "cuda"]
+GraphsName = Literal["auto", "eager", "emulate"]
 ArchName = Literal["sd15", "sd21", "sdxl"]
 BuiltinName = Literal["tiny"]
 
@@ -66,13 +67,20 @@ class RuntimeConfig:
 
     ``check_finite`` stops the run with an error naming the step and rank as soon as a latent
     element becomes NaN or Inf; ``trace`` records per-step timings and every exchange in the
-    rank files (byte counts are always recorded).
+    rank files (byte counts are always recorded). ``graphs``: ``auto`` replays each UNet call
+    as CUDA graphs on a GPU (MPI between them) and runs eagerly on the CPU; ``eager`` always runs
+    eagerly; ``emulate`` (CPU, for tests) drives the MPI calls from a recorded step the way a
+    graph replay does. ``latent_halo_on_host``: on a GPU, the first convolution's halo (a few
+    latent rows, exchanged fresh at the start of every step) goes through pinned host memory
+    even with a CUDA-aware MPI, so it does not queue behind device-to-device transfers.
     """
 
     dtype: DtypeName = "float32"
     device: DeviceName = "cpu"
     check_finite: bool = True
     trace: bool = True
+    graphs: GraphsName = "auto"
+    latent_halo_on_host: bool = True
 
 
 @dataclass(frozen=True)

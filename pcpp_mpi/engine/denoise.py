@@ -9,6 +9,7 @@ import torch
 
 from pcpp_mpi.comm.context import RankComm
 from pcpp_mpi.config.schema import JobConfig
+from pcpp_mpi.engine.graphs import StepGraphs, UNetInputs
 from pcpp_mpi.engine.schedulers import make_scheduler
 from pcpp_mpi.geometry import Band
 from pcpp_mpi.models.bundle import ModelBundle
@@ -26,6 +27,7 @@ class BandContext:
     bands: tuple[Band, ...]
     clock: StepClock
     handle: ParallelHandle
+    graphs: StepGraphs
     device: torch.device
     dtype: torch.dtype
     latent_height: int
@@ -77,7 +79,10 @@ def denoise_band(
     bundle = ctx.bundle
     topology = ctx.comm.topology
     scheduler = make_scheduler(generation.scheduler, bundle.scheduler_config)
-    scheduler.set_timesteps(generation.steps, device=ctx.device)
+    # the scheduler's arithmetic on host scalars (indexing its tables with a device timestep
+    # would synchronise with the GPU every step); the UNet reads the timestep on the device
+    scheduler.set_timesteps(generation.steps, device="cpu")
+    unet_timesteps = scheduler.timesteps.to(ctx.device)
 
     noise = initial_noise(seed, bundle.unet.config.in_channels, ctx.latent_height, ctx.latent_width)
     band = ctx.band
@@ -103,9 +108,8 @@ def denoise_band(
             hooks.begin(step, ctx.clock.kind)
         model_in = torch.cat([latent, latent]) if in_rank_cfg else latent
         model_in = scheduler.scale_model_input(model_in, timestep).to(ctx.dtype)
-        prediction = bundle.unet(
-            model_in, timestep, encoder_hidden_states=hidden, added_cond_kwargs=added
-        ).sample.float()
+        inputs = UNetInputs(model_in, unet_timesteps[step], hidden, added)
+        prediction = ctx.graphs(ctx.clock, inputs).float()
         if in_rank_cfg:
             uncond, cond = prediction.chunk(2)
             prediction = uncond + scale * (cond - uncond)
@@ -116,4 +120,7 @@ def denoise_band(
         latent = scheduler.step(prediction, timestep, latent).prev_sample
         if hooks is not None:
             hooks.end(step, latent)
+    if latent.device.type == "cuda":
+        # replayed graphs run ahead of the host: end the loop (and its timing) with the GPU
+        torch.cuda.synchronize(latent.device)
     return latent

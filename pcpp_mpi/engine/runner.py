@@ -33,6 +33,7 @@ from pcpp_mpi.engine.schedulers import check_schedule
 from pcpp_mpi.engine.setup import DTYPES, prepare_band_context
 from pcpp_mpi.engine.stopping import NonFiniteLatent, RunInterrupted, StopSignals
 from pcpp_mpi.models import (
+    ModelBundle,
     check_model_folder,
     load_model,
     scheduler_config,
@@ -104,8 +105,12 @@ def run_job(
     overwrite: bool = False,
     progress: bool = True,
     signals: StopSignals | None = None,
+    bundle: ModelBundle | None = None,
 ) -> RunResult:
     """Run ``job`` on this rank; every rank of ``comm.world`` calls it together.
+
+    ``bundle``: a model already loaded for ``job.model`` (in the job's dtype, on this rank's
+    device), for programs that run many jobs on one model (benchmarks); loaded here otherwise.
 
     ``signals``: stop-signal handlers the caller installed early (so a signal during start-up
     stops the run at its first step boundary); without them they are installed for the
@@ -154,9 +159,10 @@ def run_job(
     tracer.enabled = job.runtime.trace
     tracer.reset_epoch()
     epoch_unix = time.time()
-    with tracer.phase("model_load"):
-        bundle, error = _attempt(lambda: load_model(job.model, dtype, device))
-    agree(comm, error)
+    if bundle is None:
+        with tracer.phase("model_load"):
+            bundle, error = _attempt(lambda: load_model(job.model, dtype, device))
+        agree(comm, error)
     assert bundle is not None
 
     with tracer.phase("setup"):
@@ -205,7 +211,13 @@ def run_job(
         with contextlib.nullcontext(signals) if signals else StopSignals() as active:
             _generate_all(ctx, layout, run_file, rank_file, run_dir, progress, active)
         rank_file.append(phases=tracer.take_finished()[2])
-        rank_file.set_attrs(status="complete", peak_memory_bytes=_peak_memory(device))
+        rank_file.set_attrs(
+            status="complete",
+            peak_memory_bytes=_peak_memory(device),
+            graphs=ctx.graphs.backend,
+            graph_captures=ctx.graphs.captures,
+            graph_replays=ctx.graphs.replays,
+        )
         if run_file is not None:
             run_file.set_status("complete")
     except RunInterrupted as exc:

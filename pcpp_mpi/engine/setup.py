@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 from pcpp_mpi.comm.context import RankComm
 from pcpp_mpi.config import JobConfig
 from pcpp_mpi.engine.denoise import BandContext
+from pcpp_mpi.engine.graphs import StepGraphs
 from pcpp_mpi.engine.layout import RunLayout, plan_layout
 from pcpp_mpi.models import ModelBundle, unet_config, vae_scale_factor
 from pcpp_mpi.parallel.apply import parallelize
@@ -20,6 +23,16 @@ def unet_batch(job: JobConfig, layout: RunLayout) -> int:
     """UNet batch on one rank: 2 with in-rank CFG, 1 with cfg_parallel or no guidance."""
     guided = job.generation.guidance_scale > 1.0
     return 2 if guided and layout.cfg_groups == 1 else 1
+
+
+def graph_backend(job: JobConfig, device: torch.device) -> Literal["cuda", "emulate", "eager"]:
+    """How UNet calls run: CUDA graphs on a GPU unless ``runtime.graphs`` says otherwise."""
+    setting = job.runtime.graphs
+    if setting == "emulate":
+        return "emulate"
+    if setting == "auto" and device.type == "cuda":
+        return "cuda"
+    return "eager"
 
 
 def prepare_band_context(
@@ -45,6 +58,7 @@ def prepare_band_context(
         mode=layout.mode,
         ratio=job.parallel.ratio,
         batch=unet_batch(job, layout),
+        latent_halo_on_host=job.runtime.latent_halo_on_host,
     )
     return BandContext(
         job=job,
@@ -53,6 +67,7 @@ def prepare_band_context(
         bands=layout.bands,
         clock=clock,
         handle=handle,
+        graphs=StepGraphs(bundle.unet, comm.recorder, device, graph_backend(job, device)),
         device=device,
         dtype=DTYPES[job.runtime.dtype],
         latent_height=layout.latent_height,

@@ -16,6 +16,7 @@ from diffusers.models.attention_processor import Attention
 from torch import nn
 
 from pcpp_mpi.comm.context import RankComm
+from pcpp_mpi.comm.exchanges import WireSpec
 from pcpp_mpi.geometry import Band, conv_halo, pcpp_rows
 from pcpp_mpi.parallel.band_attention import BandSelfAttnProcessor, KVRows
 from pcpp_mpi.parallel.band_norm import BandGroupNorm
@@ -66,10 +67,14 @@ def parallelize(
     mode: str,
     ratio: float,
     batch: int,
+    latent_halo_on_host: bool = True,
 ) -> ParallelHandle:
     """Install band-parallel layers for this rank's band (``comm.topology.band_index``).
 
     ``batch`` is the UNet batch on this rank (2 with in-rank CFG, 1 with ``cfg_parallel``).
+    ``latent_halo_on_host``: the halo of the first convolution (latent rows, exchanged fresh
+    at the start of every step) travels through pinned host buffers even when MPI takes
+    device buffers, so this small message does not wait behind device-to-device transfers.
     """
     handle = ParallelHandle()
     if len(bands) == 1 or mode == "single":
@@ -82,6 +87,7 @@ def parallelize(
     down = bands[index + 1] if index + 1 < len(bands) else None
     parameter = next(unet.parameters())
     wire = comm.wire_spec(parameter.device, parameter.dtype)
+    host_wire = WireSpec(parameter.device, torch.device("cpu"), parameter.dtype)
     modules = dict(unet.named_modules())
 
     def replace(name: str, wrapper: nn.Module) -> None:
@@ -105,7 +111,7 @@ def parallelize(
                 "halo",
                 send_shapes=(shape(halo.below, up), shape(halo.above, down)),
                 recv_shapes=(shape(halo.above, up), shape(halo.below, down)),
-                wire=wire,
+                wire=host_wire if spec.always_fresh and latent_halo_on_host else wire,
             )
             handle.exchanges.append(exchange)
         conv = modules[spec.name]

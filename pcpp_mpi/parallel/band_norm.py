@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pcpp_mpi.parallel.clock import StepClock
@@ -20,12 +21,20 @@ class StatsExchange(Protocol):
 
 def local_group_stats(x: torch.Tensor, groups: int) -> torch.Tensor:
     """``(3, B, G)`` float64 on ``x``'s device: per-group sum, sum of squares and element count
-    of a local band ``x`` of shape ``(B, C, h, W)``."""
+    of a local band ``x`` of shape ``(B, C, h, W)``.
+
+    On the CPU sums are float64 (exact for the tests' purposes); on a GPU they accumulate in
+    float32, one read of ``x`` per statistic and no squared copy of ``x`` (a half-precision
+    square would also overflow above 256).
+    """
     batch = x.shape[0]
     grouped = x.reshape(batch, groups, -1)
-    accumulate = torch.float64 if x.device.type == "cpu" else torch.float32
-    total = grouped.sum(dim=-1, dtype=accumulate)
-    squares = grouped.square().sum(dim=-1, dtype=accumulate)
+    if x.device.type == "cpu":
+        total = grouped.sum(dim=-1, dtype=torch.float64)
+        squares = grouped.square().sum(dim=-1, dtype=torch.float64)
+    else:
+        total = grouped.sum(dim=-1, dtype=torch.float32)
+        squares = torch.linalg.vector_norm(grouped, dim=-1, dtype=torch.float32).square()
     count = torch.full_like(total, grouped.shape[-1])
     return torch.stack([total, squares, count]).to(torch.float64)
 
@@ -49,29 +58,40 @@ class BandGroupNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         norm = self.norm
-        local = local_group_stats(x, norm.num_groups)
         clock = self.clock
         if self.exchange is None or clock.kind == "local":
-            stats = local
-        elif clock.fresh:
+            return F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+        local = local_group_stats(x, norm.num_groups)
+        if clock.fresh:
             self.exchange.post(clock.step, local)
             stats = self.exchange.wait(clock.step).to(x.device, non_blocking=True)
         else:
             if clock.posts_for_next:
                 self.exchange.post(clock.step, local)
             previous = clock.step - 1
-            stale = self.exchange.wait(previous) - self.exchange.posted(previous)
-            stats = stale.to(x.device, non_blocking=True) + local
+            # on the device, so that a CUDA graph of the step replays this arithmetic too
+            stale_global = self.exchange.wait(previous).to(x.device, non_blocking=True)
+            stale_own = self.exchange.posted(previous).to(x.device, non_blocking=True)
+            stats = (stale_global - stale_own) + local
+        return self._normalize(x, stats)
+
+    def _normalize(self, x: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+        """``x`` normalised with group statistics ``(3, B, G)`` (sums, squares, counts), then
+        the affine map: one pass over ``x`` as ``x * scale + shift`` per (sample, channel)."""
+        norm = self.norm
         total, squares, count = stats
         mean = total / count
         var = (squares / count - mean.square()).clamp_min(0.0)
         inv_std = torch.rsqrt(var + norm.eps)
-        batch = x.shape[0]
-        shape = (batch, norm.num_groups, 1)
-        grouped = x.reshape(batch, norm.num_groups, -1)
-        mean_t = mean.to(torch.float32).view(shape)
-        inv_t = inv_std.to(torch.float32).view(shape)
-        y = ((grouped.float() - mean_t) * inv_t).to(x.dtype).reshape(x.shape)
+        batch, channels = x.shape[0], x.shape[1]
+        per_group = channels // norm.num_groups
+        scale = inv_std.repeat_interleave(per_group, dim=1)  # (B, C)
+        shift = -mean.repeat_interleave(per_group, dim=1) * scale
         if norm.affine:
-            y = y * norm.weight.view(1, -1, 1, 1) + norm.bias.view(1, -1, 1, 1)
-        return y
+            weight = norm.weight.to(scale.dtype)
+            scale = scale * weight
+            shift = shift * weight + norm.bias.to(shift.dtype)
+        shape = (batch, channels, *([1] * (x.ndim - 2)))
+        scale = scale.to(x.dtype).view(shape)
+        shift = shift.to(x.dtype).view(shape)
+        return torch.addcmul(shift, x, scale)

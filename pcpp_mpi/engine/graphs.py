@@ -1,0 +1,223 @@
+"""The UNet call of a denoising step, replayed as CUDA graphs with MPI between them.
+
+Kernel launches bound an eager UNet step on a GPU, and a rank with a band of the image has even
+less work per kernel. A step is therefore captured once per *variant* — its kind, the previous
+step's kind and its parity (which buffer set it reads and fills) — and replayed afterwards.
+MPI cannot be captured: while a step is captured, the exchanges only queue their copies and
+record their MPI actions (:mod:`pcpp_mpi.comm.capture`); every wait for received data ends one
+graph and begins the next. A replay runs the graphs in order and, after each, starts the
+segment's sends and completes the wait the next graph depends on. In displaced steps the data
+a segment waits for was sent during the previous step, so the host rarely blocks, and it runs
+ahead of the GPU (starting each send as soon as the GPU has produced it).
+
+The first UNet call of a context runs eagerly (it initialises cuBLAS, cuDNN and the attention
+kernels, which must not happen during a capture) and its variant is captured right after it;
+every other variant is captured the first time it is needed. All graphs share one memory
+pool; only their outputs outlive a replay.
+
+``emulate`` (CPU) does the same book-keeping without CUDA: the step is "captured" by running it
+with the exchanges recording, and "replayed" by running it again while the recorded actions,
+not the layers, drive MPI — checked segment by segment against the recording. It tests the
+replay logic in CI, where there is no GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from pcpp_mpi.comm.capture import RecordedStep, StepRecorder
+from pcpp_mpi.parallel.clock import StepClock
+
+VariantKey = tuple[str, str | None, int]
+
+
+@dataclass
+class UNetInputs:
+    """One UNet call's inputs (local: this band's rows of the latent)."""
+
+    sample: torch.Tensor  # (B, C, rows, W)
+    timestep: torch.Tensor  # 0-d
+    hidden: torch.Tensor  # (B, L, D)
+    added: dict[str, torch.Tensor] | None
+
+    def copy_into(self, static: UNetInputs) -> None:
+        static.sample.copy_(self.sample)
+        static.timestep.copy_(self.timestep)
+        static.hidden.copy_(self.hidden)
+        for key, value in (self.added or {}).items():
+            assert static.added is not None
+            static.added[key].copy_(value)
+
+    def clone(self) -> UNetInputs:
+        return UNetInputs(
+            sample=self.sample.clone(),
+            timestep=self.timestep.clone(),
+            hidden=self.hidden.clone(),
+            added=None if self.added is None else {k: v.clone() for k, v in self.added.items()},
+        )
+
+
+class GraphError(RuntimeError):
+    """A step could not be captured (e.g. an operation that synchronises with the host)."""
+
+
+@dataclass
+class _CudaVariant:
+    graphs: list[torch.cuda.CUDAGraph]
+    recorded: RecordedStep
+    output: torch.Tensor
+
+    def replay(self, step: int) -> torch.Tensor:
+        for index, graph in enumerate(self.graphs):
+            graph.replay()
+            self.recorded.after_segment(index, step)
+        return self.output
+
+
+class StepGraphs:
+    """Runs ``unet`` for the step the clock is at: eagerly, or by replaying a captured variant.
+
+    ``backend`` ``cuda`` captures CUDA graphs (device must be a GPU); ``emulate`` replays the
+    recorded MPI actions on any device (see the module docstring); ``eager`` never captures.
+    """
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        recorder: StepRecorder,
+        device: torch.device,
+        backend: Literal["cuda", "emulate", "eager"],
+    ) -> None:
+        if backend == "cuda" and device.type != "cuda":
+            raise ValueError("CUDA graphs need a CUDA device")
+        self.unet = unet
+        self.recorder = recorder
+        self.device = device
+        self.backend = backend
+        self.captures = 0
+        self.replays = 0
+        self._warm = False
+        self._static: UNetInputs | None = None
+        self._cuda: dict[VariantKey, _CudaVariant] = {}
+        self._emulated: dict[VariantKey, RecordedStep] = {}
+        self._pool = torch.cuda.graph_pool_handle() if backend == "cuda" else None
+        self._stream = torch.cuda.Stream(device) if backend == "cuda" else None
+
+    def _eager(self, inputs: UNetInputs) -> torch.Tensor:
+        return self.unet(
+            inputs.sample,
+            inputs.timestep,
+            encoder_hidden_states=inputs.hidden,
+            added_cond_kwargs=inputs.added,
+        ).sample
+
+    def __call__(self, clock: StepClock, inputs: UNetInputs) -> torch.Tensor:
+        """The UNet output ``(B, C, rows, W)`` for this band at step ``clock.step``."""
+        if self.backend == "eager":
+            return self._eager(inputs)
+        key: VariantKey = (clock.kind, clock.previous_kind, clock.step % 2)
+        if not self._warm:
+            # the first call initialises libraries eagerly; its variant is captured right
+            # after it (capturing executes nothing), for the next image
+            self._warm = True
+            output = self._eager(inputs)
+            if self.backend == "cuda":
+                self._static = inputs.clone()
+                self._cuda[key] = self._capture(clock.step, self._static)
+            return output
+        if self.backend == "emulate":
+            return self._emulate(key, clock.step, inputs)
+        variant = self._cuda.get(key)
+        assert self._static is not None
+        inputs.copy_into(self._static)
+        if variant is None:
+            variant = self._capture(clock.step, self._static)
+            self._cuda[key] = variant
+        self.replays += 1
+        return variant.replay(clock.step)
+
+    # ------------------------------------------------------------------ CUDA graphs
+    def _capture(self, step: int, static: UNetInputs) -> _CudaVariant:
+        assert self._stream is not None
+        torch.cuda.synchronize(self.device)
+        graphs = [torch.cuda.CUDAGraph()]
+
+        def begin(graph: torch.cuda.CUDAGraph) -> None:
+            graph.capture_begin(pool=self._pool, capture_error_mode="thread_local")
+
+        def next_graph() -> None:
+            graphs[-1].capture_end()
+            graphs.append(torch.cuda.CUDAGraph())
+            begin(graphs[-1])
+
+        current = torch.cuda.current_stream(self.device)
+        self._stream.wait_stream(current)
+        with torch.cuda.stream(self._stream):
+            begin(graphs[0])
+            self.recorder.start(step, next_graph)
+            try:
+                output = self._eager(static)
+            except Exception as error:
+                self.recorder.stop()
+                with contextlib.suppress(Exception):  # the capture is broken anyway
+                    graphs[-1].capture_end()
+                raise GraphError(
+                    f"capturing step {step} as CUDA graphs failed ({error}); "
+                    "set runtime.graphs=eager to run without them"
+                ) from error
+            recorded = self.recorder.stop()
+            graphs[-1].capture_end()
+        current.wait_stream(self._stream)
+        self.captures += 1
+        return _CudaVariant(graphs=graphs, recorded=recorded, output=output)
+
+    # ------------------------------------------------------------------ emulation (CPU tests)
+    def _emulate(self, key: VariantKey, step: int, inputs: UNetInputs) -> torch.Tensor:
+        recorded = self._emulated.get(key)
+        if recorded is None:
+            self.recorder.start(step)
+            try:
+                self._eager(inputs)  # computes, but only the recording is kept
+            finally:
+                recorded = self.recorder.stop()
+            self._emulated[key] = recorded
+            self.captures += 1
+        segment_index = 0
+
+        def after_segment() -> None:
+            nonlocal segment_index
+            _check_segment(recorded, segment_index, self.recorder, step)
+            recorded.after_segment(segment_index, step)
+            segment_index += 1
+
+        self.recorder.start(step, after_segment)
+        try:
+            output = self._eager(inputs)
+        finally:
+            replayed = self.recorder.stop()
+        if len(replayed.segments) != len(recorded.segments):
+            raise GraphError(f"step {step}: replay has a different number of segments")
+        recorded.after_segment(segment_index, step)
+        self.replays += 1
+        return output
+
+
+def _check_segment(recorded: RecordedStep, index: int, recorder: StepRecorder, step: int) -> None:
+    """The segment the layers just ended must be the recorded one."""
+    done = recorder.last_finished()
+    expected = recorded.segments[index]
+    same = (
+        [(a.exchange, a.offset) for a in done.posts]
+        == [(a.exchange, a.offset) for a in expected.posts]
+        and (done.wait is not None and expected.wait is not None)
+        and (
+            (done.wait.exchange, done.wait.offset) == (expected.wait.exchange, expected.wait.offset)
+        )
+    )
+    if not same:
+        raise GraphError(f"step {step}: segment {index} differs from the recorded step")
