@@ -1,17 +1,31 @@
-"""Speed benchmark: the single-GPU baseline and the parallel modes in one MPI job.
+"""Speed benchmark: the single-GPU baselines and the parallel modes, in one MPI job.
 
 Run with one rank per GPU, e.g. on 2 GPUs::
 
     mpirun -np 2 python tools/bench.py --arch sdxl --sizes 1024 2048 --steps 50 --reps 3 \\
         --out bench-results/h200x2
 
-Every case times the denoising loop (UNet + guidance + scheduler, the latent kept sharded)
-after one warm-up repetition; the median of ``--reps`` repetitions is reported. ``single``
-runs on rank 0 alone (the other ranks wait), so every ratio comes from the same job on the
-same GPUs. ``plain-eager`` and ``plain-graph`` are plain diffusers UNet loops on one GPU
-without pcpp-mpi, eager and with each UNet call replayed as a CUDA graph: the fastest
-single-GPU time is the reference for speed-ups. Results: ``results.json`` and ``results.md``
-under ``--out``, and the rank traces of the last repetition of every case.
+Cases (``--cases``):
+
+- ``plain-eager`` / ``plain-graph``: a plain diffusers loop on one GPU without pcpp-mpi (UNet on
+  the CFG batch, guidance, DDIM step), eager and with each UNet call replayed as one CUDA
+  graph. The fastest single-GPU UNet loop is the reference of every speed-up.
+- ``single``: pcpp-mpi's ``single`` mode on rank 0 alone (the other ranks wait).
+- ``sync``, ``distrifusion``, ``pcpp``, ``naive``: those modes on every rank; ``cfg``: ``sync``
+  with ``cfg_parallel`` (two CFG groups).
+- a ``-eager`` suffix (e.g. ``pcpp-eager``) runs a case with ``runtime.graphs=eager``.
+
+Every pcpp-mpi case is one ``run_job`` (the path of ``pcpp-mpi run``, with tracing on, PNG
+files off) over ``1 + --reps`` images of the same prompt and seed on a model loaded once: the
+first image warms up (and captures the CUDA graphs), the median of the others is reported.
+The *UNet loop* of an image is its ``denoise`` phase (slowest rank; it ends with the GPU
+synchronised); *end to end* is rank 0's time from the start of ``denoise`` to the end of
+``write`` (prompt encoding, denoising, gather, VAE decode, HDF5 write). Each case's run
+directory (run.h5 and the rank files with the traces) is kept under ``--out/runs``.
+
+``--staged`` passes host buffers to MPI even when the library is CUDA-aware; launched with
+an MPI that is not CUDA-aware, the cases use host staging anyway. Results: ``results.json``,
+``results.h5`` and ``results.md`` under ``--out``.
 """
 
 from __future__ import annotations
@@ -21,26 +35,65 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import mpi4py
 
 mpi4py.rc.thread_level = "multiple"
+import h5py  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
 from pcpp_mpi.comm.context import RankComm  # noqa: E402
 from pcpp_mpi.comm.mpi_info import cuda_aware  # noqa: E402
 from pcpp_mpi.config import job_from_dict  # noqa: E402
-from pcpp_mpi.engine.denoise import denoise_band  # noqa: E402
-from pcpp_mpi.engine.setup import DTYPES, prepare_band_context  # noqa: E402
+from pcpp_mpi.engine.runner import run_job  # noqa: E402
+from pcpp_mpi.engine.setup import DTYPES  # noqa: E402
 from pcpp_mpi.models import load_model  # noqa: E402
+from pcpp_mpi.output.rank_file import read_table  # noqa: E402
 
-CASES = ("plain-eager", "plain-graph", "single", "sync", "distrifusion", "pcpp", "naive", "cfg")
+PROMPT = "a benchmark prompt"
+MODES = ("single", "sync", "distrifusion", "pcpp", "naive", "cfg")
+CASES = (
+    "plain-eager",
+    "plain-graph",
+    *MODES,
+    *(f"{m}-eager" for m in MODES),
+)
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+
+    @property
+    def plain(self) -> bool:
+        return self.name.startswith("plain-")
+
+    @property
+    def graphs(self) -> str:
+        return "eager" if self.name.endswith("-eager") else "auto"
+
+    @property
+    def mode(self) -> str:
+        base = self.name.removesuffix("-eager")
+        return "sync" if base == "cfg" else base
+
+    @property
+    def cfg(self) -> bool:
+        return self.name.removesuffix("-eager") == "cfg"
+
+    @property
+    def one_gpu(self) -> bool:
+        return self.plain or self.mode == "single"
 
 
 def _args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--arch", default="sdxl", choices=("tiny", "sd15", "sd21", "sdxl"))
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024])
     parser.add_argument("--steps", type=int, default=50)
@@ -50,36 +103,60 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
     parser.add_argument("--dtype", default="float16", choices=tuple(DTYPES))
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    parser.add_argument("--staged", action="store_true", help="host buffers for MPI")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="job setting for every pcpp-mpi case, e.g. runtime.latent_halo_on_host=false",
+    )
     parser.add_argument("--out", type=Path, required=True)
     return parser.parse_args()
 
 
-def _job(args: argparse.Namespace, size: int, mode: str, cfg: bool):
-    return job_from_dict(
-        {
-            "model": (
-                {"builtin": "tiny"}
-                if args.arch == "tiny"
-                else {"arch": args.arch, "weights": "random", "seed": 0}
-            ),
-            "generation": {
-                "prompts": ["a benchmark prompt"],
-                "height": size,
-                "width": size,
-                "steps": args.steps,
-                "guidance_scale": 5.0,
-                "scheduler": "ddim",
-                "seed": 0,
-            },
-            "runtime": {"dtype": args.dtype, "device": args.device, "check_finite": False},
-            "parallel": {
-                "mode": mode,
-                "warmup_steps": args.warmup_steps,
-                "ratio": args.ratio,
-                "cfg_parallel": cfg,
-            },
-        }
-    )
+def _job(args: argparse.Namespace, size: int, case: Case, images: int):
+    settings = {
+        "model": (
+            {"builtin": "tiny"}
+            if args.arch == "tiny"
+            else {"arch": args.arch, "weights": "random", "seed": 0}
+        ),
+        "generation": {
+            "prompts": [PROMPT] * images,
+            "height": size,
+            "width": size,
+            "steps": args.steps,
+            "guidance_scale": 5.0,
+            "scheduler": "ddim",
+            "seed": 0,
+        },
+        "runtime": {
+            "dtype": args.dtype,
+            "device": args.device,
+            "check_finite": False,
+            "trace": True,
+            "graphs": case.graphs,
+        },
+        "parallel": {
+            "mode": case.mode,
+            "warmup_steps": args.warmup_steps,
+            "ratio": args.ratio,
+            "cfg_parallel": case.cfg,
+        },
+        "output": {"png": False},
+    }
+    for item in args.overrides:
+        key, _, value = item.partition("=")
+        *parents, leaf = key.split(".")
+        node = settings
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = yaml.safe_load(value)
+    if case.graphs == "eager":  # a "-eager" case stays eager whatever --set says
+        settings["runtime"]["graphs"] = "eager"
+    return job_from_dict(settings)
 
 
 def _sync(device: torch.device) -> None:
@@ -87,41 +164,70 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time_band_loop(job, comm: RankComm, bundle, device, reps: int) -> list[float]:
-    """Seconds per repetition of the whole denoising loop on this rank's band."""
-    ctx = prepare_band_context(job, comm, bundle, device)
-    times = []
+def _run_case(args, size: int, case: Case, world: MPI.Comm, bundle, aware: bool) -> dict | None:
+    """One pcpp-mpi case through ``run_job``; rank 0 returns its figures."""
+    comm_world = MPI.COMM_SELF if case.one_gpu else world
+    job = _job(args, size, case, 1 + args.reps)
+    run_dir = args.out / "runs" / f"{size}-{case.name}"
+    comm = RankComm(comm_world, 2 if case.cfg else 1, cuda_aware=aware)
     try:
-        for rep in range(reps + 1):
-            comm.world.Barrier()
-            _sync(device)
-            start = time.perf_counter()
-            denoise_band(ctx, "a benchmark prompt", "", 0)
-            _sync(device)
-            comm.world.Barrier()
-            if rep > 0:  # the first repetition warms up
-                times.append(time.perf_counter() - start)
+        run_job(job, comm, run_dir, overwrite=True, progress=False, bundle=bundle)
     finally:
-        ctx.handle.remove()
-    return times
+        comm.free()
+    if world.Get_rank() != 0:
+        return None
+    row = case_figures(run_dir, comm_world.Get_size(), range(1, 1 + args.reps))
+    row["run_dir"] = str(run_dir)
+    return row
 
 
-def _time_plain(job, bundle, device, reps: int, graph: bool) -> list[float]:
+def case_figures(run_dir: Path, n_ranks: int, timed: range) -> dict:
+    """Figures of one case from its rank files (every rank's clock starts at a common barrier).
+
+    UNet loop of an image: from the moment the *last* rank starts its ``denoise`` phase (so a
+    rank's wait while rank 0 decodes and writes the previous image does not count) to the end
+    of the slowest rank's. End to end: rank 0's start of ``denoise`` to its end of ``write``.
+    Exposed communication share: time blocked in MPI over wall time, summed over the ranks'
+    steps 1.. of the timed images (step 0 is left out: its first exchange also waits for the
+    ranks to line up after the previous image).
+    """
+    starts: dict[int, list[float]] = {}
+    ends: dict[int, list[float]] = {}
+    first: dict[int, float] = {}
+    written: dict[int, float] = {}
+    exposed = wall = 0.0
+    for rank in range(n_ranks):
+        path = run_dir / f"rank-{rank:04d}.h5"
+        for row in read_table(path, "phases"):
+            image, name = int(row["image"]), str(row["name"])
+            if name == "denoise":
+                starts.setdefault(image, []).append(float(row["t_start"]))
+                ends.setdefault(image, []).append(float(row["t_end"]))
+                if rank == 0:
+                    first[image] = float(row["t_start"])
+            elif name == "write" and rank == 0:
+                written[image] = float(row["t_end"])
+        for row in read_table(path, "steps"):
+            if int(row["image"]) in timed and int(row["step"]) > 0:
+                exposed += float(row["exposed_comm"])
+                wall += float(row["t_end"] - row["t_start"])
+    return {
+        "times": [max(ends[i]) - max(starts[i]) for i in timed],
+        "end_to_end": [written[i] - first[i] for i in timed] if written else [],
+        "exposed_share": exposed / wall if wall > 0 else None,
+    }
+
+
+def _time_plain(args, size: int, bundle, device, graph: bool) -> list[float]:
     """A plain diffusers loop on one GPU: UNet on the CFG batch, guidance, DDIM step."""
     from pcpp_mpi.engine.schedulers import make_scheduler
 
-    dtype = DTYPES[job.runtime.dtype]
-    generation = job.generation
+    dtype = DTYPES[args.dtype]
     factor = bundle.vae_scale_factor
-    shape = (
-        2,
-        bundle.unet.config.in_channels,
-        generation.height // factor,
-        generation.width // factor,
-    )
-    embeddings = bundle.encoder.encode(["", "a benchmark prompt"])
+    shape = (2, bundle.unet.config.in_channels, size // factor, size // factor)
+    embeddings = bundle.encoder.encode(["", PROMPT])
     hidden = embeddings.hidden.to(device, dtype)
-    added = bundle.added_cond_kwargs(embeddings.pooled, generation.height, generation.width)
+    added = bundle.added_cond_kwargs(embeddings.pooled, size, size)
     static_in = torch.randn(shape, device=device, dtype=dtype)
     static_t = torch.tensor(500, device=device)
 
@@ -148,18 +254,20 @@ def _time_plain(job, bundle, device, reps: int, graph: bool) -> list[float]:
 
     times = []
     with torch.no_grad():
-        for rep in range(reps + 1):
+        for rep in range(args.reps + 1):
             scheduler = make_scheduler("ddim", bundle.scheduler_config)
-            scheduler.set_timesteps(generation.steps, device=device)
+            # host timesteps for the scheduler (no GPU sync per step), device ones for the UNet
+            scheduler.set_timesteps(args.steps, device="cpu")
+            unet_timesteps = scheduler.timesteps.to(device)
             latent = torch.randn(shape[1:], device=device).unsqueeze(0)
             _sync(device)
             start = time.perf_counter()
-            for timestep in scheduler.timesteps:
+            for step, timestep in enumerate(scheduler.timesteps):
                 static_in.copy_(torch.cat([latent, latent]).to(dtype))
-                static_t.copy_(timestep)
+                static_t.copy_(unet_timesteps[step])
                 out = runner().float()
                 uncond, cond = out.chunk(2)
-                guided = uncond + generation.guidance_scale * (cond - uncond)
+                guided = uncond + 5.0 * (cond - uncond)
                 latent = scheduler.step(guided, timestep, latent).prev_sample
             _sync(device)
             if rep > 0:
@@ -171,7 +279,7 @@ def main() -> int:
     args = _args()
     world = MPI.COMM_WORLD
     rank, size = world.Get_rank(), world.Get_size()
-    aware = bool(cuda_aware())
+    aware = bool(cuda_aware()) and not args.staged
     device = (
         torch.device(args.device, rank % max(torch.cuda.device_count(), 1))
         if args.device == "cuda"
@@ -181,38 +289,32 @@ def main() -> int:
         torch.cuda.set_device(device)
     results = []
     for size_px in args.sizes:
-        base = _job(args, size_px, "sync", False)
-        bundle = load_model(base.model, DTYPES[args.dtype], device)
-        for case in args.cases:
-            times: list[float] = []
-            if case in ("plain-eager", "plain-graph", "single"):
+        model = _job(args, size_px, Case("single"), 1).model
+        bundle = load_model(model, DTYPES[args.dtype], device)
+        for case in map(Case, args.cases):
+            row: dict | None = None
+            if case.plain:
+                if rank == 0 and (args.device == "cuda" or case.name == "plain-eager"):
+                    times = _time_plain(args, size_px, bundle, device, case.name == "plain-graph")
+                    row = {"times": times}
+                world.Barrier()
+            elif case.one_gpu:
                 if rank == 0:
-                    if case == "single":
-                        job = _job(args, size_px, "single", False)
-                        comm = RankComm(MPI.COMM_SELF, 1, cuda_aware=aware)
-                        times = _time_band_loop(job, comm, bundle, device, args.reps)
-                        comm.free()
-                    elif args.device == "cuda" or case == "plain-eager":
-                        times = _time_plain(
-                            base, bundle, device, args.reps, graph=case == "plain-graph"
-                        )
+                    row = _run_case(args, size_px, case, world, bundle, aware)
                 world.Barrier()
             else:
-                if size == 1 or (case == "cfg" and size % 2):
+                if size == 1 or (case.cfg and size % 2):
                     continue
-                mode = "sync" if case == "cfg" else case
-                job = _job(args, size_px, mode, case == "cfg")
-                comm = RankComm(world, 2 if case == "cfg" else 1, cuda_aware=aware)
-                times = _time_band_loop(job, comm, bundle, device, args.reps)
-                comm.free()
-            if rank == 0 and times:
-                row = {
-                    "size": size_px,
-                    "case": case,
-                    "ranks": 1 if case.startswith(("plain", "single")) else size,
-                    "times": times,
-                    "median": statistics.median(times),
-                }
+                row = _run_case(args, size_px, case, world, bundle, aware)
+            if rank == 0 and row is not None:
+                row.update(
+                    size=size_px,
+                    case=case.name,
+                    ranks=1 if case.one_gpu else size,
+                    median=statistics.median(row["times"]),
+                )
+                if row.get("end_to_end"):
+                    row["end_to_end_median"] = statistics.median(row["end_to_end"])
                 results.append(row)
                 print(json.dumps(row), flush=True)
         del bundle
@@ -223,10 +325,8 @@ def main() -> int:
     return 0
 
 
-def _write(args: argparse.Namespace, results: list[dict], size: int, aware: bool) -> None:
-    args.out.mkdir(parents=True, exist_ok=True)
-    device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
-    meta = {
+def _meta(args: argparse.Namespace, size: int, aware: bool) -> dict:
+    return {
         "arch": args.arch,
         "steps": args.steps,
         "warmup_steps": args.warmup_steps,
@@ -234,26 +334,59 @@ def _write(args: argparse.Namespace, results: list[dict], size: int, aware: bool
         "reps": args.reps,
         "dtype": args.dtype,
         "ranks": size,
-        "device": device_name,
+        "device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu",
         "cuda_aware": aware,
+        "staged": args.device == "cuda" and (args.staged or not aware),
         "mpi": MPI.Get_library_version().splitlines()[0].strip("\x00 "),
+        "torch": torch.__version__,
     }
+
+
+def _write(args: argparse.Namespace, results: list[dict], size: int, aware: bool) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta = _meta(args, size, aware)
     (args.out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    with h5py.File(args.out / "results.h5", "w", locking=False) as file:
+        for key, value in meta.items():
+            # h5py stores Python str as variable-length UTF-8 (numpy unicode has no HDF5 type)
+            file.attrs[key] = str(value) if isinstance(value, str) else value
+        for r in results:
+            group = file.create_group(f"{r['size']}/{r['case']}")
+            group.attrs["ranks"] = r["ranks"]
+            group.attrs["median_s"] = r["median"]
+            group.create_dataset("unet_loop_s", data=r["times"])
+            if r.get("end_to_end"):
+                group.create_dataset("end_to_end_s", data=r["end_to_end"])
+                group.attrs["end_to_end_median_s"] = r["end_to_end_median"]
+            if r.get("exposed_share") is not None:
+                group.attrs["exposed_share"] = r["exposed_share"]
     lines = [
-        f"# {args.arch} UNet loop, {args.steps} steps, CFG batch 2, {args.dtype}, "
-        f"{size} x {device_name}, CUDA-aware MPI: {aware}",
+        f"# {args.arch} UNet, {args.steps} steps, CFG batch 2, {args.dtype}, {size} x "
+        f"{meta['device']}, CUDA-aware MPI: {aware}{' (host-staged)' if meta['staged'] else ''}",
         "",
-        "| size | case | ranks | median s | speed-up vs fastest single |",
-        "|---|---|---|---|---|",
+        "Median of the timed repetitions; speed-ups against the fastest single-GPU UNet loop "
+        "(UNet loop) and against pcpp-mpi `single` (end to end).",
+        "",
+        "| size | case | ranks | UNet loop s | speed-up | exposed comm | end to end s | speed-up |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for size_px in sorted({r["size"] for r in results}):
         rows = [r for r in results if r["size"] == size_px]
         singles = [r["median"] for r in rows if r["ranks"] == 1]
         best = min(singles) if singles else None
+        single_e2e = next((r.get("end_to_end_median") for r in rows if r["case"] == "single"), None)
         for r in rows:
-            ratio = f"{best / r['median']:.2f}x" if best else "-"
+            speed = f"{best / r['median']:.2f}x" if best else "-"
+            exposed = r.get("exposed_share")
+            e2e = r.get("end_to_end_median")
             lines.append(
-                f"| {size_px} | {r['case']} | {r['ranks']} | {r['median']:.3f} | {ratio} |"
+                f"| {size_px} | {r['case']} | {r['ranks']} | {r['median']:.3f} | {speed} | "
+                + (f"{100 * exposed:.1f}%" if exposed is not None else "-")
+                + " | "
+                + (f"{e2e:.3f}" if e2e else "-")
+                + " | "
+                + (f"{single_e2e / e2e:.2f}x" if e2e and single_e2e else "-")
+                + " |"
             )
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

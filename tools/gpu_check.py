@@ -8,6 +8,11 @@ For each mode the final latent (gathered to rank 0) is compared with a ``single`
 rank 0, and every rank's bytes per step and kind with :class:`pcpp_mpi.planning.JobPlan`.
 ``sync`` (and the all-warm displaced modes) must match ``single`` within half-precision
 rounding; the measured difference is printed and written to ``check.json``.
+
+Every case runs twice, eagerly and with its UNet calls replayed as CUDA graphs
+(``runtime.graphs``), and the two latents are compared with each other too. ``--staged``
+passes host buffers to MPI (the path for an MPI that is not CUDA-aware) even when the library
+is CUDA-aware.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ CASES = {
 }
 
 
-def _job(args: argparse.Namespace, settings: dict):
+def _job(args: argparse.Namespace, settings: dict, graphs: str = "auto"):
     parallel = {"mode": "sync", "warmup_steps": 1, "ratio": 0.3, "cfg_parallel": False}
     parallel.update(settings)
     if parallel["warmup_steps"] == "all":
@@ -62,7 +67,12 @@ def _job(args: argparse.Namespace, settings: dict):
                 "steps": args.steps,
                 "guidance_scale": 5.0,
             },
-            "runtime": {"dtype": args.dtype, "device": args.device, "check_finite": True},
+            "runtime": {
+                "dtype": args.dtype,
+                "device": args.device,
+                "check_finite": True,
+                "graphs": graphs,
+            },
             "parallel": parallel,
         }
     )
@@ -86,7 +96,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="sdxl", choices=("tiny", "sd15", "sd21", "sdxl"))
     parser.add_argument("--size", type=int, default=1024)
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--staged", action="store_true", help="host buffers for MPI")
     parser.add_argument("--dtype", default="float16", choices=tuple(DTYPES))
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     parser.add_argument("--out", type=Path, required=True)
@@ -94,7 +105,7 @@ def main() -> int:
 
     world = MPI.COMM_WORLD
     rank, size = world.Get_rank(), world.Get_size()
-    aware = bool(cuda_aware())
+    aware = bool(cuda_aware()) and not args.staged
     if args.device == "cuda":
         device = torch.device("cuda", rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
@@ -116,10 +127,12 @@ def main() -> int:
         "size": args.size,
         "steps": args.steps,
         "dtype": args.dtype,
+        "staged": args.staged,
         "cases": {},
     }
-    for name, settings in CASES.items():
-        job = _job(args, settings)
+    eager_latents: dict[str, torch.Tensor] = {}
+    for name, settings, graphs in [(n, CASES[n], g) for n in CASES for g in ("eager", "auto")]:
+        job = _job(args, settings, graphs)
         groups = 2 if job.parallel.cfg_parallel else 1
         if size % groups:
             continue
@@ -141,15 +154,23 @@ def main() -> int:
             diff = float((full - reference).abs().max())
             scale = float(reference.abs().max())
             bad = [m for ms in all_mismatches for m in ms if m[1] != "gather"]
-            report["cases"][name] = {
+            entry = {
                 "max_abs_diff": diff,
                 "latent_scale": scale,
                 "relative": diff / scale,
                 "byte_mismatches": len(bad),
             }
+            label = f"{name}/{'graphs' if graphs == 'auto' else 'eager'}"
+            line = f"{label:25s} vs single: max|diff| {diff:.3e} rel {diff / scale:.2e}"
+            if graphs == "eager":
+                eager_latents[name] = full
+            else:
+                vs_eager = float((full - eager_latents[name]).abs().max())
+                entry["graphs_vs_eager_max_abs_diff"] = vs_eager
+                line += f"  vs eager: {vs_eager:.3e}"
+            report["cases"][label] = entry
             print(
-                f"{name:18s} max|diff| {diff:.3e}  scale {scale:.3f}  rel {diff / scale:.2e}"
-                f"  bytes {'== plan' if not bad else f'{len(bad)} mismatches: {bad[:3]}'}",
+                line + f"  bytes {'== plan' if not bad else f'{len(bad)} mismatches: {bad[:3]}'}",
                 flush=True,
             )
     if rank == 0:

@@ -1,0 +1,69 @@
+"""tools/bench.py and tools/gpu_check.py on the CPU: the programs run, and their figures hold."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import h5py
+import pytest
+from mpi_launch import REPO, mpirun
+
+pytestmark = pytest.mark.mpi
+
+
+def test_bench_writes_every_case(tmp_path) -> None:
+    out = tmp_path / "bench"
+    result = mpirun(
+        2,
+        [
+            sys.executable,
+            str(REPO / "tools" / "bench.py"),
+            "--arch", "tiny", "--sizes", "64", "--steps", "3", "--warmup-steps", "1",
+            "--reps", "2", "--device", "cpu", "--dtype", "float32", "--out", str(out),
+            "--cases", "plain-eager", "single", "pcpp", "naive", "cfg", "pcpp-eager",
+            "--set", "runtime.graphs=emulate",
+        ],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((out / "results.json").read_text())
+    rows = {r["case"]: r for r in data["results"]}
+    assert set(rows) == {"plain-eager", "single", "pcpp", "naive", "cfg", "pcpp-eager"}
+    for name, row in rows.items():
+        assert len(row["times"]) == 2 and all(t > 0 for t in row["times"]), name
+        assert row["median"] == pytest.approx(sum(row["times"]) / 2), name
+    assert rows["single"]["ranks"] == 1 and rows["pcpp"]["ranks"] == 2
+    assert rows["naive"]["exposed_share"] == 0.0
+    assert 0.0 <= rows["pcpp"]["exposed_share"] < 1.0
+    assert all(e > 0 for e in rows["pcpp"]["end_to_end"])
+    # every pcpp-mpi case kept its run directory; the emulated replays really happened
+    with h5py.File(out / "runs" / "64-pcpp" / "rank-0001.h5", "r", locking=False) as rank_file:
+        assert rank_file.attrs["graphs"] == "emulate"
+        assert rank_file.attrs["graph_replays"] == 3 * 3 - 1  # 3 images x 3 steps, first eager
+    with h5py.File(out / "runs" / "64-pcpp-eager" / "rank-0000.h5", "r", locking=False) as f:
+        assert f.attrs["graphs"] == "eager"
+    with h5py.File(out / "results.h5", "r", locking=False) as file:
+        assert file.attrs["arch"] == "tiny"
+        assert list(file["64/pcpp/unet_loop_s"][()]) == rows["pcpp"]["times"]
+    table = (out / "results.md").read_text()
+    assert "| 64 | pcpp | 2 |" in table
+
+
+def test_gpu_check_runs_on_the_cpu(tmp_path) -> None:
+    """Every mode eager and replayed, against single, bytes against plan (here: all eager)."""
+    out = tmp_path / "check"
+    result = mpirun(
+        2,
+        [
+            sys.executable,
+            str(REPO / "tools" / "gpu_check.py"),
+            "--arch", "tiny", "--size", "64", "--steps", "3", "--device", "cpu",
+            "--dtype", "float32", "--out", str(out),
+        ],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "check.json").read_text())
+    cases = report["cases"]
+    assert cases["sync/eager"]["relative"] < 1e-5
+    assert cases["sync/graphs"]["graphs_vs_eager_max_abs_diff"] == 0.0
+    assert all(case["byte_mismatches"] == 0 for case in cases.values())
