@@ -410,3 +410,73 @@ def test_drain_completes_a_pending_set(mpi: ModuleType) -> None:
     exchange.drain()
     exchange.reset()
     exchange.post(0, None, None)  # the set is usable again
+
+
+class SlowEvent:
+    """A GPU event that completes after ``polls`` queries and must never be waited for."""
+
+    def __init__(self, polls: int) -> None:
+        self.polls = polls
+
+    def query(self) -> bool:
+        self.polls -= 1
+        return self.polls <= 0
+
+    def synchronize(self) -> None:
+        raise AssertionError("a wait blocked on the GPU instead of polling its events")
+
+
+def self_exchange(mpi: ModuleType, deferred: DeferredStarts, recorder: StepRecorder, counter=None):
+    return NeighbourExchange(
+        name="rows",
+        kind="halo",
+        comm=mpi.COMM_SELF,
+        up=0,
+        down=None,
+        tag=9,
+        send_shapes=((1, 2, 1, 3), None),
+        recv_shapes=((1, 2, 1, 3), None),
+        wire=WIRE,
+        counter=counter or TrafficCounter(),
+        tracer=Tracer(enabled=False),
+        deferred=deferred,
+        recorder=recorder,
+    )
+
+
+def test_wait_polls_pending_starts_instead_of_blocking_on_the_gpu(mpi: ModuleType) -> None:
+    """A wait whose own start is queued behind a start still waiting for its GPU event keeps
+    polling the events (the GPU keeps its queue) and completes once they are ready."""
+    deferred = DeferredStarts()
+    exchange = self_exchange(mpi, deferred, StepRecorder())
+    earlier: list[str] = []
+    deferred.submit(SlowEvent(polls=3), lambda: earlier.append("started"))
+    data = torch.randn(1, 2, 1, 3)
+    exchange.post(0, data, None)  # queued behind the slow start (starts keep their order)
+    assert len(deferred) == 2
+    from_up, _ = exchange.wait(0)
+    assert earlier == ["started"] and len(deferred) == 0
+    assert from_up is not None and torch.equal(from_up, data)
+
+
+def test_recorded_post_and_wait_leave_mpi_to_launch_and_complete(mpi: ModuleType) -> None:
+    """While a step is recorded (captured as a graph), post only fills the send set of the
+    step's parity and wait only hands out the receive set; launch/complete, run later by the
+    replay, do the MPI part with the step numbers of the replayed step."""
+    counter = TrafficCounter()
+    recorder = StepRecorder()
+    exchange = self_exchange(mpi, DeferredStarts(), recorder, counter)
+    data = torch.randn(1, 2, 1, 3)
+    recorder.start(4)
+    exchange.post(4, data, None)
+    buffers = exchange.wait(4)
+    recorded = recorder.stop()
+    assert recorded.describe() == ["post rows +0", "wait rows +0"]
+    assert counter.drain() == []  # nothing reached MPI or the byte counts
+    receive_set = buffers[0]
+    assert receive_set is not None
+    recorded.after_segment(0, 6)  # replayed at step 6: same parity, MPI for step 6
+    assert torch.equal(receive_set, data)
+    assert [(row[1], row[2]) for row in counter.drain()] == [(6, "halo")]
+    with pytest.raises(ExchangeError, match="never posted"):
+        exchange.complete(8)
