@@ -28,6 +28,7 @@ from pcpp_mpi.comm.mpi_info import cuda_aware, describe_world
 from pcpp_mpi.config import JobConfig, job_to_yaml
 from pcpp_mpi.engine.decode import latent_to_image
 from pcpp_mpi.engine.denoise import BandContext, denoise_band
+from pcpp_mpi.engine.finite import FiniteWatch
 from pcpp_mpi.engine.layout import RunLayout, plan_layout
 from pcpp_mpi.engine.schedulers import check_schedule
 from pcpp_mpi.engine.setup import DTYPES, prepare_band_context
@@ -276,6 +277,15 @@ class _StepHooks:
         self.bar = bar
         self.signals = signals
         self.image = image
+        self.finite = (
+            FiniteWatch(ctx.device, self._not_finite) if ctx.job.runtime.check_finite else None
+        )
+
+    def _not_finite(self, step: int) -> None:
+        raise NonFiniteLatent(
+            f"the latent of rank {self.ctx.comm.world.Get_rank()} holds NaN or Inf after step "
+            f"{step} (image {self.image}); set runtime.check_finite=false to continue"
+        )
 
     def begin(self, step: int, kind: str) -> None:
         self.ctx.comm.tracer.begin_step(self.image, step, kind)
@@ -288,11 +298,8 @@ class _StepHooks:
             steps=steps, exchanges=exchanges, phases=phases, traffic=comm.counter.drain()
         )
         self.bar.update(1)
-        if self.ctx.job.runtime.check_finite and not bool(torch.isfinite(latent).all()):
-            raise NonFiniteLatent(
-                f"the latent of rank {comm.world.Get_rank()} holds NaN or Inf after step "
-                f"{step} (image {self.image}); set runtime.check_finite=false to continue"
-            )
+        if self.finite is not None:  # on a GPU: reads the previous step's verdict
+            self.finite.submit(step, latent)
         fault_step = _injected_fault(comm.world.Get_rank())
         if fault_step is not None and fault_step == step:
             raise RuntimeError(f"injected fault (PCPP_MPI_FAULT) at step {step}")
@@ -301,6 +308,11 @@ class _StepHooks:
             raise RunInterrupted(
                 f"stopped after step {step} of image {self.image} by {signal.Signals(signum).name}"
             )
+
+    def finish(self) -> None:
+        """After the image's last step: the verdicts not read yet."""
+        if self.finite is not None:
+            self.finite.finish()
 
 
 def _injected_fault(rank: int) -> int | None:
@@ -337,6 +349,7 @@ def _generate_all(
         hooks = _StepHooks(ctx, rank_file, bar, signals, index)
         with tracer.phase("denoise", index):
             latent = denoise_band(ctx, prompt, negative, seed, hooks)
+            hooks.finish()
         bar.close()
         full = None
         with tracer.phase("gather", index):
