@@ -46,7 +46,7 @@ RUNS = {
         "killed": ["parallel.mode=pcpp", "generation.steps=200"],
     },
 }
-TOOLS = ("summary", "timeline", "perfetto", "compare", "bench_tracing")
+TOOLS = ("summary", "timeline", "perfetto", "compare", "bench_tracing", "quality_study")
 
 
 def tool(name: str) -> ModuleType:
@@ -302,3 +302,56 @@ def test_every_tool_has_help(name: str) -> None:
         timeout=120,
     )
     assert done.returncode == 0 and "usage:" in done.stdout
+
+
+# ----------------------------------------------------------------------------- quality study
+def _study() -> ModuleType:
+    """tools/quality_study.py, registered in sys.modules (its dataclasses need that)."""
+    name = "tool_quality_study"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "tools" / "quality_study.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def test_quality_study_grid_skips_warmup_zero_and_duplicates() -> None:
+    study = _study()
+    args = study._parser().parse_args(["--out", "x", "--warmups", "0,1,4", "--sizes", "256"])
+    ids = [p.id for p in study.build_grid(args)]
+    assert ids[0] == "256px-1r-single" and len(ids) == len(set(ids))
+    assert "256px-2r-pcpp-ratio0.3-warm4" in ids and "256px-4r-pcpp-ratio0.3-warm1" in ids
+    assert not any(i.endswith("-warm0") for i in ids)
+    # per rank count: sync, naive, distrifusion, 5 ratios, warm-ups 1 (4 is a ratio point)
+    assert len(ids) == 1 + 3 * 9
+    assert study.prompts_for(args, 256) == 12 and study.prompts_for(args, 512) == 6
+
+
+def test_quality_study_on_a_tiny_grid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """single + sync at 64 px, 2 ranks, 1 prompt, 2 steps: sync equals single, bytes = plan."""
+    study = _study()
+    out = tmp_path / "quality"
+    argv = ["--out", str(out), "--sizes", "64", "--ranks", "2", "--modes", "sync"]
+    argv += ["--prompts", "1", "--steps", "2", "--default-warmup", "1"]
+    assert study.main(argv) == 0
+    rows = {r["id"]: r for r in json.loads((out / "results.json").read_text())}
+    assert set(rows) == {"64px-1r-single", "64px-2r-sync"}
+    single, sync = rows["64px-1r-single"], rows["64px-2r-sync"]
+    assert single["verdict"] == "reference" and single["psnr_mean_db"] == float("inf")
+    assert sync["psnr_min_db"] > 60 and sync["ssim_min"] > 0.999 and sync["verdict"] == "same"
+    assert sync["readings_as_single"] == 1.0 and sync["prompts"] == 1
+    plan = make_plan(load_job(out / "jobs" / "64px-2r-sync.yaml"), 2)
+    per_step = sum(plan.run_totals(r, "sync")[0] - plan.gather(r).total_sent for r in range(2))
+    assert sync["plan_sent_per_step"] == per_step / 2 > 0
+    assert sync["measured_sent_per_step"] == pytest.approx(sync["plan_sent_per_step"], abs=2)
+    for name in ("results.csv", "results.md", "quality.png", "examples.png"):
+        assert (out / name).stat().st_size > 0, name
+    point = json.loads((out / "points" / "64px-2r-sync.json").read_text())
+    assert len(point["images"]) == 1 and point["settings"]["weights"]["sha256"]
+    assert (out / "points" / "64px-2r-sync.csv").read_text().startswith("id,size,ranks,mode")
+    # resumable: a second call finds both points done and launches nothing
+    capsys.readouterr()
+    assert study.main(argv) == 0
+    assert "(2 already done), 0 to run" in capsys.readouterr().out
