@@ -394,6 +394,21 @@ def test_deferred_flush_waits_for_events() -> None:
     assert all(event.waited for event in events)
 
 
+def test_starts_waiting_for_a_graphs_events_run_before_it_is_replayed_again() -> None:
+    """A replay re-records its graph's events: starts still waiting for the previous record of
+    one of them (and everything queued before them) must run first; later ones stay queued."""
+    started: list[int] = []
+    deferred = DeferredStarts()
+    events = [FakeEvent() for _ in range(4)]
+    for index, event in enumerate(events):
+        deferred.submit(event, lambda index=index: started.append(index))
+    deferred.start_all_using([events[1]])
+    assert started == [0, 1] and events[0].waited and events[1].waited
+    assert len(deferred) == 2 and not events[3].waited
+    deferred.start_all_using([FakeEvent()])  # none of its events queued: nothing runs
+    assert started == [0, 1]
+
+
 def test_cpu_starts_run_at_once() -> None:
     started: list[int] = []
     deferred = DeferredStarts()

@@ -12,7 +12,7 @@ unstarted sends. On the CPU there is no event and a start runs at once.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -47,6 +47,16 @@ class DeferredStarts:
             if event is not None and not event.query():
                 return
             self._queue.popleft()
+            start()
+
+    def start_all_using(self, events: Sequence[ReadyEvent]) -> None:
+        """Run starts in order, waiting for their events, until none queued waits for one of
+        ``events`` (a graph that records them is about to be replayed again)."""
+        wanted = {id(event) for event in events}
+        while any(id(event) in wanted for event, _ in self._queue):
+            event, start = self._queue.popleft()
+            if event is not None:
+                event.synchronize()
             start()
 
     def flush(self) -> None:

@@ -21,7 +21,7 @@ import torch
 from mpi4py import MPI
 
 from pcpp_mpi.comm.capture import StepRecorder
-from pcpp_mpi.comm.deferred import DeferredStarts
+from pcpp_mpi.comm.deferred import DeferredStarts, ReadyEvent
 from pcpp_mpi.comm.traffic import TrafficCounter
 from pcpp_mpi.trace.recorder import Tracer
 
@@ -233,11 +233,12 @@ class NeighbourExchange:
                     raise ExchangeError(f"{self.name}: no data for neighbour {self._peers[side]}")
                 send.copy_(data, non_blocking=True)
 
-    def launch(self, step: int) -> None:
-        """The MPI part of :meth:`post` (a replayed graph has filled the send set)."""
-        self._submit(step, self._sets.begin_post(step))
+    def launch(self, step: int, ready: ReadyEvent | None = None) -> None:
+        """The MPI part of :meth:`post` (a replayed graph fills the send set; ``ready``, if
+        given, completes once it has)."""
+        self._submit(step, self._sets.begin_post(step), ready)
 
-    def _submit(self, step: int, parity: int) -> None:
+    def _submit(self, step: int, parity: int, ready: ReadyEvent | None = None) -> None:
         messages = []
         for side in (0, 1):
             peer = self._peers[side]
@@ -246,7 +247,9 @@ class NeighbourExchange:
                 sent = 0 if send is None else send.nbytes
                 messages.append((peer, sent, 0 if recv is None else recv.nbytes))
         _count(self._counter, step, self.kind, messages)
-        self._deferred.submit(self._wire.ready_event(), lambda: self._start(step, parity, messages))
+        if ready is None:
+            ready = self._wire.ready_event()
+        self._deferred.submit(ready, lambda: self._start(step, parity, messages))
 
     def _start(self, step: int, parity: int, messages: list[tuple[int, int, int]]) -> None:
         requests: list[MPI.Request] = []
@@ -331,11 +334,12 @@ class AllBandsExchange:
         self._send[parity].copy_(own, non_blocking=True)
         self._submit(step, parity)
 
-    def launch(self, step: int) -> None:
-        """The MPI part of :meth:`post` (a replayed graph has filled the send buffer)."""
-        self._submit(step, self._sets.begin_post(step))
+    def launch(self, step: int, ready: ReadyEvent | None = None) -> None:
+        """The MPI part of :meth:`post` (a replayed graph fills the send buffer; ``ready``, if
+        given, completes once it has)."""
+        self._submit(step, self._sets.begin_post(step), ready)
 
-    def _submit(self, step: int, parity: int) -> None:
+    def _submit(self, step: int, parity: int, ready: ReadyEvent | None = None) -> None:
         send = self._send[parity]
         messages = [
             (band, send.nbytes, recv.nbytes)
@@ -343,7 +347,9 @@ class AllBandsExchange:
             if recv is not None
         ]
         _count(self._counter, step, self.kind, messages)
-        self._deferred.submit(self._wire.ready_event(), lambda: self._start(step, parity, messages))
+        if ready is None:
+            ready = self._wire.ready_event()
+        self._deferred.submit(ready, lambda: self._start(step, parity, messages))
 
     def _start(self, step: int, parity: int, messages: list[tuple[int, int, int]]) -> None:
         requests: list[MPI.Request] = []
@@ -420,14 +426,17 @@ class StatsAllreduce:
         self._local[parity].copy_(local, non_blocking=True)
         self._submit(step, parity)
 
-    def launch(self, step: int) -> None:
-        """The MPI part of :meth:`post` (a replayed graph has copied the statistics)."""
-        self._submit(step, self._sets.begin_post(step))
+    def launch(self, step: int, ready: ReadyEvent | None = None) -> None:
+        """The MPI part of :meth:`post` (a replayed graph copies the statistics; ``ready``, if
+        given, completes once it has)."""
+        self._submit(step, self._sets.begin_post(step), ready)
 
-    def _submit(self, step: int, parity: int) -> None:
+    def _submit(self, step: int, parity: int, ready: ReadyEvent | None = None) -> None:
         nbytes = self._local[parity].nbytes
         self._counter.add(step, self.kind, sent=nbytes, received=nbytes)
-        self._deferred.submit(self._host.ready_event(), lambda: self._start(step, parity))
+        if ready is None:
+            ready = self._host.ready_event()
+        self._deferred.submit(ready, lambda: self._start(step, parity))
 
     def _start(self, step: int, parity: int) -> None:
         request = self._comm.Iallreduce(

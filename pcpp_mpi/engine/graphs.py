@@ -4,11 +4,14 @@ Kernel launches bound an eager UNet step on a GPU, and a rank with a band of the
 less work per kernel. A step is therefore captured once per *variant* — its kind, the previous
 step's kind and its parity (which buffer set it reads and fills) — and replayed afterwards.
 MPI cannot be captured: while a step is captured, the exchanges only queue their copies and
-record their MPI actions (:mod:`pcpp_mpi.comm.capture`); every wait for received data ends one
-graph and begins the next. A replay runs the graphs in order and, after each, starts the
-segment's sends and completes the wait the next graph depends on. In displaced steps the data
-a segment waits for was sent during the previous step, so the host rarely blocks, and it runs
-ahead of the GPU (starting each send as soon as the GPU has produced it).
+record their MPI actions (:mod:`pcpp_mpi.comm.capture`), with an event recorded inside the
+graph after each send buffer is filled; every wait for data of the same step ends one graph and
+begins the next. A replay runs the graphs in order: before each, it completes the waits for
+data of earlier steps the graph reads; after each, it queues the segment's sends (each starts
+when its in-graph event completes) and completes the wait the next graph depends on. A
+displaced step is thus two graphs (the fresh latent halo of ``conv_in``, then the whole UNet),
+and while the GPU runs the second the host sits in MPI, starting each send as soon as the GPU
+has produced it and progressing the transfers.
 
 The first UNet call of a context runs eagerly (it initialises cuBLAS, cuDNN and the attention
 kernels, which must not happen during a capture) and its variant is captured right after it;
@@ -31,6 +34,7 @@ import torch
 from torch import nn
 
 from pcpp_mpi.comm.capture import RecordedStep, StepRecorder
+from pcpp_mpi.comm.deferred import DeferredStarts, ReadyEvent
 from pcpp_mpi.parallel.clock import StepClock
 
 VariantKey = tuple[str, str | None, int]
@@ -72,8 +76,19 @@ class _CudaVariant:
     recorded: RecordedStep
     output: torch.Tensor
 
+    @property
+    def events(self) -> list[ReadyEvent]:
+        """The events the graphs record (one per post)."""
+        return [
+            action.ready
+            for segment in self.recorded.segments
+            for action in segment.posts
+            if action.ready is not None
+        ]
+
     def replay(self, step: int) -> torch.Tensor:
         for index, graph in enumerate(self.graphs):
+            self.recorded.before_segment(index, step)
             graph.replay()
             self.recorded.after_segment(index, step)
         return self.output
@@ -84,6 +99,8 @@ class StepGraphs:
 
     ``backend`` ``cuda`` captures CUDA graphs (device must be a GPU); ``emulate`` replays the
     recorded MPI actions on any device (see the module docstring); ``eager`` never captures.
+    ``deferred`` holds the MPI starts waiting for events: a variant's events are re-recorded by
+    its next replay, so starts still waiting for them run first.
     """
 
     def __init__(
@@ -92,6 +109,7 @@ class StepGraphs:
         recorder: StepRecorder,
         device: torch.device,
         backend: Literal["cuda", "emulate", "eager"],
+        deferred: DeferredStarts | None = None,
     ) -> None:
         if backend == "cuda" and device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device")
@@ -99,6 +117,7 @@ class StepGraphs:
         self.recorder = recorder
         self.device = device
         self.backend = backend
+        self.deferred = deferred or DeferredStarts()
         self.captures = 0
         self.replays = 0
         self._warm = False
@@ -139,6 +158,7 @@ class StepGraphs:
             variant = self._capture(clock.step, self._static)
             self._cuda[key] = variant
         self.replays += 1
+        self.deferred.start_all_using(variant.events)
         return variant.replay(clock.step)
 
     # ------------------------------------------------------------------ CUDA graphs
@@ -155,11 +175,16 @@ class StepGraphs:
             graphs.append(torch.cuda.CUDAGraph())
             begin(graphs[-1])
 
+        def ready_event() -> torch.cuda.Event:
+            event = torch.cuda.Event(external=True)  # an event node the host can query
+            event.record()
+            return event
+
         current = torch.cuda.current_stream(self.device)
         self._stream.wait_stream(current)
         with torch.cuda.stream(self._stream):
             begin(graphs[0])
-            self.recorder.start(step, next_graph)
+            self.recorder.start(step, next_graph, ready_event)
             try:
                 output = self._eager(static)
             except Exception as error:
@@ -194,7 +219,9 @@ class StepGraphs:
             _check_segment(recorded, segment_index, self.recorder, step)
             recorded.after_segment(segment_index, step)
             segment_index += 1
+            recorded.before_segment(segment_index, step)
 
+        recorded.before_segment(segment_index, step)
         self.recorder.start(step, after_segment)
         try:
             output = self._eager(inputs)
@@ -214,6 +241,8 @@ def _check_segment(recorded: RecordedStep, index: int, recorder: StepRecorder, s
     same = (
         [(a.exchange, a.offset) for a in done.posts]
         == [(a.exchange, a.offset) for a in expected.posts]
+        and [(a.exchange, a.offset) for a in done.early_waits]
+        == [(a.exchange, a.offset) for a in expected.early_waits]
         and (done.wait is not None and expected.wait is not None)
         and (
             (done.wait.exchange, done.wait.offset) == (expected.wait.exchange, expected.wait.offset)

@@ -67,7 +67,9 @@ def prepare_band_context(
         bands=layout.bands,
         clock=clock,
         handle=handle,
-        graphs=StepGraphs(bundle.unet, comm.recorder, device, graph_backend(job, device)),
+        graphs=StepGraphs(
+            bundle.unet, comm.recorder, device, graph_backend(job, device), comm.deferred
+        ),
         device=device,
         dtype=DTYPES[job.runtime.dtype],
         latent_height=layout.latent_height,
