@@ -22,7 +22,7 @@ def test_bench_writes_every_case(tmp_path) -> None:
             "--arch", "tiny", "--sizes", "64", "--steps", "3", "--warmup-steps", "1",
             "--reps", "2", "--device", "cpu", "--dtype", "float32", "--out", str(out),
             "--cases", "plain-eager", "single", "pcpp", "naive", "cfg", "pcpp-eager",
-            "--set", "runtime.graphs=emulate",
+            "--set", "runtime.graphs=emulate", "--profile",
         ],
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -47,6 +47,13 @@ def test_bench_writes_every_case(tmp_path) -> None:
         assert list(file["64/pcpp/unet_loop_s"][()]) == rows["pcpp"]["times"]
     table = (out / "results.md").read_text()
     assert "| 64 | pcpp | 2 |" in table
+    # --profile found every rank's denoising range (no CUDA kernels on the CPU: all idle)
+    profiles = rows["pcpp"]["gpu_profile"]
+    assert len(profiles) == 2 and len(rows["single"]["gpu_profile"]) == 1
+    for profile in profiles:
+        assert profile["steps"] == 3 and profile["window_ms_per_step"] > 0
+        assert profile["kernels"] == 0 and profile["idle_share"] == 1.0
+    assert "| 64 | pcpp | 1 |" in table  # the profile table, one line per rank
 
 
 def test_gpu_check_runs_on_the_cpu(tmp_path) -> None:

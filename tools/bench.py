@@ -46,10 +46,11 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
+from pcpp_mpi.analysis.kernels import profile_from_events  # noqa: E402
 from pcpp_mpi.comm.context import RankComm  # noqa: E402
 from pcpp_mpi.comm.mpi_info import cuda_aware  # noqa: E402
 from pcpp_mpi.config import job_from_dict  # noqa: E402
-from pcpp_mpi.engine.runner import run_job  # noqa: E402
+from pcpp_mpi.engine.runner import DENOISE_RANGE, run_job  # noqa: E402
 from pcpp_mpi.engine.setup import DTYPES  # noqa: E402
 from pcpp_mpi.models import load_model  # noqa: E402
 from pcpp_mpi.output.rank_file import read_table  # noqa: E402
@@ -111,6 +112,12 @@ def _args() -> argparse.Namespace:
         default=[],
         metavar="KEY=VALUE",
         help="job setting for every pcpp-mpi case, e.g. runtime.latent_halo_on_host=false",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="after each pcpp-mpi case, one more run of 2 images under torch.profiler: GPU "
+        "kernel time per step by category, busy and idle time of every rank (second image)",
     )
     parser.add_argument("--out", type=Path, required=True)
     return parser.parse_args()
@@ -174,11 +181,41 @@ def _run_case(args, size: int, case: Case, world: MPI.Comm, bundle, aware: bool)
         run_job(job, comm, run_dir, overwrite=True, progress=False, bundle=bundle)
     finally:
         comm.free()
+    profiles = _profile_case(args, size, case, comm_world, bundle, aware) if args.profile else None
     if world.Get_rank() != 0:
         return None
     row = case_figures(run_dir, comm_world.Get_size(), range(1, 1 + args.reps))
     row["run_dir"] = str(run_dir)
+    if profiles is not None:
+        row["gpu_profile"] = profiles
     return row
+
+
+def _profile_case(args, size: int, case: Case, comm_world: MPI.Comm, bundle, aware: bool):
+    """Two images of ``case`` under torch.profiler; every rank's kernel summary of the second
+    (graphs captured during the first), gathered on rank 0 of ``comm_world``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if args.device == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    job = _job(args, size, case, 2)
+    comm = RankComm(comm_world, 2 if case.cfg else 1, cuda_aware=aware)
+    try:
+        with profile(activities=activities) as prof:
+            run_job(
+                job,
+                comm,
+                args.out / "profile-runs" / f"{size}-{case.name}",
+                overwrite=True,
+                progress=False,
+                bundle=bundle,
+            )
+    finally:
+        comm.free()
+    summary = profile_from_events(prof.events(), DENOISE_RANGE, args.steps)
+    mine = None if summary is None else summary.to_dict()
+    return comm_world.gather(mine, root=0)
 
 
 def case_figures(run_dir: Path, n_ranks: int, timed: range) -> dict:
@@ -388,8 +425,42 @@ def _write(args: argparse.Namespace, results: list[dict], size: int, aware: bool
                 + (f"{single_e2e / e2e:.2f}x" if e2e and single_e2e else "-")
                 + " |"
             )
+    lines.extend(_profile_lines(results))
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+PROFILE_COLUMNS = ("attention", "gemm", "convolution", "normalisation", "copy", "elementwise")
+
+
+def _profile_lines(results: list[dict]) -> list[str]:
+    """Markdown table of the ``--profile`` summaries (ms per step, second profiled image)."""
+    rows = [r for r in results if r.get("gpu_profile")]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "GPU kernel time per step (torch.profiler, second image of a separate 2-image run; "
+        "idle = wall - union of kernels):",
+        "",
+        "| size | case | rank | wall ms | busy ms | idle | "
+        + " | ".join(PROFILE_COLUMNS)
+        + " | other |",
+        "|---|---|---|---|---|---|" + "---|" * (len(PROFILE_COLUMNS) + 1),
+    ]
+    for r in rows:
+        for rank, p in enumerate(r["gpu_profile"]):
+            if p is None:
+                continue
+            cats = p["by_category_ms_per_step"]
+            other = sum(v for k, v in cats.items() if k not in PROFILE_COLUMNS)
+            lines.append(
+                f"| {r['size']} | {r['case']} | {rank} | {p['window_ms_per_step']:.2f} | "
+                f"{p['busy_ms_per_step']:.2f} | {100 * p['idle_share']:.1f}% | "
+                + " | ".join(f"{cats.get(c, 0.0):.2f}" for c in PROFILE_COLUMNS)
+                + f" | {other:.2f} |"
+            )
+    return lines
 
 
 if __name__ == "__main__":

@@ -326,6 +326,9 @@ def _injected_fault(rank: int) -> int | None:
     return int(fault_step)
 
 
+DENOISE_RANGE = "pcpp-mpi denoise"  # names each image's denoising in a torch.profiler trace
+
+
 def _generate_all(
     ctx: BandContext,
     layout: RunLayout,
@@ -347,7 +350,7 @@ def _generate_all(
         comm.counter.begin_image(index)
         bar = _progress_bar(generation.steps, f"image {index + 1}/{len(generation.prompts)}", show)
         hooks = _StepHooks(ctx, rank_file, bar, signals, index)
-        with tracer.phase("denoise", index):
+        with tracer.phase("denoise", index), torch.profiler.record_function(DENOISE_RANGE):
             latent = denoise_band(ctx, prompt, negative, seed, hooks)
             hooks.finish()
         bar.close()

@@ -1,0 +1,139 @@
+"""Where a rank's GPU time goes during one image's denoising, from a ``torch.profiler`` trace.
+
+The runner names each image's denoising with a profiler range (``DENOISE_RANGE``); the kernels
+that ran inside the last such range are summed by category (attention, GEMM, convolution, ...)
+and their union gives the time the GPU was busy. Wall time minus busy time is the time the GPU
+sat idle: waiting for the network, for the host to launch work, or at graph boundaries. Pure
+functions over plain intervals, so they can be tested without a GPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+# Checked in order: a cuDNN convolution kernel is often named "..._fprop_implicit_gemm_...".
+CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("attention", ("flash", "fmha", "attention", "sdpa", "mha")),
+    ("convolution", ("conv", "fprop", "dgrad", "wgrad", "winograd")),
+    ("gemm", ("gemm", "nvjet", "cublas", "cutlass", "matmul", "xmma")),
+    ("normalisation", ("groupnorm", "group_norm", "layer_norm", "layernorm", "moments")),
+    ("copy", ("memcpy", "memset", "copy", "cat", "index", "gather", "scatter")),
+    ("elementwise", ("elementwise", "vectorized", "reduce", "softmax", "unrolled")),
+)
+
+
+def category(kernel_name: str) -> str:
+    """The category of a kernel, from its name ("other" when none matches)."""
+    name = kernel_name.lower()
+    for label, needles in CATEGORIES:
+        if any(needle in name for needle in needles):
+            return label
+    return "other"
+
+
+@dataclass(frozen=True)
+class Interval:
+    """One kernel (or range) on the profiler's clock, in microseconds."""
+
+    name: str
+    start: float
+    end: float
+
+
+@dataclass
+class KernelProfile:
+    """GPU time of one rank over one window (per step: divide by ``steps``)."""
+
+    window_us: float
+    busy_us: float
+    kernels: int
+    steps: int
+    by_category_us: dict[str, float] = field(default_factory=dict)
+    top: list[tuple[str, float, int]] = field(default_factory=list)  # (name, us, count)
+
+    @property
+    def idle_us(self) -> float:
+        return max(self.window_us - self.busy_us, 0.0)
+
+    def to_dict(self) -> dict:
+        per_step = 1e-3 / max(self.steps, 1)
+        return {
+            "steps": self.steps,
+            "kernels": self.kernels,
+            "window_ms_per_step": self.window_us * per_step,
+            "busy_ms_per_step": self.busy_us * per_step,
+            "idle_ms_per_step": self.idle_us * per_step,
+            "idle_share": self.idle_us / self.window_us if self.window_us else 0.0,
+            "by_category_ms_per_step": {
+                k: v * per_step for k, v in sorted(self.by_category_us.items())
+            },
+            "top_kernels": [
+                {"name": name, "ms_per_step": us * per_step, "count": count}
+                for name, us, count in self.top
+            ],
+        }
+
+
+def busy_time(intervals: Iterable[Interval]) -> float:
+    """Length of the union of ``intervals`` (overlapping kernels count once)."""
+    total = 0.0
+    current_start = current_end = None
+    for item in sorted(intervals, key=lambda i: i.start):
+        if current_end is None or item.start > current_end:
+            if current_end is not None and current_start is not None:
+                total += current_end - current_start
+            current_start, current_end = item.start, item.end
+        else:
+            current_end = max(current_end, item.end)
+    if current_end is not None and current_start is not None:
+        total += current_end - current_start
+    return total
+
+
+def summarize_kernels(
+    kernels: Sequence[Interval], window: tuple[float, float], steps: int, top: int = 15
+) -> KernelProfile:
+    """Kernels that started inside ``window`` (clipped to it), by category and name."""
+    start, end = window
+    inside = [
+        Interval(k.name, max(k.start, start), min(k.end, end))
+        for k in kernels
+        if start <= k.start < end
+    ]
+    by_category: dict[str, float] = {}
+    by_name: dict[str, list[float]] = {}
+    for k in inside:
+        duration = k.end - k.start
+        label = category(k.name)
+        by_category[label] = by_category.get(label, 0.0) + duration
+        by_name.setdefault(k.name, []).append(duration)
+    ranked = sorted(by_name.items(), key=lambda item: -sum(item[1]))[:top]
+    return KernelProfile(
+        window_us=end - start,
+        busy_us=busy_time(inside),
+        kernels=len(inside),
+        steps=steps,
+        by_category_us=by_category,
+        top=[(name, sum(durations), len(durations)) for name, durations in ranked],
+    )
+
+
+def profile_from_events(events: Iterable, range_name: str, steps: int) -> KernelProfile | None:
+    """:func:`summarize_kernels` over the last ``range_name`` range of ``torch.profiler``
+    events (``prof.events()``); None when the trace holds no such range."""
+    from torch.autograd import DeviceType
+
+    ranges: list[Interval] = []
+    kernels: list[Interval] = []
+    for event in events:
+        interval = Interval(event.name, event.time_range.start, event.time_range.end)
+        if event.name == range_name:
+            if event.device_type == DeviceType.CPU:
+                ranges.append(interval)
+        elif event.device_type == DeviceType.CUDA:
+            kernels.append(interval)
+    if not ranges:
+        return None
+    last = max(ranges, key=lambda r: r.start)
+    return summarize_kernels(kernels, (last.start, last.end), steps)
