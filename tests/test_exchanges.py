@@ -227,6 +227,8 @@ def test_stats_allreduce_self(mpi: ModuleType) -> None:
         assert torch.equal(stats.posted(step), local)
     # the previous step's contribution is still there for the displaced correction
     assert torch.equal(stats.posted(1), locals_[1])
+    others = stats.wait_others(1)  # one rank: no other band contributes
+    assert others.dtype == torch.float64 and torch.equal(others, torch.zeros_like(others))
     with pytest.raises(ExchangeError, match="never posted"):
         stats.posted(0)  # overwritten by step 2
     with pytest.raises(ExchangeError, match="never posted"):

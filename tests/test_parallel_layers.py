@@ -131,9 +131,9 @@ class FakeAllreduce:
     def wait(self, step: int) -> Tensor:
         return sum(self.box.get(step, band, "stats") for band in range(self.n))  # type: ignore[return-value]
 
-    def posted(self, step: int) -> Tensor:
+    def wait_others(self, step: int) -> Tensor:
         assert self.box.posted(step, self.index, "stats"), f"step {step} never posted"
-        return self.box.get(step, self.index, "stats")
+        return self.wait(step) - self.box.get(step, self.index, "stats")
 
 
 def run_bands(fns: Sequence[Callable[[], Tensor]]) -> list[Tensor]:

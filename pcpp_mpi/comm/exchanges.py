@@ -416,6 +416,8 @@ class StatsAllreduce:
         self._sets = _TwoSets(name, tracer, deferred)
         self._local = [self._host.empty(shape) for _ in range(2)]
         self._global = [self._host.empty(shape) for _ in range(2)]
+        self._others = [self._host.empty(shape) for _ in range(2)]
+        self._wants_others = False
 
     def post(self, step: int, local: torch.Tensor) -> None:
         if self._recorder.recording:
@@ -456,6 +458,22 @@ class StatsAllreduce:
             self.complete(step)
         return self._global[step % 2]
 
+    def wait_others(self, step: int) -> torch.Tensor:
+        """The sum over the *other* bands for ``step`` (host tensor): the group-wide sum minus
+        this rank's contribution, computed on the host when the allreduce completes, so a
+        displaced step adds its fresh share with one copy and one addition on the device.
+
+        The buffer of a parity is rewritten when step ``step + 2`` completes; that completion
+        needs step ``step + 2``'s allreduce started, hence its statistics copied, hence every
+        earlier kernel and copy on the compute stream (this step's reads included) done.
+        """
+        self._wants_others = True
+        if self._recorder.recording:
+            self._recorder.note_wait(self, step)
+        else:
+            self.complete(step)
+        return self._others[step % 2]
+
     def posted(self, step: int) -> torch.Tensor:
         """What this rank contributed for ``step`` (for the displaced correction)."""
         parity = step % 2
@@ -464,9 +482,11 @@ class StatsAllreduce:
         return self._local[parity]
 
     def complete(self, step: int) -> None:
-        """The MPI part of :meth:`wait`."""
+        """The MPI part of :meth:`wait` (and of :meth:`wait_others`)."""
         self._deferred.progress()
-        self._sets.complete(step)
+        parity = self._sets.complete(step)
+        if self._wants_others:
+            torch.sub(self._global[parity], self._local[parity], out=self._others[parity])
 
     def reset(self) -> None:
         self._sets.reset()

@@ -70,6 +70,32 @@ class BandSelfAttnProcessor:
         self.blocks = blocks
         self.rows = rows
         self.kv_rows = kv_rows
+        self._kv_key: tuple | None = None
+        self._kv_weights: tuple[torch.Tensor, torch.Tensor | None] | None = None
+
+    # -------------------------------------------------------------- projections
+    def _keys_values(self, attn: Attention, hidden_states: torch.Tensor) -> torch.Tensor:
+        """``(B, N, 2*inner)``: keys, then values, of the band's tokens. Plain linear layers
+        run as one GEMM over their stacked weights (stacked once, again if they change): it
+        saves a launch and a concatenation per layer and step."""
+        to_k, to_v = attn.to_k, attn.to_v
+        if type(to_k) is not torch.nn.Linear or type(to_v) is not torch.nn.Linear:
+            return torch.cat([to_k(hidden_states), to_v(hidden_states)], dim=-1)
+        if (to_k.bias is None) != (to_v.bias is None):
+            return torch.cat([to_k(hidden_states), to_v(hidden_states)], dim=-1)
+        key = tuple(
+            (p.device, p.dtype, p.data_ptr(), p._version)
+            for p in (to_k.weight, to_v.weight, to_k.bias, to_v.bias)
+            if p is not None
+        )
+        if self._kv_key != key:
+            with torch.no_grad():
+                weight = torch.cat([to_k.weight, to_v.weight], dim=0)
+                bias = None if to_k.bias is None else torch.cat([to_k.bias, to_v.bias], dim=0)
+            self._kv_weights = (weight, bias)
+            self._kv_key = key
+        assert self._kv_weights is not None
+        return F.linear(hidden_states, *self._kv_weights)
 
     # -------------------------------------------------------------- context assembly
     def _with_blocks(self, own: torch.Tensor, blocks: list[torch.Tensor | None]) -> torch.Tensor:
@@ -138,10 +164,9 @@ class BandSelfAttnProcessor:
         residual = hidden_states
         batch = hidden_states.shape[0]
         query = attn.to_q(hidden_states)
-        key = attn.to_k(hidden_states)
-        value = attn.to_v(hidden_states)
-        inner = key.shape[-1]
-        context = self.context(torch.cat([key, value], dim=-1))
+        own = self._keys_values(attn, hidden_states)
+        inner = own.shape[-1] // 2
+        context = self.context(own)
         key, value = context[..., :inner], context[..., inner:]
         head_dim = inner // attn.heads
         query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)

@@ -16,27 +16,28 @@ class StatsExchange(Protocol):
 
     def wait(self, step: int) -> torch.Tensor: ...
 
-    def posted(self, step: int) -> torch.Tensor: ...
+    def wait_others(self, step: int) -> torch.Tensor: ...
 
 
 def local_group_stats(x: torch.Tensor, groups: int) -> torch.Tensor:
     """``(3, B, G)`` float64 on ``x``'s device: per-group sum, sum of squares and element count
     of a local band ``x`` of shape ``(B, C, h, W)``.
 
-    On the CPU sums are float64 (exact for the tests' purposes); on a GPU they accumulate in
-    float32, one read of ``x`` per statistic and no squared copy of ``x`` (a half-precision
-    square would also overflow above 256).
+    Sums accumulate in float64, written straight into the result (a few kernels: in a step
+    with ~50 norms every small kernel counts); on a GPU without a squared copy of ``x`` (a
+    half-precision square would also overflow above 256).
     """
     batch = x.shape[0]
     grouped = x.reshape(batch, groups, -1)
+    stats = torch.empty((3, batch, groups), dtype=torch.float64, device=x.device)
+    torch.sum(grouped, dim=-1, dtype=torch.float64, out=stats[0])
     if x.device.type == "cpu":
-        total = grouped.sum(dim=-1, dtype=torch.float64)
-        squares = grouped.square().sum(dim=-1, dtype=torch.float64)
+        torch.sum(grouped.square(), dim=-1, dtype=torch.float64, out=stats[1])
     else:
-        total = grouped.sum(dim=-1, dtype=torch.float32)
-        squares = torch.linalg.vector_norm(grouped, dim=-1, dtype=torch.float32).square()
-    count = torch.full_like(total, grouped.shape[-1])
-    return torch.stack([total, squares, count]).to(torch.float64)
+        torch.linalg.vector_norm(grouped, dim=-1, dtype=torch.float64, out=stats[1])
+        stats[1].square_()
+    stats[2].fill_(grouped.shape[-1])
+    return stats
 
 
 class BandGroupNorm(nn.Module):
@@ -55,6 +56,8 @@ class BandGroupNorm(nn.Module):
         self.norm = norm
         self.exchange = exchange
         self.clock = clock
+        self._affine_key: tuple | None = None
+        self._affine_cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         norm = self.norm
@@ -68,11 +71,10 @@ class BandGroupNorm(nn.Module):
         else:
             if clock.posts_for_next:
                 self.exchange.post(clock.step, local)
-            previous = clock.step - 1
-            # on the device, so that a CUDA graph of the step replays this arithmetic too
-            stale_global = self.exchange.wait(previous).to(x.device, non_blocking=True)
-            stale_own = self.exchange.posted(previous).to(x.device, non_blocking=True)
-            stats = (stale_global - stale_own) + local
+            # the other bands' stale share (on the device, so that a CUDA graph of the step
+            # replays this addition too)
+            others = self.exchange.wait_others(clock.step - 1)
+            stats = others.to(x.device, non_blocking=True) + local
         return self._normalize(x, stats)
 
     def _normalize(self, x: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
@@ -81,17 +83,32 @@ class BandGroupNorm(nn.Module):
         norm = self.norm
         total, squares, count = stats
         mean = total / count
-        var = (squares / count - mean.square()).clamp_min(0.0)
-        inv_std = torch.rsqrt(var + norm.eps)
-        batch, channels = x.shape[0], x.shape[1]
-        per_group = channels // norm.num_groups
-        scale = inv_std.repeat_interleave(per_group, dim=1)  # (B, C)
-        shift = -mean.repeat_interleave(per_group, dim=1) * scale
-        if norm.affine:
-            weight = norm.weight.to(scale.dtype)
-            scale = scale * weight
-            shift = shift * weight + norm.bias.to(shift.dtype)
-        shape = (batch, channels, *([1] * (x.ndim - 2)))
-        scale = scale.to(x.dtype).view(shape)
-        shift = shift.to(x.dtype).view(shape)
-        return torch.addcmul(shift, x, scale)
+        var = torch.addcmul(squares / count, mean, mean, value=-1.0).clamp_min_(0.0)
+        inv_std = var.add_(norm.eps).rsqrt_().unsqueeze(-1)  # (B, G, 1)
+        mean = mean.unsqueeze(-1)
+        affine = self._affine(x.device)
+        if affine is None:
+            scale = inv_std.expand(-1, -1, x.shape[1] // norm.num_groups)
+            shift = -mean * scale
+        else:
+            weight, bias = affine  # (G, C/G)
+            scale = inv_std * weight
+            shift = torch.addcmul(bias, mean, scale, value=-1.0)
+        shape = (x.shape[0], x.shape[1], *([1] * (x.ndim - 2)))
+        return torch.addcmul(shift.to(x.dtype).view(shape), x, scale.to(x.dtype).reshape(shape))
+
+    def _affine(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Weight and bias as float64 ``(G, C/G)`` on ``device``, converted once (and again
+        only if the parameters change)."""
+        norm = self.norm
+        if not norm.affine:
+            return None
+        key = (device, norm.weight.data_ptr(), norm.weight._version, norm.bias._version)
+        if self._affine_key != key:
+            groups = norm.num_groups
+            self._affine_cache = (
+                norm.weight.detach().to(device, torch.float64).view(groups, -1),
+                norm.bias.detach().to(device, torch.float64).view(groups, -1),
+            )
+            self._affine_key = key
+        return self._affine_cache

@@ -43,9 +43,16 @@ class HaloConv2d(nn.Module):
         self.exchange = exchange
         self.clock = clock
         self.always_fresh = always_fresh
+        self._zero_rows: dict[tuple, torch.Tensor] = {}
 
     def _zeros(self, x: torch.Tensor, rows: int) -> torch.Tensor:
-        return x.new_zeros(x.shape[0], x.shape[1], rows, x.shape[3])
+        """Zero rows beyond the image edge, allocated once per shape (never written)."""
+        shape = (x.shape[0], x.shape[1], rows, x.shape[3])
+        key = (*shape, x.dtype, x.device)
+        zeros = self._zero_rows.get(key)
+        if zeros is None:
+            zeros = self._zero_rows[key] = x.new_zeros(shape)
+        return zeros
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         above, below = self.halo.above, self.halo.below
