@@ -52,13 +52,27 @@ def test_fresh_waits_split_segments_and_steps_are_relative() -> None:
     assert log == [
         "segment 0",
         "launch conv_in 12",
-        "complete conv_in 12",
-        "complete norm 11",  # before the segment that reads it
+        "complete norm 11",  # before the fresh wait that precedes the segment reading them
         "complete attn 11",
+        "complete conv_in 12",
         "segment 1",
         "launch norm 12",
         "launch attn 12",
     ]
+
+
+def test_early_waits_of_the_first_segment_come_before_it() -> None:
+    log: list[str] = []
+    norm, attn = FakeExchange("norm", log), FakeExchange("attn", log)
+    recorder = StepRecorder()
+    recorder.start(3)
+    recorder.note_wait(norm, 2)  # read by the first (and only) segment
+    recorder.note_post(attn, 3)
+    recorded = recorder.stop()
+    recorded.before_segment(0, 5)
+    log.append("segment 0")
+    recorded.after_segment(0, 5)
+    assert log == ["complete norm 4", "segment 0", "launch attn 5"]
 
 
 def test_posts_carry_the_event_recorded_where_their_data_is_ready() -> None:

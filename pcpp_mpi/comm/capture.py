@@ -10,9 +10,11 @@ Only a wait for data of the captured step itself (a *fresh* wait: ``sync`` steps
 halo of ``conv_in``) ends a segment. A wait for data of an earlier step (*displaced* steps read
 what the previous step received) does not: the data was sent during that step, so the wait is
 completed before the segment's GPU work is launched, and a displaced step is one or two
-segments. Replaying the step is then, for each segment: complete its early waits, launch its
-GPU work, start its posts as their events complete, complete its fresh wait
-(:class:`RecordedStep`).
+segments. Replaying the step is then, for each segment: launch its GPU work, start its posts
+as their events complete, complete its fresh wait (:class:`RecordedStep`). The early waits of
+the whole step are completed before the first fresh wait (those the first segment reads before
+it is launched), while the GPU still runs the previous step: the host does not leave the GPU
+idle going through them one by one between the fresh latent halo and the UNet graph.
 
 Steps are recorded relative to the captured step: an action for step ``s + k`` recorded while
 capturing step ``s`` is replayed at step ``t`` as an action for step ``t + k``.
@@ -64,15 +66,25 @@ class RecordedStep:
     segments: list[Segment]
 
     def before_segment(self, index: int, step: int) -> None:
-        """Complete the waits segment ``index`` of step ``step`` depends on from earlier steps."""
-        for action in self.segments[index].early_waits:
-            action.exchange.complete(step + action.offset)
+        """Before segment ``index`` of step ``step`` is launched: complete the waits for data
+        of earlier steps that the first segment reads (the later segments' are completed
+        after the first segment has been launched, see :meth:`after_segment`)."""
+        if index == 0:
+            for action in self.segments[0].early_waits:
+                action.exchange.complete(step + action.offset)
 
     def after_segment(self, index: int, step: int) -> None:
-        """Run the host actions that follow segment ``index`` of step ``step``."""
+        """Run the host actions that follow segment ``index`` of step ``step``: start its
+        posts; after the first segment, complete every later segment's waits for earlier
+        steps (their data is arriving while the GPU still runs the previous step, and the
+        host keeps starting that step's sends meanwhile); then complete the fresh wait."""
         segment = self.segments[index]
         for action in segment.posts:
             action.exchange.launch(step + action.offset, action.ready)
+        if index == 0:
+            for later in self.segments[1:]:
+                for action in later.early_waits:
+                    action.exchange.complete(step + action.offset)
         if segment.wait is not None:
             segment.wait.exchange.complete(step + segment.wait.offset)
 
