@@ -508,6 +508,25 @@ def test_band_attention_local_sees_own_band_only() -> None:
     assert not torch.allclose(layers[0](parts[0]), tokens(reference(x), 0, 3), atol=1e-4)
 
 
+def test_band_attention_follows_weight_changes_and_hooks_of_its_projections() -> None:
+    """Keys and values come from one GEMM over stacked weights: stacked again when a weight
+    changes in place, and not used at all when something wraps ``to_k``/``to_v``."""
+    reference = make_attention(seed=5)
+    x = torch.randn(2, 3 * WIDTH, 32)
+    clock = StepClock("naive", 1, 0)
+    clock.begin(0)
+    (layer,) = band_attentions(reference, [clock], (3,), "full", 1.0)
+    assert torch.allclose(layer(x), reference(x), atol=1e-6)
+    with torch.no_grad():
+        for module in (reference, layer):
+            module.to_v.weight.mul_(-0.5)
+            module.to_k.weight.add_(0.25)
+    assert torch.allclose(layer(x), reference(x), atol=1e-6)
+    for module in (reference, layer):
+        module.to_k.register_forward_hook(lambda _m, _i, out: out * 3.0)
+    assert torch.allclose(layer(x), reference(x), atol=1e-6)
+
+
 @pytest.mark.parametrize("pattern,rows", [("full", (3, 2, 3)), ("pcpp", (3, 2))])
 def test_band_attention_displaced_full_context(pattern: str, rows: tuple[int, ...]) -> None:
     """distrifusion, or pcpp with ratio 1 on two bands, on an unchanged input: every step equals

@@ -16,6 +16,17 @@ from diffusers.models.attention_processor import Attention
 from pcpp_mpi.parallel.clock import StepClock
 
 
+def _plain_linear(module: torch.nn.Module) -> bool:
+    """An ``nn.Linear`` whose forward nothing wraps (no hooks, no accelerate hook)."""
+    return (
+        type(module) is torch.nn.Linear
+        and not module._forward_hooks
+        and not module._forward_pre_hooks
+        and "_hf_hook" not in module.__dict__
+        and "forward" not in module.__dict__
+    )
+
+
 class BlocksExchange(Protocol):
     def post(self, step: int, own: torch.Tensor) -> None: ...
 
@@ -79,9 +90,9 @@ class BandSelfAttnProcessor:
         run as one GEMM over their stacked weights (stacked once, again if they change): it
         saves a launch and a concatenation per layer and step."""
         to_k, to_v = attn.to_k, attn.to_v
-        if type(to_k) is not torch.nn.Linear or type(to_v) is not torch.nn.Linear:
-            return torch.cat([to_k(hidden_states), to_v(hidden_states)], dim=-1)
-        if (to_k.bias is None) != (to_v.bias is None):
+        if not (_plain_linear(to_k) and _plain_linear(to_v)) or (
+            (to_k.bias is None) != (to_v.bias is None)
+        ):  # adapters, hooks (offloading...): run the modules themselves
             return torch.cat([to_k(hidden_states), to_v(hidden_states)], dim=-1)
         key = tuple(
             (p.device, p.dtype, p.data_ptr(), p._version)
