@@ -373,6 +373,21 @@ def test_band_group_norm_sync_equals_group_norm(rows: tuple[int, ...]) -> None:
     assert torch.allclose(torch.cat(outs, dim=2), full, atol=1e-5)
 
 
+def test_band_group_norm_follows_weight_changes() -> None:
+    """The float64 copies of weight and bias are made again when the parameters change."""
+    norm = make_norm(4, 8, seed=3)
+    x = torch.randn(2, 8, 6, 5)
+    clock = StepClock("sync", 1, 0)
+    clock.begin(0)
+    layer = BandGroupNorm(norm, FakeAllreduce(Mailbox(), 0, 1), clock)
+    assert torch.allclose(layer(x), norm(x), atol=1e-5)
+    clock.begin(1)
+    with torch.no_grad():
+        norm.weight.mul_(-2.0)
+        norm.bias.add_(1.0)
+    assert torch.allclose(layer(x), norm(x), atol=1e-5)
+
+
 def test_band_group_norm_local_uses_band_statistics() -> None:
     norm = make_norm(2, 4, seed=11)
     rows = (3, 5)
