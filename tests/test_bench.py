@@ -22,7 +22,7 @@ def test_bench_writes_every_case(tmp_path) -> None:
             "--arch", "tiny", "--sizes", "64", "--steps", "3", "--warmup-steps", "1",
             "--reps", "2", "--device", "cpu", "--dtype", "float32", "--out", str(out),
             "--cases", "plain-eager", "single", "pcpp", "naive", "cfg", "pcpp-eager",
-            "--set", "runtime.graphs=emulate", "--profile",
+            "--set", "runtime.graphs=emulate", "--profile", "single", "pcpp",
         ],
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -50,6 +50,7 @@ def test_bench_writes_every_case(tmp_path) -> None:
     # --profile found every rank's denoising range (no CUDA kernels on the CPU: all idle)
     profiles = rows["pcpp"]["gpu_profile"]
     assert len(profiles) == 2 and len(rows["single"]["gpu_profile"]) == 1
+    assert "gpu_profile" not in rows["naive"]  # only the cases named after --profile
     for profile in profiles:
         assert profile["steps"] == 3 and profile["window_ms_per_step"] > 0
         assert profile["kernels"] == 0 and profile["idle_share"] == 1.0

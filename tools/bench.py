@@ -10,6 +10,7 @@ Cases (``--cases``):
 - ``plain-eager`` / ``plain-graph``: a plain diffusers loop on one GPU without pcpp-mpi (UNet on
   the CFG batch, guidance, DDIM step), eager and with each UNet call replayed as one CUDA
   graph. The fastest single-GPU UNet loop is the reference of every speed-up.
+  ``plain-graph-cl``: the same with the UNet's weights in channels-last memory format.
 - ``single``: pcpp-mpi's ``single`` mode on rank 0 alone (the other ranks wait).
 - ``sync``, ``distrifusion``, ``pcpp``, ``naive``: those modes on every rank; ``cfg``: ``sync``
   with ``cfg_parallel`` (two CFG groups).
@@ -60,6 +61,7 @@ MODES = ("single", "sync", "distrifusion", "pcpp", "naive", "cfg")
 CASES = (
     "plain-eager",
     "plain-graph",
+    "plain-graph-cl",
     *MODES,
     *(f"{m}-eager" for m in MODES),
 )
@@ -115,9 +117,12 @@ def _args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--profile",
-        action="store_true",
-        help="after each pcpp-mpi case, one more run of 2 images under torch.profiler: GPU "
-        "kernel time per step by category, busy and idle time of every rank (second image)",
+        nargs="*",
+        choices=CASES,
+        metavar="CASE",
+        help="after each pcpp-mpi case (or the cases named), one more run of 2 images under "
+        "torch.profiler: GPU kernel time per step by category, busy and idle time of every "
+        "rank (second image)",
     )
     parser.add_argument("--out", type=Path, required=True)
     return parser.parse_args()
@@ -181,7 +186,8 @@ def _run_case(args, size: int, case: Case, world: MPI.Comm, bundle, aware: bool)
         run_job(job, comm, run_dir, overwrite=True, progress=False, bundle=bundle)
     finally:
         comm.free()
-    profiles = _profile_case(args, size, case, comm_world, bundle, aware) if args.profile else None
+    profiled = args.profile is not None and (not args.profile or case.name in args.profile)
+    profiles = _profile_case(args, size, case, comm_world, bundle, aware) if profiled else None
     if world.Get_rank() != 0:
         return None
     row = case_figures(run_dir, comm_world.Get_size(), range(1, 1 + args.reps))
@@ -255,8 +261,17 @@ def case_figures(run_dir: Path, n_ranks: int, timed: range) -> dict:
     }
 
 
-def _time_plain(args, size: int, bundle, device, graph: bool) -> list[float]:
-    """A plain diffusers loop on one GPU: UNet on the CFG batch, guidance, DDIM step."""
+def _time_plain(
+    args, size: int, bundle, device, graph: bool, channels_last: bool = False
+) -> list[float]:
+    """A plain diffusers loop on one GPU: UNet on the CFG batch, guidance, DDIM step
+    (``channels_last``: UNet weights in channels-last memory format; activations follow)."""
+    if channels_last:
+        bundle.unet.to(memory_format=torch.channels_last)
+        try:
+            return _time_plain(args, size, bundle, device, graph)
+        finally:
+            bundle.unet.to(memory_format=torch.contiguous_format)
     from pcpp_mpi.engine.schedulers import make_scheduler
 
     dtype = DTYPES[args.dtype]
@@ -332,7 +347,14 @@ def main() -> int:
             row: dict | None = None
             if case.plain:
                 if rank == 0 and (args.device == "cuda" or case.name == "plain-eager"):
-                    times = _time_plain(args, size_px, bundle, device, case.name == "plain-graph")
+                    times = _time_plain(
+                        args,
+                        size_px,
+                        bundle,
+                        device,
+                        graph=case.name.startswith("plain-graph"),
+                        channels_last=case.name.endswith("-cl"),
+                    )
                     row = {"times": times}
                 world.Barrier()
             elif case.one_gpu:
