@@ -51,8 +51,9 @@ class HostAction:
 
 @dataclass
 class Segment:
-    """GPU work between two fresh waits: before it, complete ``early_waits`` (data of earlier
-    steps it reads); after it, start ``posts``, then complete the fresh ``wait``."""
+    """GPU work between two fresh waits. ``early_waits``: data of earlier steps it reads
+    (complete before it is launched; :class:`RecordedStep` says when); after it, start
+    ``posts``, then complete the fresh ``wait``."""
 
     early_waits: list[HostAction] = field(default_factory=list)
     posts: list[HostAction] = field(default_factory=list)

@@ -27,7 +27,7 @@ replay logic in CI, where there is no GPU.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -75,11 +75,10 @@ class _CudaVariant:
     graphs: list[torch.cuda.CUDAGraph]
     recorded: RecordedStep
     output: torch.Tensor
+    events: list[ReadyEvent] = field(init=False)  # recorded by the graphs, one per post
 
-    @property
-    def events(self) -> list[ReadyEvent]:
-        """The events the graphs record (one per post)."""
-        return [
+    def __post_init__(self) -> None:
+        self.events = [
             action.ready
             for segment in self.recorded.segments
             for action in segment.posts
