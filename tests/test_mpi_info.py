@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -170,6 +171,19 @@ def test_describe_world_on_comm_self(mpi: ModuleType, monkeypatch: pytest.Monkey
     report = format_info(info)
     assert info.library_version in report
     assert "World size:    1 rank on 1 host" in report
+    # a CUDA-aware library on ranks without a GPU is reported as such
+    without_gpu = dataclasses.replace(
+        info,
+        cuda_aware=True,
+        ranks=tuple(dataclasses.replace(r, devices=("cpu",)) for r in info.ranks),
+    )
+    assert "yes [" in format_info(without_gpu)
+    assert "(no rank sees a GPU: unused)" in format_info(without_gpu)
+    with_gpu = dataclasses.replace(
+        without_gpu,
+        ranks=tuple(dataclasses.replace(r, devices=("NVIDIA H200",)) for r in info.ranks),
+    )
+    assert "unused" not in format_info(with_gpu)
     rank_lines = [line for line in report.splitlines() if line.strip().startswith("rank ")]
     assert len(rank_lines) == 1
     assert socket.gethostname() in rank_lines[0]

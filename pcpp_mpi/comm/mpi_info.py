@@ -281,7 +281,12 @@ def format_info(info: WorldInfo) -> str:
         f"MPI library:   {info.library_version}",
         f"MPI standard:  {info.mpi_version}",
         f"Thread level:  {info.thread_level_name}",
-        f"CUDA-aware:    {_yes_no(info.cuda_aware)} [{info.cuda_aware_source}]",
+        f"CUDA-aware:    {_yes_no(info.cuda_aware)} [{info.cuda_aware_source}]"
+        + (
+            " (no rank sees a GPU: unused)"
+            if info.cuda_aware and all(r.devices == ("cpu",) for r in info.ranks)
+            else ""
+        ),
         f"World size:    {info.world_size} rank{'s' if info.world_size != 1 else ''} "
         f"on {n_hosts} host{'s' if n_hosts != 1 else ''}",
     ]
