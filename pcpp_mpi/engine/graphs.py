@@ -6,9 +6,10 @@ step's kind and its parity (which buffer set it reads and fills) — and replaye
 MPI cannot be captured: while a step is captured, the exchanges only queue their copies and
 record their MPI actions (:mod:`pcpp_mpi.comm.capture`), with an event recorded inside the
 graph after each send buffer is filled; every wait for data of the same step ends one graph and
-begins the next. A replay runs the graphs in order: before each, it completes the waits for
-data of earlier steps the graph reads; after each, it queues the segment's sends (each starts
-when its in-graph event completes) and completes the wait the next graph depends on. A
+begins the next. A replay runs the graphs in order: after each, it queues the segment's sends
+(each starts when its in-graph event completes) and completes the wait the next graph depends
+on; the waits for data of earlier steps are all completed before the first such wait (those
+the first graph reads, before it is launched). A
 displaced step is thus two graphs (the fresh latent halo of ``conv_in``, then the whole UNet),
 and while the GPU runs the second the host sits in MPI, starting each send as soon as the GPU
 has produced it and progressing the transfers.
