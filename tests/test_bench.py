@@ -54,6 +54,10 @@ def test_bench_writes_every_case(tmp_path) -> None:
     for profile in profiles:
         assert profile["steps"] == 3 and profile["window_ms_per_step"] > 0
         assert profile["kernels"] == 0 and profile["idle_share"] == 1.0
+        # no kernel: the whole window is one idle gap
+        gaps = profile["idle_gaps"]
+        assert sum(g["per_step"] for g in gaps) == pytest.approx(1 / 3)
+        assert sum(g["ms_per_step"] for g in gaps) == pytest.approx(profile["idle_ms_per_step"])
     assert "| 64 | pcpp | 1 |" in table  # the profile table, one line per rank
 
 

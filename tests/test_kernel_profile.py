@@ -8,8 +8,10 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from pcpp_mpi.analysis.kernels import (
     Interval,
+    bucket_gaps,
     busy_time,
     category,
+    idle_gaps,
     profile_from_events,
     summarize_kernels,
 )
@@ -57,6 +59,25 @@ def test_summary_keeps_the_window_and_clips_to_it() -> None:
     assert figures["busy_ms_per_step"] == pytest.approx(150e-3 / 2)
     assert figures["idle_share"] == pytest.approx(0.5)
     assert figures["by_category_ms_per_step"]["attention"] == pytest.approx(30e-3)
+    # idle gaps 140-150, 190-200 (short) and 260-390 (one long wait): together the idle time
+    assert summary.gaps == [(2, 20.0), (1, 130.0), (0, 0.0), (0, 0.0)]
+    assert [g["bucket"] for g in figures["idle_gaps"]] == [
+        "0-20us",
+        "20-200us",
+        "200-2000us",
+        ">=2000us",
+    ]
+    assert figures["idle_gaps"][1]["per_step"] == 0.5
+    assert figures["idle_gaps"][1]["ms_per_step"] == pytest.approx(65e-3)
+
+
+def test_idle_gaps_include_the_window_edges_and_skip_overlaps() -> None:
+    stretches = [(10.0, 30.0), (25.0, 40.0), (2040.0, 2050.0)]
+    gaps = idle_gaps(stretches, (0.0, 2300.0))
+    assert gaps == [10.0, 2000.0, 250.0]
+    assert bucket_gaps(gaps) == [(1, 10.0), (0, 0.0), (1, 250.0), (1, 2000.0)]
+    assert idle_gaps([], (5.0, 7.0)) == [2.0]
+    assert bucket_gaps([]) == [(0, 0.0)] * 4
 
 
 def test_the_last_named_range_of_a_real_profiler_trace_is_found() -> None:

@@ -47,7 +47,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
-from pcpp_mpi.analysis.kernels import profile_from_events  # noqa: E402
+from pcpp_mpi.analysis.kernels import gap_bucket_label, profile_from_events  # noqa: E402
 from pcpp_mpi.comm.context import RankComm  # noqa: E402
 from pcpp_mpi.comm.mpi_info import cuda_aware  # noqa: E402
 from pcpp_mpi.config import job_from_dict  # noqa: E402
@@ -452,6 +452,7 @@ def _write(args: argparse.Namespace, results: list[dict], size: int, aware: bool
     print("\n".join(lines))
 
 
+LONG_GAP_BUCKETS = tuple(gap_bucket_label(i) for i in (2, 3))  # gaps of 200 us or more
 PROFILE_COLUMNS = ("attention", "gemm", "convolution", "normalisation", "copy", "elementwise")
 
 
@@ -463,12 +464,13 @@ def _profile_lines(results: list[dict]) -> list[str]:
     lines = [
         "",
         "GPU kernel time per step (torch.profiler, second image of a separate 2-image run; "
-        "idle = wall - union of kernels):",
+        "idle = wall - union of kernels; long gaps = idle gaps of 200 us or more, per step: "
+        "count and ms):",
         "",
-        "| size | case | rank | wall ms | busy ms | idle | "
+        "| size | case | rank | wall ms | busy ms | idle | long gaps | "
         + " | ".join(PROFILE_COLUMNS)
         + " | other |",
-        "|---|---|---|---|---|---|" + "---|" * (len(PROFILE_COLUMNS) + 1),
+        "|---|---|---|---|---|---|---|" + "---|" * (len(PROFILE_COLUMNS) + 1),
     ]
     for r in rows:
         for rank, p in enumerate(r["gpu_profile"]):
@@ -476,9 +478,12 @@ def _profile_lines(results: list[dict]) -> list[str]:
                 continue
             cats = p["by_category_ms_per_step"]
             other = sum(v for k, v in cats.items() if k not in PROFILE_COLUMNS)
+            long_gaps = [g for g in p.get("idle_gaps", []) if g["bucket"] in LONG_GAP_BUCKETS]
             lines.append(
                 f"| {r['size']} | {r['case']} | {rank} | {p['window_ms_per_step']:.2f} | "
                 f"{p['busy_ms_per_step']:.2f} | {100 * p['idle_share']:.1f}% | "
+                f"{sum(g['per_step'] for g in long_gaps):.1f} / "
+                f"{sum(g['ms_per_step'] for g in long_gaps):.2f} | "
                 + " | ".join(f"{cats.get(c, 0.0):.2f}" for c in PROFILE_COLUMNS)
                 + f" | {other:.2f} |"
             )

@@ -3,8 +3,11 @@
 The runner names each image's denoising with a profiler range (``DENOISE_RANGE``); the kernels
 that ran inside the last such range are summed by category (attention, GEMM, convolution, ...)
 and their union gives the time the GPU was busy. Wall time minus busy time is the time the GPU
-sat idle: waiting for the network, for the host to launch work, or at graph boundaries. Pure
-functions over plain intervals, so they can be tested without a GPU.
+sat idle: waiting for the network, for the host to launch work, or at graph boundaries. The
+idle time is also split by the length of each gap between busy stretches (:data:`GAP_BUCKETS_US`):
+many gaps of a few microseconds are launch overhead inside a graph, a few gaps of a millisecond
+are the GPU waiting for data or for the host. Pure functions over plain intervals, so they can
+be tested without a GPU.
 """
 
 from __future__ import annotations
@@ -32,6 +35,17 @@ def category(kernel_name: str) -> str:
     return "other"
 
 
+# Lower bounds of the idle-gap buckets, microseconds: [0, 20), [20, 200), [200, 2000), >= 2000.
+GAP_BUCKETS_US: tuple[float, ...] = (0.0, 20.0, 200.0, 2000.0)
+
+
+def gap_bucket_label(index: int) -> str:
+    low = GAP_BUCKETS_US[index]
+    if index + 1 < len(GAP_BUCKETS_US):
+        return f"{low:g}-{GAP_BUCKETS_US[index + 1]:g}us"
+    return f">={low:g}us"
+
+
 @dataclass(frozen=True)
 class Interval:
     """One kernel (or range) on the profiler's clock, in microseconds."""
@@ -51,6 +65,7 @@ class KernelProfile:
     steps: int
     by_category_us: dict[str, float] = field(default_factory=dict)
     top: list[tuple[str, float, int]] = field(default_factory=list)  # (name, us, count)
+    gaps: list[tuple[int, float]] = field(default_factory=list)  # per bucket: (count, us)
 
     @property
     def idle_us(self) -> float:
@@ -68,6 +83,14 @@ class KernelProfile:
             "by_category_ms_per_step": {
                 k: v * per_step for k, v in sorted(self.by_category_us.items())
             },
+            "idle_gaps": [
+                {
+                    "bucket": gap_bucket_label(i),
+                    "per_step": count / max(self.steps, 1),
+                    "ms_per_step": us * per_step,
+                }
+                for i, (count, us) in enumerate(self.gaps)
+            ],
             "top_kernels": [
                 {"name": name, "ms_per_step": us * per_step, "count": count}
                 for name, us, count in self.top
@@ -75,20 +98,45 @@ class KernelProfile:
         }
 
 
+def busy_stretches(intervals: Iterable[Interval]) -> list[tuple[float, float]]:
+    """The union of ``intervals`` as sorted, disjoint ``(start, end)`` stretches."""
+    stretches: list[tuple[float, float]] = []
+    for item in sorted(intervals, key=lambda i: i.start):
+        if stretches and item.start <= stretches[-1][1]:
+            start, end = stretches[-1]
+            stretches[-1] = (start, max(end, item.end))
+        else:
+            stretches.append((item.start, item.end))
+    return stretches
+
+
 def busy_time(intervals: Iterable[Interval]) -> float:
     """Length of the union of ``intervals`` (overlapping kernels count once)."""
-    total = 0.0
-    current_start = current_end = None
-    for item in sorted(intervals, key=lambda i: i.start):
-        if current_end is None or item.start > current_end:
-            if current_end is not None and current_start is not None:
-                total += current_end - current_start
-            current_start, current_end = item.start, item.end
-        else:
-            current_end = max(current_end, item.end)
-    if current_end is not None and current_start is not None:
-        total += current_end - current_start
-    return total
+    return sum(end - start for start, end in busy_stretches(intervals))
+
+
+def idle_gaps(stretches: Sequence[tuple[float, float]], window: tuple[float, float]) -> list[float]:
+    """Lengths of the idle gaps of ``window`` around the busy ``stretches`` (sorted, disjoint,
+    inside the window), including the gaps at its start and end."""
+    gaps = []
+    cursor = window[0]
+    for start, end in stretches:
+        if start > cursor:
+            gaps.append(start - cursor)
+        cursor = max(cursor, end)
+    if window[1] > cursor:
+        gaps.append(window[1] - cursor)
+    return gaps
+
+
+def bucket_gaps(gaps: Iterable[float]) -> list[tuple[int, float]]:
+    """``(count, total length)`` of ``gaps`` per bucket of :data:`GAP_BUCKETS_US`."""
+    buckets = [(0, 0.0) for _ in GAP_BUCKETS_US]
+    for gap in gaps:
+        index = max(i for i, low in enumerate(GAP_BUCKETS_US) if gap >= low)
+        count, total = buckets[index]
+        buckets[index] = (count + 1, total + gap)
+    return buckets
 
 
 def summarize_kernels(
@@ -109,13 +157,15 @@ def summarize_kernels(
         by_category[label] = by_category.get(label, 0.0) + duration
         by_name.setdefault(k.name, []).append(duration)
     ranked = sorted(by_name.items(), key=lambda item: -sum(item[1]))[:top]
+    stretches = busy_stretches(inside)
     return KernelProfile(
         window_us=end - start,
-        busy_us=busy_time(inside),
+        busy_us=sum(e - s for s, e in stretches),
         kernels=len(inside),
         steps=steps,
         by_category_us=by_category,
         top=[(name, sum(durations), len(durations)) for name, durations in ranked],
+        gaps=bucket_gaps(idle_gaps(stretches, window)),
     )
 
 
