@@ -388,6 +388,30 @@ def test_band_group_norm_follows_weight_changes() -> None:
     assert torch.allclose(layer(x), norm(x), atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_band_group_norm_matches_group_norm_per_sample(
+    dtype: torch.dtype, affine: bool, batch: int
+) -> None:
+    """Every sample of the batch is normalised with its own groups' statistics, with or
+    without the affine map, in half precision too (statistics and parameters in float32)."""
+    torch.manual_seed(batch)
+    norm = nn.GroupNorm(3, 6, eps=1e-6, affine=affine).requires_grad_(False)
+    if affine:
+        nn.init.normal_(norm.weight)
+        nn.init.normal_(norm.bias)
+    x = torch.randn(batch, 6, 4, 5) * torch.arange(1.0, batch + 1).view(-1, 1, 1, 1) + 2.0
+    clock = StepClock("sync", 1, 0)
+    clock.begin(0)
+    layer = BandGroupNorm(norm.to(dtype), FakeAllreduce(Mailbox(), 0, 1), clock)
+    out = layer(x.to(dtype))
+    assert out.dtype == dtype and out.shape == x.shape
+    expected = norm.float()(x)
+    tolerance = 1e-5 if dtype == torch.float32 else 3e-2
+    assert torch.allclose(out.float(), expected, atol=tolerance, rtol=tolerance)
+
+
 def test_band_group_norm_local_uses_band_statistics() -> None:
     norm = make_norm(2, 4, seed=11)
     rows = (3, 5)
