@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 
 import h5py
@@ -79,3 +80,21 @@ def test_gpu_check_runs_on_the_cpu(tmp_path) -> None:
     assert cases["sync/eager"]["relative"] < 1e-5
     assert cases["sync/graphs"]["graphs_vs_eager_max_abs_diff"] == 0.0
     assert all(case["byte_mismatches"] == 0 for case in cases.values())
+
+
+def test_band_step_timer_refuses_without_a_gpu_and_checks_its_steps(tmp_path) -> None:
+    """tools/bench_band_step.py times CUDA graphs: on the CPU it says so before any work."""
+    script = str(REPO / "tools" / "bench_band_step.py")
+    out = tmp_path / "steps"
+    result = subprocess.run(
+        [sys.executable, script, "--out", str(out)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2 and "no CUDA device" in result.stderr
+    assert not out.exists()
+    result = subprocess.run(
+        [sys.executable, script, "--steps", "5", "--warmup-steps", "4", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "--steps must exceed --warmup-steps" in result.stderr

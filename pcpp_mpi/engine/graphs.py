@@ -161,6 +161,11 @@ class StepGraphs:
         self.deferred.start_all_using(variant.events)
         return variant.replay(clock.step)
 
+    def captured(self) -> dict[VariantKey, list[torch.cuda.CUDAGraph]]:
+        """The CUDA graphs of every variant captured so far, in replay order (for tools that
+        time a step's GPU work alone: replaying them without the MPI actions between them)."""
+        return {key: list(variant.graphs) for key, variant in self._cuda.items()}
+
     # ------------------------------------------------------------------ CUDA graphs
     def _capture(self, step: int, static: UNetInputs) -> _CudaVariant:
         assert self._stream is not None

@@ -1,0 +1,189 @@
+#!/usr/bin/env python3
+"""GPU time of one band's denoising step alone: each captured CUDA-graph variant replayed
+with nothing else on the GPU and no MPI between its graphs.
+
+A step replayed as CUDA graphs is GPU work with MPI between the graphs. Replaying one rank's
+graphs back to back, without the MPI actions (the buffers they read keep whatever they hold),
+times the step's computation as if the network and the other ranks cost nothing: the bound a
+mode can reach on this GPU, and the figure that kernel-level changes move. Ranks take turns
+(the others wait at a barrier), so ranks that share one GPU each have it to themselves while
+timed; that makes the figures meaningful on a machine with fewer GPUs than ranks.
+
+For each mode, every rank runs one image of ``--steps`` steps (capturing its variants), then
+replays each variant ``--replays`` times after ``--warmup`` replays; ``single`` runs on rank 0
+alone. Variants are named ``kind/previous kind/parity``; a displaced mode's steady state is
+``displaced/displaced/*``. Output: ``band_steps.json`` and ``band_steps.md`` in ``--out``.
+
+    mpirun -np 2 python tools/bench_band_step.py --arch sdxl --size 1024 --out band-steps
+
+Exit status: 0 measured, 2 bad arguments (e.g. no CUDA device).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import mpi4py
+
+mpi4py.rc.thread_level = "multiple"
+import torch  # noqa: E402
+from mpi4py import MPI  # noqa: E402
+
+from pcpp_mpi.comm.context import RankComm  # noqa: E402
+from pcpp_mpi.comm.mpi_info import cuda_aware  # noqa: E402
+from pcpp_mpi.config import job_from_dict  # noqa: E402
+from pcpp_mpi.engine.denoise import denoise_band  # noqa: E402
+from pcpp_mpi.engine.setup import DTYPES, prepare_band_context  # noqa: E402
+from pcpp_mpi.models import load_model  # noqa: E402
+
+MODES = ("single", "naive", "pcpp", "distrifusion", "sync")
+PROMPT = "a benchmark prompt"
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--arch", default="sdxl", choices=("tiny", "sd15", "sd21", "sdxl"))
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--steps", type=int, default=8, help="steps of the capturing image")
+    parser.add_argument("--warmup-steps", type=int, default=4)
+    parser.add_argument("--ratio", type=float, default=0.3)
+    parser.add_argument("--warmup", type=int, default=3, help="untimed replays per variant")
+    parser.add_argument("--replays", type=int, default=20, help="timed replays per variant")
+    parser.add_argument("--dtype", default="float16", choices=tuple(DTYPES))
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if args.steps <= args.warmup_steps + 2:
+        parser.error("--steps must exceed --warmup-steps by 3 or more (displaced variants)")
+    return args
+
+
+def _job(args: argparse.Namespace, mode: str):
+    model = (
+        {"builtin": "tiny"}
+        if args.arch == "tiny"
+        else {"arch": args.arch, "weights": "random", "seed": 0}
+    )
+    return job_from_dict(
+        {
+            "model": model,
+            "generation": {
+                "prompts": [PROMPT],
+                "height": args.size,
+                "width": args.size,
+                "steps": args.steps,
+                "guidance_scale": 5.0,
+            },
+            "runtime": {"dtype": args.dtype, "device": "cuda", "graphs": "auto"},
+            "parallel": {"mode": mode, "warmup_steps": args.warmup_steps, "ratio": args.ratio},
+        }
+    )
+
+
+def _time_variants(graphs_by_variant: dict, warmup: int, replays: int) -> dict[str, dict]:
+    """Milliseconds per replay of each variant's graphs, back to back on the current stream."""
+    figures = {}
+    for key, graphs in graphs_by_variant.items():
+        for _ in range(warmup):
+            for graph in graphs:
+                graph.replay()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        for _ in range(replays):
+            for graph in graphs:
+                graph.replay()
+        end.record()
+        end.synchronize()
+        kind, previous, parity = key
+        figures[f"{kind}/{previous}/{parity}"] = {
+            "ms": start.elapsed_time(end) / replays,
+            "graphs": len(graphs),
+        }
+    return figures
+
+
+def _measure(args, mode: str, comm: RankComm, bundle, device, world) -> dict[str, dict] | None:
+    """Capture ``mode``'s variants on ``comm``'s ranks, then time them rank by rank."""
+    job = _job(args, mode)
+    ctx = prepare_band_context(job, comm, bundle, device)
+    try:
+        denoise_band(ctx, PROMPT, "", 0)
+        ctx.handle.drain()
+        torch.cuda.synchronize(device)
+        figures = None
+        for turn in range(world.Get_size()):
+            world.Barrier()
+            if turn == world.Get_rank():
+                figures = _time_variants(ctx.graphs.captured(), args.warmup, args.replays)
+        world.Barrier()
+        return figures
+    finally:
+        ctx.handle.remove()
+
+
+def _markdown(args, report: dict) -> str:
+    lines = [
+        f"# GPU time of one band's step alone ({args.arch}, {args.size} px, CFG batch 2, "
+        f"{args.dtype}, {report['device']})",
+        "",
+        "CUDA-graph variants replayed back to back without MPI, one rank at a time; "
+        f"mean of {args.replays} replays after {args.warmup}.",
+        "",
+        "| mode | rank | variant | graphs | ms per step |",
+        "|---|---|---|---|---|",
+    ]
+    for mode, ranks in report["modes"].items():
+        for rank, variants in enumerate(ranks):
+            for name, figure in sorted((variants or {}).items()):
+                lines.append(
+                    f"| {mode} | {rank} | {name} | {figure['graphs']} | {figure['ms']:.3f} |"
+                )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _args(argv)
+    if not torch.cuda.is_available():
+        print("bench_band_step: no CUDA device: it times CUDA graphs", file=sys.stderr)
+        return 2
+    world = MPI.COMM_WORLD
+    rank = world.Get_rank()
+    device = torch.device("cuda", rank % torch.cuda.device_count())
+    torch.cuda.set_device(device)
+    aware = bool(cuda_aware())
+    bundle = load_model(_job(args, "single").model, DTYPES[args.dtype], device)
+    report: dict = {"device": torch.cuda.get_device_name(device), "ranks": world.Get_size()}
+    report["modes"] = {}
+    for mode in args.modes:
+        if mode == "single":
+            ranks_comm = MPI.COMM_SELF if rank == 0 else None
+            figures = None
+            if ranks_comm is not None:
+                single = RankComm(ranks_comm, 1, cuda_aware=aware)
+                figures = _measure(args, mode, single, bundle, device, MPI.COMM_SELF)
+                single.free()
+            world.Barrier()
+            gathered = world.gather(figures, root=0)
+            report["modes"][mode] = gathered[:1] if rank == 0 else None
+            continue
+        comm = RankComm(world, 1, cuda_aware=aware)
+        figures = _measure(args, mode, comm, bundle, device, world)
+        comm.free()
+        report["modes"][mode] = world.gather(figures, root=0)
+    if rank == 0:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "band_steps.json").write_text(json.dumps(report, indent=1))
+        table = _markdown(args, report)
+        (args.out / "band_steps.md").write_text(table)
+        print(table, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
