@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 from mpi_launch import REPO, mpirun
 
 pytestmark = pytest.mark.mpi
+TOOLS = REPO / "tools"
 
 
 def test_bench_writes_every_case(tmp_path) -> None:
@@ -98,3 +100,36 @@ def test_band_step_timer_refuses_without_a_gpu_and_checks_its_steps(tmp_path) ->
         timeout=120,
     )
     assert result.returncode == 2 and "--steps must exceed --warmup-steps" in result.stderr
+
+
+def test_band_step_tables_show_every_variant_and_the_profiled_ones() -> None:
+    spec = importlib.util.spec_from_file_location("bench_band_step", TOOLS / "bench_band_step.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    profile = {
+        "steps": 5,
+        "kernels": 500,
+        "window_ms_per_step": 2.0,
+        "busy_ms_per_step": 1.5,
+        "idle_ms_per_step": 0.5,
+        "by_category_ms_per_step": {"gemm": 1.0, "copy": 0.25},
+        "idle_gaps": [{"bucket": "0-20us", "per_step": 99.0, "ms_per_step": 0.4}],
+    }
+    report = {
+        "device": "test GPU",
+        "modes": {
+            "naive": [
+                {"local/local/0": {"ms": 1.25, "graphs": 1, "profile": profile}},
+                {"local/local/0": {"ms": 1.5, "graphs": 1}},
+            ],
+            "single": [{"local/None/0": {"ms": 2.0, "graphs": 1}}],
+        },
+    }
+    args = module._args(["--out", "unused", "--size", "64", "--arch", "tiny"])
+    table = module._markdown(args, report)
+    assert "| naive | 0 | local/local/0 | 1 | 1.250 |" in table
+    assert "| naive | 1 | local/local/0 | 1 | 1.500 |" in table
+    assert "| single | 0 | local/None/0 | 1 | 2.000 |" in table
+    # the profiled variant: 100 kernels per step, 99 short gaps, GEMM and copy columns
+    assert "| naive | local/local/0 | 100 | 2.00 | 1.50 | 0.50 | 99 / 0.40 | 0.00 | 1.00 |" in table

@@ -12,7 +12,10 @@ timed; that makes the figures meaningful on a machine with fewer GPUs than ranks
 For each mode, every rank runs one image of ``--steps`` steps (capturing its variants), then
 replays each variant ``--replays`` times after ``--warmup`` replays; ``single`` runs on rank 0
 alone. Variants are named ``kind/previous kind/parity``; a displaced mode's steady state is
-``displaced/displaced/*``. Output: ``band_steps.json`` and ``band_steps.md`` in ``--out``.
+``displaced/displaced/*``. ``--profile`` adds, for rank 0's steady-state variants
+(``local/local/0``, ``displaced/displaced/0``), the kernels of a few more replays under
+``torch.profiler``: count, busy and idle time and time by category per step. Output:
+``band_steps.json`` and ``band_steps.md`` in ``--out``.
 
     mpirun -np 2 python tools/bench_band_step.py --arch sdxl --size 1024 --out band-steps
 
@@ -32,6 +35,7 @@ mpi4py.rc.thread_level = "multiple"
 import torch  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
+from pcpp_mpi.analysis.kernels import profile_from_events  # noqa: E402
 from pcpp_mpi.comm.context import RankComm  # noqa: E402
 from pcpp_mpi.comm.mpi_info import cuda_aware  # noqa: E402
 from pcpp_mpi.config import job_from_dict  # noqa: E402
@@ -40,6 +44,12 @@ from pcpp_mpi.engine.setup import DTYPES, prepare_band_context  # noqa: E402
 from pcpp_mpi.models import load_model  # noqa: E402
 
 MODES = ("single", "naive", "pcpp", "distrifusion", "sync")
+PROFILED = ("local/local/0", "displaced/displaced/0")
+PROFILE_RANGE = "pcpp-mpi band step replays"
+PROFILE_REPLAYS = 5
+CATEGORY_COLUMNS = (
+    "attention", "gemm", "convolution", "normalisation", "copy", "elementwise", "other",
+)  # fmt: skip
 PROMPT = "a benchmark prompt"
 
 
@@ -56,6 +66,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3, help="untimed replays per variant")
     parser.add_argument("--replays", type=int, default=20, help="timed replays per variant")
     parser.add_argument("--dtype", default="float16", choices=tuple(DTYPES))
+    parser.add_argument("--profile", action="store_true", help="kernels of rank 0's steady state")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.steps <= args.warmup_steps + 2:
@@ -85,8 +96,25 @@ def _job(args: argparse.Namespace, mode: str):
     )
 
 
-def _time_variants(graphs_by_variant: dict, warmup: int, replays: int) -> dict[str, dict]:
-    """Milliseconds per replay of each variant's graphs, back to back on the current stream."""
+def _profile_replays(graphs: list) -> dict | None:
+    """Kernel summary per replay of ``graphs`` (torch.profiler over a few replays)."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA]
+    with profile(activities=activities) as prof, record_function(PROFILE_RANGE):
+        for _ in range(PROFILE_REPLAYS):
+            for graph in graphs:
+                graph.replay()
+        torch.cuda.synchronize()
+    summary = profile_from_events(prof.events(), PROFILE_RANGE, PROFILE_REPLAYS)
+    return None if summary is None else summary.to_dict()
+
+
+def _time_variants(
+    graphs_by_variant: dict, warmup: int, replays: int, profiled: tuple[str, ...] = ()
+) -> dict[str, dict]:
+    """Milliseconds per replay of each variant's graphs, back to back on the current stream
+    (and a kernel profile of the variants named in ``profiled``)."""
     figures = {}
     for key, graphs in graphs_by_variant.items():
         for _ in range(warmup):
@@ -101,10 +129,10 @@ def _time_variants(graphs_by_variant: dict, warmup: int, replays: int) -> dict[s
         end.record()
         end.synchronize()
         kind, previous, parity = key
-        figures[f"{kind}/{previous}/{parity}"] = {
-            "ms": start.elapsed_time(end) / replays,
-            "graphs": len(graphs),
-        }
+        name = f"{kind}/{previous}/{parity}"
+        figures[name] = {"ms": start.elapsed_time(end) / replays, "graphs": len(graphs)}
+        if name in profiled:
+            figures[name]["profile"] = _profile_replays(graphs)
     return figures
 
 
@@ -120,7 +148,8 @@ def _measure(args, mode: str, comm: RankComm, bundle, device, world) -> dict[str
         for turn in range(world.Get_size()):
             world.Barrier()
             if turn == world.Get_rank():
-                figures = _time_variants(ctx.graphs.captured(), args.warmup, args.replays)
+                profiled = PROFILED if args.profile and turn == 0 else ()
+                figures = _time_variants(ctx.graphs.captured(), args.warmup, args.replays, profiled)
         world.Barrier()
         return figures
     finally:
@@ -144,6 +173,34 @@ def _markdown(args, report: dict) -> str:
                 lines.append(
                     f"| {mode} | {rank} | {name} | {figure['graphs']} | {figure['ms']:.3f} |"
                 )
+    profiled = [
+        (mode, name, figure["profile"])
+        for mode, ranks in report["modes"].items()
+        for name, figure in sorted(((ranks or [None])[0] or {}).items())
+        if figure.get("profile")
+    ]
+    if profiled:
+        lines += [
+            "",
+            f"Kernels of rank 0's steady state ({PROFILE_REPLAYS} replays under torch.profiler; "
+            "ms per step; idle = wall - union of kernels, short gaps = idle gaps under 20 us):",
+            "",
+            "| mode | variant | kernels | wall | busy | idle | short gaps | "
+            + " | ".join(CATEGORY_COLUMNS)
+            + " |",
+            "|---|---|---|---|---|---|---|" + "---|" * len(CATEGORY_COLUMNS),
+        ]
+        for mode, name, p in profiled:
+            cats = p["by_category_ms_per_step"]
+            short = p["idle_gaps"][0]
+            lines.append(
+                f"| {mode} | {name} | {p['kernels'] / p['steps']:.0f} | "
+                f"{p['window_ms_per_step']:.2f} | {p['busy_ms_per_step']:.2f} | "
+                f"{p['idle_ms_per_step']:.2f} | {short['per_step']:.0f} / "
+                f"{short['ms_per_step']:.2f} | "
+                + " | ".join(f"{cats.get(c, 0.0):.2f}" for c in CATEGORY_COLUMNS)
+                + " |"
+            )
     return "\n".join(lines) + "\n"
 
 
