@@ -106,7 +106,7 @@ def _profile_replays(graphs: list) -> dict | None:
             for graph in graphs:
                 graph.replay()
         torch.cuda.synchronize()
-    summary = profile_from_events(prof.events(), PROFILE_RANGE, PROFILE_REPLAYS)
+    summary = profile_from_events(prof.events(), PROFILE_RANGE, PROFILE_REPLAYS, top=60)
     return None if summary is None else summary.to_dict()
 
 

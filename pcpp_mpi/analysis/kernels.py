@@ -169,7 +169,9 @@ def summarize_kernels(
     )
 
 
-def profile_from_events(events: Iterable, range_name: str, steps: int) -> KernelProfile | None:
+def profile_from_events(
+    events: Iterable, range_name: str, steps: int, top: int = 15
+) -> KernelProfile | None:
     """:func:`summarize_kernels` over the last ``range_name`` range of ``torch.profiler``
     events (``prof.events()``); None when the trace holds no such range."""
     from torch.autograd import DeviceType
@@ -186,4 +188,4 @@ def profile_from_events(events: Iterable, range_name: str, steps: int) -> Kernel
     if not ranges:
         return None
     last = max(ranges, key=lambda r: r.start)
-    return summarize_kernels(kernels, (last.start, last.end), steps)
+    return summarize_kernels(kernels, (last.start, last.end), steps, top)
