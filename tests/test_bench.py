@@ -133,3 +133,26 @@ def test_band_step_tables_show_every_variant_and_the_profiled_ones() -> None:
     assert "| single | 0 | local/None/0 | 1 | 2.000 |" in table
     # the profiled variant: 100 kernels per step, 99 short gaps, GEMM and copy columns
     assert "| naive | local/local/0 | 100 | 2.00 | 1.50 | 0.50 | 99 / 0.40 | 0.00 | 1.00 |" in table
+
+
+def test_device_measure_script_checks_its_arguments_before_any_work(tmp_path) -> None:
+    """tools/device/measure.sh (GPU machine only) refuses bad arguments and earlier results
+    before it sources the device environment or runs anything."""
+    script = str(REPO / "tools" / "device" / "measure.sh")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", script, *args], cwd=REPO, capture_output=True, text=True, timeout=60
+        )
+
+    for bad in ((), ("1024",), ("big", str(tmp_path)), ("1024", str(tmp_path), "two")):
+        result = run(*bad)
+        assert result.returncode == 2 and "usage: bash tools/device/measure.sh" in result.stderr
+    (tmp_path / "band-2048").mkdir()
+    result = run("2048", str(tmp_path))
+    assert result.returncode == 2 and "already holds results for 2048 px" in result.stderr
+    (tmp_path / "measure-1024.tgz").write_bytes(b"earlier results")
+    result = run("1024", str(tmp_path))
+    assert result.returncode == 2 and "already holds results for 1024 px" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["band-2048", "measure-1024.tgz"]
+    assert (tmp_path / "measure-1024.tgz").read_bytes() == b"earlier results"
