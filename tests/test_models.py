@@ -21,7 +21,7 @@ from pcpp_mpi.models import (
     unet_config,
     vae_scale_factor,
 )
-from pcpp_mpi.models.random_arch import arch_prompt_encoder, build_random
+from pcpp_mpi.models.random_arch import arch_prompt_encoder, build_random, measurement_model
 from pcpp_mpi.models.tiny import tiny_unet_config
 
 CPU = torch.device("cpu")
@@ -304,3 +304,14 @@ def test_bad_model_configs_are_rejected() -> None:
         load_model(ModelConfig(), torch.float32, CPU)
     with pytest.raises(ModelError, match="weights: random"):
         unet_config(ModelConfig(arch="sd15"))
+
+
+def test_measurement_model_sections_load_as_job_settings() -> None:
+    """The model section the benchmark tools share: the shipped tiny model, or a named
+    architecture with seeded random weights; an unknown architecture is refused."""
+    assert measurement_model("tiny") == {"builtin": "tiny"}
+    section = measurement_model("sdxl", seed=3)
+    assert section == {"arch": "sdxl", "weights": "random", "seed": 3}
+    assert ModelConfig(**section).arch == "sdxl"
+    with pytest.raises(ModelError, match="unknown model arch 'sd3'"):
+        measurement_model("sd3")

@@ -54,6 +54,7 @@ from pcpp_mpi.config import job_from_dict  # noqa: E402
 from pcpp_mpi.engine.runner import DENOISE_RANGE, run_job  # noqa: E402
 from pcpp_mpi.engine.setup import DTYPES  # noqa: E402
 from pcpp_mpi.models import load_model  # noqa: E402
+from pcpp_mpi.models.random_arch import measurement_model  # noqa: E402
 from pcpp_mpi.output.rank_file import read_table  # noqa: E402
 
 PROMPT = "a benchmark prompt"
@@ -130,11 +131,7 @@ def _args() -> argparse.Namespace:
 
 def _job(args: argparse.Namespace, size: int, case: Case, images: int):
     settings = {
-        "model": (
-            {"builtin": "tiny"}
-            if args.arch == "tiny"
-            else {"arch": args.arch, "weights": "random", "seed": 0}
-        ),
+        "model": measurement_model(args.arch),
         "generation": {
             "prompts": [PROMPT] * images,
             "height": size,

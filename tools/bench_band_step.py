@@ -42,6 +42,7 @@ from pcpp_mpi.config import job_from_dict  # noqa: E402
 from pcpp_mpi.engine.denoise import denoise_band  # noqa: E402
 from pcpp_mpi.engine.setup import DTYPES, prepare_band_context  # noqa: E402
 from pcpp_mpi.models import load_model  # noqa: E402
+from pcpp_mpi.models.random_arch import measurement_model  # noqa: E402
 
 MODES = ("single", "naive", "pcpp", "distrifusion", "sync")
 PROFILED = ("local/local/0", "displaced/displaced/0")
@@ -75,14 +76,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _job(args: argparse.Namespace, mode: str):
-    model = (
-        {"builtin": "tiny"}
-        if args.arch == "tiny"
-        else {"arch": args.arch, "weights": "random", "seed": 0}
-    )
     return job_from_dict(
         {
-            "model": model,
+            "model": measurement_model(args.arch),
             "generation": {
                 "prompts": [PROMPT],
                 "height": args.size,

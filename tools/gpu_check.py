@@ -34,6 +34,7 @@ from pcpp_mpi.config import job_from_dict  # noqa: E402
 from pcpp_mpi.engine.denoise import denoise_band  # noqa: E402
 from pcpp_mpi.engine.setup import DTYPES, prepare_band_context  # noqa: E402
 from pcpp_mpi.models import load_model  # noqa: E402
+from pcpp_mpi.models.random_arch import measurement_model  # noqa: E402
 from pcpp_mpi.planning import make_plan  # noqa: E402
 
 CASES = {
@@ -52,14 +53,9 @@ def _job(args: argparse.Namespace, settings: dict, graphs: str = "auto"):
     parallel.update(settings)
     if parallel["warmup_steps"] == "all":
         parallel["warmup_steps"] = args.steps
-    model = (
-        {"builtin": "tiny"}
-        if args.arch == "tiny"
-        else {"arch": args.arch, "weights": "random", "seed": 0}
-    )
     return job_from_dict(
         {
-            "model": model,
+            "model": measurement_model(args.arch),
             "generation": {
                 "prompts": ["a check prompt"],
                 "height": args.size,

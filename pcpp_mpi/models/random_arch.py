@@ -37,6 +37,16 @@ def _check_arch(arch: str) -> None:
         raise ModelError(f"unknown model arch {arch!r}; expected one of {', '.join(ARCHS)}")
 
 
+def measurement_model(arch: str, seed: int = 0) -> dict[str, Any]:
+    """The ``model`` section of a job for speed measurements and GPU checks: the shipped tiny
+    model for ``"tiny"``, else ``arch``'s full-size UNet and VAE with weights drawn from
+    ``seed``."""
+    if arch == "tiny":
+        return {"builtin": "tiny"}
+    _check_arch(arch)
+    return {"arch": arch, "weights": "random", "seed": seed}
+
+
 def _raw_unet_config(arch: str) -> dict[str, Any]:
     _check_arch(arch)
     sd_blocks = {
