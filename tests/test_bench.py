@@ -118,6 +118,7 @@ def test_band_step_tables_show_every_variant_and_the_profiled_ones() -> None:
     }
     report = {
         "device": "test GPU",
+        "norm_kernels": "triton",
         "modes": {
             "naive": [
                 {"local/local/0": {"ms": 1.25, "graphs": 1, "profile": profile}},
@@ -128,11 +129,25 @@ def test_band_step_tables_show_every_variant_and_the_profiled_ones() -> None:
     }
     args = module._args(["--out", "unused", "--size", "64", "--arch", "tiny"])
     table = module._markdown(args, report)
+    assert "test GPU; GroupNorm kernels: triton)" in table.splitlines()[0]
     assert "| naive | 0 | local/local/0 | 1 | 1.250 |" in table
     assert "| naive | 1 | local/local/0 | 1 | 1.500 |" in table
     assert "| single | 0 | local/None/0 | 1 | 2.000 |" in table
     # the profiled variant: 100 kernels per step, 99 short gaps, GEMM and copy columns
     assert "| naive | local/local/0 | 100 | 2.00 | 1.50 | 0.50 | 99 / 0.40 | 0.00 | 1.00 |" in table
+
+
+def test_band_step_rejects_a_bad_job_setting_before_any_work(tmp_path) -> None:
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, str(TOOLS / "bench_band_step.py"), "--out", str(out), "--set",
+         "runtime.norm_kernels=fastest"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2 and "runtime.norm_kernels" in result.stderr
+    assert not out.exists()
 
 
 def test_device_measure_script_checks_its_arguments_before_any_work(tmp_path) -> None:

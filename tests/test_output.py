@@ -492,6 +492,7 @@ def test_package_versions() -> None:
         "mpi4py",
         "h5py",
         "numpy",
+        "triton",
         "pcpp_mpi",
     }
     assert versions["h5py"] == h5py.__version__

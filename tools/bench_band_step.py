@@ -38,11 +38,12 @@ from mpi4py import MPI  # noqa: E402
 from pcpp_mpi.analysis.kernels import profile_from_events  # noqa: E402
 from pcpp_mpi.comm.context import RankComm  # noqa: E402
 from pcpp_mpi.comm.mpi_info import cuda_aware  # noqa: E402
-from pcpp_mpi.config import job_from_dict  # noqa: E402
+from pcpp_mpi.config import ConfigError, job_from_dict  # noqa: E402
 from pcpp_mpi.engine.denoise import denoise_band  # noqa: E402
 from pcpp_mpi.engine.setup import DTYPES, prepare_band_context  # noqa: E402
 from pcpp_mpi.models import load_model  # noqa: E402
 from pcpp_mpi.models.random_arch import measurement_model  # noqa: E402
+from pcpp_mpi.parallel.band_norm import resolve_norm_kernels  # noqa: E402
 
 MODES = ("single", "naive", "pcpp", "distrifusion", "sync")
 PROFILED = ("local/local/0", "displaced/displaced/0")
@@ -68,10 +69,22 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--replays", type=int, default=20, help="timed replays per variant")
     parser.add_argument("--dtype", default="float16", choices=tuple(DTYPES))
     parser.add_argument("--profile", action="store_true", help="kernels of rank 0's steady state")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="job setting for every mode, e.g. runtime.norm_kernels=torch",
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.steps <= args.warmup_steps + 2:
         parser.error("--steps must exceed --warmup-steps by 3 or more (displaced variants)")
+    try:
+        _job(args, "pcpp")
+    except ConfigError as error:
+        parser.error(str(error))
     return args
 
 
@@ -88,7 +101,8 @@ def _job(args: argparse.Namespace, mode: str):
             },
             "runtime": {"dtype": args.dtype, "device": "cuda", "graphs": "auto"},
             "parallel": {"mode": mode, "warmup_steps": args.warmup_steps, "ratio": args.ratio},
-        }
+        },
+        args.overrides,
     )
 
 
@@ -155,7 +169,7 @@ def _measure(args, mode: str, comm: RankComm, bundle, device, world) -> dict[str
 def _markdown(args, report: dict) -> str:
     lines = [
         f"# GPU time of one band's step alone ({args.arch}, {args.size} px, CFG batch 2, "
-        f"{args.dtype}, {report['device']})",
+        f"{args.dtype}, {report['device']}; GroupNorm kernels: {report['norm_kernels']})",
         "",
         "CUDA-graph variants replayed back to back without MPI, one rank at a time; "
         f"mean of {args.replays} replays after {args.warmup}.",
@@ -211,7 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.cuda.set_device(device)
     aware = bool(cuda_aware())
     bundle = load_model(_job(args, "single").model, DTYPES[args.dtype], device)
-    report: dict = {"device": torch.cuda.get_device_name(device), "ranks": world.Get_size()}
+    report: dict = {
+        "device": torch.cuda.get_device_name(device),
+        "ranks": world.Get_size(),
+        "overrides": args.overrides,
+        "norm_kernels": resolve_norm_kernels(_job(args, "pcpp").runtime.norm_kernels, device),
+    }
     report["modes"] = {}
     for mode in args.modes:
         if mode == "single":

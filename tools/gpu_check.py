@@ -30,11 +30,12 @@ from mpi4py import MPI  # noqa: E402
 
 from pcpp_mpi.comm.context import RankComm  # noqa: E402
 from pcpp_mpi.comm.mpi_info import cuda_aware  # noqa: E402
-from pcpp_mpi.config import job_from_dict  # noqa: E402
+from pcpp_mpi.config import ConfigError, job_from_dict  # noqa: E402
 from pcpp_mpi.engine.denoise import denoise_band  # noqa: E402
 from pcpp_mpi.engine.setup import DTYPES, prepare_band_context  # noqa: E402
 from pcpp_mpi.models import load_model  # noqa: E402
 from pcpp_mpi.models.random_arch import measurement_model  # noqa: E402
+from pcpp_mpi.parallel.band_norm import resolve_norm_kernels  # noqa: E402
 from pcpp_mpi.planning import make_plan  # noqa: E402
 
 CASES = {
@@ -70,7 +71,8 @@ def _job(args: argparse.Namespace, settings: dict, graphs: str = "auto"):
                 "graphs": graphs,
             },
             "parallel": parallel,
-        }
+        },
+        args.overrides,
     )
 
 
@@ -96,8 +98,20 @@ def main() -> int:
     parser.add_argument("--staged", action="store_true", help="host buffers for MPI")
     parser.add_argument("--dtype", default="float16", choices=tuple(DTYPES))
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="job setting for every case, e.g. runtime.norm_kernels=torch",
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    try:
+        _job(args, {})
+    except ConfigError as error:
+        parser.error(str(error))
 
     world = MPI.COMM_WORLD
     rank, size = world.Get_rank(), world.Get_size()
@@ -124,6 +138,8 @@ def main() -> int:
         "steps": args.steps,
         "dtype": args.dtype,
         "staged": args.staged,
+        "overrides": args.overrides,
+        "norm_kernels": resolve_norm_kernels(base.runtime.norm_kernels, device),
         "cases": {},
     }
     eager_latents: dict[str, torch.Tensor] = {}

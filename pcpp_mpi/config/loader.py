@@ -26,6 +26,7 @@ from pcpp_mpi.config.schema import (
     JobConfig,
     ModelConfig,
     ParallelConfig,
+    RuntimeConfig,
 )
 
 __all__ = [
@@ -377,9 +378,18 @@ def _check_cfg_parallel(p: ParallelConfig, g: GenerationConfig) -> None:
         )
 
 
+def _check_runtime(r: RuntimeConfig) -> None:
+    if r.norm_kernels == "triton" and r.device != "cuda":
+        raise ConfigError(
+            "runtime.norm_kernels: 'triton' needs runtime.device 'cuda' (the kernels run on a "
+            f"GPU), got device {_show(r.device)}; use 'auto' or 'torch'"
+        )
+
+
 def _check_job(job: JobConfig) -> None:
     _check_model(job.model)
     _check_generation(job.generation)
+    _check_runtime(job.runtime)
     _check_parallel(job.parallel, job.generation)
 
 

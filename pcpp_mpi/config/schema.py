@@ -14,6 +14,7 @@ SchedulerName = Literal["ddim", "euler", "dpmsolver++"]
 DtypeName = Literal["float32", "float16", "bfloat16"]
 DeviceName = Literal["cpu", "cuda"]
 GraphsName = Literal["auto", "eager", "emulate"]
+NormKernelsName = Literal["auto", "torch", "triton"]
 ArchName = Literal["sd15", "sd21", "sdxl"]
 BuiltinName = Literal["tiny"]
 
@@ -73,6 +74,9 @@ class RuntimeConfig:
     graph replay does. ``latent_halo_on_host``: on a GPU, the first convolution's halo (a few
     latent rows, exchanged fresh at the start of every step) goes through pinned host memory
     even with a CUDA-aware MPI, so it does not queue behind device-to-device transfers.
+    ``norm_kernels``: how GroupNorms whose statistics span bands are computed: ``auto`` (Triton
+    kernels on a GPU when they compile and pass a check there, PyTorch operations otherwise),
+    ``torch``, ``triton``.
     """
 
     dtype: DtypeName = "float32"
@@ -81,6 +85,7 @@ class RuntimeConfig:
     trace: bool = True
     graphs: GraphsName = "auto"
     latent_halo_on_host: bool = True
+    norm_kernels: NormKernelsName = "auto"
 
 
 @dataclass(frozen=True)

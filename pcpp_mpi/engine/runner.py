@@ -45,6 +45,7 @@ from pcpp_mpi.output import RunFile, prepare_run_dir, write_png
 from pcpp_mpi.output.provenance import collect_package_versions, git_revision
 from pcpp_mpi.output.rank_file import RankFile, rank_file_name
 from pcpp_mpi.output.space import check_free_space
+from pcpp_mpi.parallel.band_norm import resolve_norm_kernels
 
 log = logging.getLogger("pcpp_mpi")
 
@@ -142,6 +143,9 @@ def run_job(
     device, error = _attempt(lambda: compute_device(job, comm))
     agree(comm, error)
     assert isinstance(device, torch.device)
+    # before the model is loaded: an explicit 'triton' that cannot be used stops here
+    norm_kernels, error = _attempt(lambda: resolve_norm_kernels(job.runtime.norm_kernels, device))
+    agree(comm, error)
     dtype = DTYPES[job.runtime.dtype]
     if layout.mode != job.parallel.mode and rank == 0:
         log.info("one band: running as 'single' (the job asks for %r)", job.parallel.mode)
@@ -155,6 +159,8 @@ def run_job(
         layout.latent_width,
         [b.rows for b in layout.bands],
     )
+    if layout.n_bands > 1 and layout.mode != "naive" and rank == 0:
+        log.info("GroupNorm statistics shared by the bands: %s kernels", norm_kernels)
     comm.barrier()
     tracer = comm.tracer
     tracer.enabled = job.runtime.trace
@@ -196,6 +202,7 @@ def run_job(
             "n_ranks": n_ranks,
             "mode": layout.mode,
             "bands": [[b.start, b.stop] for b in layout.bands],
+            "norm_kernels": norm_kernels,
             "packages": collect_package_versions(),
             "git_revision": git_revision() or "unknown",
         }

@@ -13,6 +13,7 @@ from pcpp_mpi.engine.graphs import StepGraphs
 from pcpp_mpi.engine.layout import RunLayout, plan_layout
 from pcpp_mpi.models import ModelBundle, unet_config, vae_scale_factor
 from pcpp_mpi.parallel.apply import parallelize
+from pcpp_mpi.parallel.band_norm import resolve_norm_kernels
 from pcpp_mpi.parallel.clock import StepClock
 from pcpp_mpi.parallel.inventory import inventory_of
 
@@ -59,6 +60,7 @@ def prepare_band_context(
         ratio=job.parallel.ratio,
         batch=unet_batch(job, layout),
         latent_halo_on_host=job.runtime.latent_halo_on_host,
+        norm_kernels=resolve_norm_kernels(job.runtime.norm_kernels, device),
     )
     return BandContext(
         job=job,

@@ -14,6 +14,7 @@ PACKAGES: tuple[tuple[str, str], ...] = (
     ("mpi4py", "mpi4py"),
     ("h5py", "h5py"),
     ("numpy", "numpy"),
+    ("triton", "triton"),
     ("pcpp_mpi", "pcpp-mpi"),
 )
 NOT_INSTALLED = "not installed"

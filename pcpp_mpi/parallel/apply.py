@@ -19,7 +19,7 @@ from pcpp_mpi.comm.context import RankComm
 from pcpp_mpi.comm.exchanges import WireSpec
 from pcpp_mpi.geometry import Band, conv_halo, pcpp_rows
 from pcpp_mpi.parallel.band_attention import BandSelfAttnProcessor, KVRows
-from pcpp_mpi.parallel.band_norm import BandGroupNorm
+from pcpp_mpi.parallel.band_norm import BandGroupNorm, NormKernels
 from pcpp_mpi.parallel.clock import StepClock
 from pcpp_mpi.parallel.halo_conv import HaloConv2d
 from pcpp_mpi.parallel.inventory import LayerInventory
@@ -68,6 +68,7 @@ def parallelize(
     ratio: float,
     batch: int,
     latent_halo_on_host: bool = True,
+    norm_kernels: NormKernels = "torch",
 ) -> ParallelHandle:
     """Install band-parallel layers for this rank's band (``comm.topology.band_index``).
 
@@ -127,7 +128,7 @@ def parallelize(
             handle.exchanges.append(stats)
         norm = modules[spec.name]
         assert isinstance(norm, nn.GroupNorm)
-        replace(spec.name, BandGroupNorm(norm, stats, clock))
+        replace(spec.name, BandGroupNorm(norm, stats, clock, norm_kernels))
 
     for spec in inventory.attns:
         attn = modules[spec.name]

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+import importlib
+import logging
+from types import ModuleType
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pcpp_mpi.parallel.clock import StepClock
+
+log = logging.getLogger(__name__)
 
 
 class StatsExchange(Protocol):
@@ -47,6 +52,35 @@ def local_group_stats(x: torch.Tensor, groups: int) -> torch.Tensor:
     return stats
 
 
+NormKernels = Literal["torch", "triton"]
+
+
+def resolve_norm_kernels(setting: str, device: torch.device) -> NormKernels:
+    """The GroupNorm implementation for ``runtime.norm_kernels``: ``auto`` takes the Triton
+    kernels (:mod:`pcpp_mpi.parallel.norm_kernels`) on a GPU when they compile, run and agree
+    with PyTorch on a small band there, PyTorch operations otherwise; ``triton`` raises if they
+    cannot be used."""
+    if setting == "torch" or (setting == "auto" and device.type != "cuda"):
+        return "torch"
+    if setting not in ("auto", "triton"):
+        raise ValueError(f"runtime.norm_kernels: unknown setting {setting!r}")
+    try:
+        _kernel_module().self_check(device)
+    except Exception as error:  # no Triton, no C compiler for its launcher, an unknown GPU...
+        if setting == "triton":
+            raise RuntimeError(
+                f"runtime.norm_kernels: 'triton' requested but its kernels cannot run on "
+                f"{device}: {type(error).__name__}: {error}"
+            ) from error
+        log.warning("GroupNorm Triton kernels unusable on %s (%s): using PyTorch's", device, error)
+        return "torch"
+    return "triton"
+
+
+def _kernel_module() -> ModuleType:
+    return importlib.import_module("pcpp_mpi.parallel.norm_kernels")
+
+
 class BandGroupNorm(nn.Module):
     """Wraps ``nn.GroupNorm``; input and output are local bands ``(B, C, h, W)``.
 
@@ -54,35 +88,68 @@ class BandGroupNorm(nn.Module):
     takes the previous step's global sums and replaces this band's stale share with its fresh
     one (DistriFusion's corrected stale GroupNorm, exact for unequal bands because it works on
     sums and counts rather than means).
+
+    ``kernels``: ``torch`` computes the statistics and applies them with PyTorch operations;
+    ``triton`` with three Triton kernels (fewer launches: see :mod:`~.norm_kernels`), for
+    contiguous half or single precision bands (others take the PyTorch path). ``local`` steps
+    always use PyTorch's own GroupNorm.
     """
 
     def __init__(
-        self, norm: nn.GroupNorm, exchange: StatsExchange | None, clock: StepClock
+        self,
+        norm: nn.GroupNorm,
+        exchange: StatsExchange | None,
+        clock: StepClock,
+        kernels: NormKernels = "torch",
     ) -> None:
         super().__init__()
         self.norm = norm
         self.exchange = exchange
         self.clock = clock
+        self.kernels = kernels
+        self._kernels = _kernel_module() if kernels == "triton" else None
         self._affine_key: tuple | None = None
         self._affine_cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._no_stats: dict[tuple, torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         norm = self.norm
         clock = self.clock
         if self.exchange is None or clock.kind == "local":
             return F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
-        local = local_group_stats(x, norm.num_groups)
+        kernels = self._kernels
+        if kernels is not None and not (x.dtype in kernels.SUPPORTED_DTYPES and x.is_contiguous()):
+            kernels = None
+        local = (
+            local_group_stats(x, norm.num_groups)
+            if kernels is None
+            else kernels.group_stats(x, norm.num_groups)
+        )
         if clock.fresh:
             self.exchange.post(clock.step, local)
             stats = self.exchange.wait(clock.step).to(x.device, non_blocking=True)
+            fresh: torch.Tensor | None = None
         else:
             if clock.posts_for_next:
                 self.exchange.post(clock.step, local)
             # the other bands' stale share (on the device, so that a CUDA graph of the step
-            # replays this addition too)
-            others = self.exchange.wait_others(clock.step - 1)
-            stats = others.to(x.device, non_blocking=True) + local
-        return self._normalize(x, stats)
+            # replays this addition too), plus this band's fresh share
+            stats = self.exchange.wait_others(clock.step - 1).to(x.device, non_blocking=True)
+            fresh = local
+        if kernels is not None:
+            return kernels.normalize_with_stats(
+                x, stats, self._zero_stats(stats) if fresh is None else fresh,
+                norm.num_groups, norm.weight, norm.bias, norm.eps,
+            )  # fmt: skip
+        return self._normalize(x, stats if fresh is None else stats + fresh)
+
+    def _zero_stats(self, like: torch.Tensor) -> torch.Tensor:
+        """Zero statistics shaped like ``like``, allocated once per shape (never written)."""
+        key = (tuple(like.shape), like.dtype, like.device)
+        zeros = self._no_stats.get(key)
+        if zeros is None:
+            zeros = self._no_stats[key] = torch.zeros_like(like)
+        return zeros
 
     def _normalize(self, x: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
         """``x`` normalised with group statistics ``(3, B, G)`` (sums, squares, counts), then
