@@ -69,6 +69,25 @@ def test_group_stats_are_float64_sums_of_float32_partials(
         assert split > 1 and group_len % chunk_len
 
 
+def test_group_stats_write_out_and_add_others(kernels: ModuleType) -> None:
+    """The statistics go to ``out`` (the exchange's send buffer); with ``others`` the kernel
+    also returns ``others + local`` in a new tensor and leaves ``others`` alone."""
+    x = torch.randn(2, 6, 5, 7) * 2.0 - 1.0
+    out = torch.full((3, 2, 3), torch.nan, dtype=torch.float64)
+    assert kernels.group_stats(x, 3, out) is out
+    assert torch.allclose(out, exact_stats(x, 3), rtol=1e-6, atol=1e-5)
+    others = exact_stats(torch.randn(2, 6, 4, 7), 3)
+    kept = others.clone()
+    out2 = torch.full_like(out, torch.nan)
+    combined = kernels.group_stats(x, 3, out2, others=others)
+    assert combined is not out2 and torch.equal(out2, out) and torch.equal(others, kept)
+    assert torch.allclose(combined, others + out, rtol=1e-12)
+
+
+def test_self_check_runs_on_the_cpu_interpreter(kernels: ModuleType) -> None:
+    kernels.self_check(torch.device("cpu"))
+
+
 def test_stats_chunks_spread_large_groups(kernels: ModuleType) -> None:
     """An SDXL band at 1024 px (B=2, 32 groups of 10 channels x 64 x 128) is summed by about
     STATS_PROGRAMS programs; tiny groups take one chunk each."""
@@ -84,8 +103,7 @@ def test_stats_chunks_spread_large_groups(kernels: ModuleType) -> None:
 def test_normalize_with_stats_equals_group_norm(
     kernels: ModuleType, affine: bool, batch: int, dtype: torch.dtype
 ) -> None:
-    """With the band's own statistics split into two parts (as stale others + fresh own are),
-    every sample is normalised with its own groups' statistics, then the affine map."""
+    """Every sample is normalised with its own groups' statistics, then the affine map."""
     torch.manual_seed(batch)
     norm = nn.GroupNorm(3, 6, eps=1e-6, affine=affine).requires_grad_(False)
     if affine:
@@ -93,11 +111,9 @@ def test_normalize_with_stats_equals_group_norm(
         nn.init.normal_(norm.bias)
     x = torch.randn(batch, 6, 4, 5) * torch.arange(1.0, batch + 1).view(-1, 1, 1, 1) + 2.0
     stats = exact_stats(x.to(dtype), 3)
-    first = stats * 0.25
-    second = stats - first
     weight = norm.weight.to(dtype) if affine else None
     bias = norm.bias.to(dtype) if affine else None
-    out = kernels.normalize_with_stats(x.to(dtype), first, second, 3, weight, bias, norm.eps)
+    out = kernels.normalize_with_stats(x.to(dtype), stats, 3, weight, bias, norm.eps)
     assert out.dtype == dtype and out.shape == x.shape
     expected = F.group_norm(x.to(dtype).float(), 3, norm.weight, norm.bias, norm.eps)
     tolerance = 1e-5 if dtype == torch.float32 else 4e-3
@@ -111,8 +127,11 @@ def test_kernels_reject_what_they_cannot_handle(kernels: ModuleType) -> None:
     with pytest.raises(ValueError, match="contiguous"):
         kernels.group_stats(x.transpose(2, 3), 3)
     with pytest.raises(ValueError, match="float64 statistics"):
-        zeros = torch.zeros(3, 2, 3)
-        kernels.normalize_with_stats(x, zeros, zeros, 3, None, None, 1e-5)
+        kernels.normalize_with_stats(x, torch.zeros(3, 2, 3), 3, None, None, 1e-5)
+    with pytest.raises(ValueError, match="others: expected"):
+        kernels.group_stats(x, 3, others=torch.zeros(3, 2, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="out: expected contiguous"):
+        kernels.group_stats(x, 3, out=torch.zeros(3, 3, 2, dtype=torch.float64).transpose(1, 2))
 
 
 # -- BandGroupNorm with kernels="triton" ---------------------------------------------------------
@@ -128,6 +147,11 @@ class KnownStats:
 
     def post(self, step: int, local: Tensor) -> None:
         self.posted[step] = local.clone()
+
+    def post_filled(self, step: int, fill) -> None:
+        buffer = torch.full((3, *self.global_[0].shape[1:]), torch.nan, dtype=torch.float64)
+        fill(buffer)
+        self.posted[step] = buffer
 
     def wait(self, step: int) -> Tensor:
         return self.global_[step]
@@ -159,7 +183,7 @@ def test_band_group_norm_triton_sync_and_displaced(kernels: ModuleType) -> None:
         others0 = global0 - exact_stats(parts0[i], 4)
         outs = {}
         for choice in ("torch", "triton"):
-            clock = StepClock("distrifusion", 2, 1)
+            clock = StepClock("distrifusion", 3, 1)  # step 1 posts for step 2
             exchange = KnownStats({0: global0}, {0: others0})
             layer = BandGroupNorm(norm, exchange, clock, kernels=choice)
             clock.begin(0)
@@ -168,6 +192,7 @@ def test_band_group_norm_triton_sync_and_displaced(kernels: ModuleType) -> None:
             assert torch.allclose(exchange.posted[0], exact_stats(parts0[i], 4), rtol=1e-6)
             clock.begin(1)
             outs[choice] = layer(parts1[i])
+            assert torch.allclose(exchange.posted[1], exact_stats(parts1[i], 4), rtol=1e-6)
             stale = others0 + exact_stats(parts1[i], 4)
             mean = stale[0] / stale[2]
             std = (stale[1] / stale[2] - mean**2 + norm.eps).sqrt()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Callable
 from types import ModuleType
 from typing import Literal, Protocol
 
@@ -18,6 +19,8 @@ log = logging.getLogger(__name__)
 
 class StatsExchange(Protocol):
     def post(self, step: int, local: torch.Tensor) -> None: ...
+
+    def post_filled(self, step: int, fill: Callable[[torch.Tensor], object]) -> None: ...
 
     def wait(self, step: int) -> torch.Tensor: ...
 
@@ -110,46 +113,54 @@ class BandGroupNorm(nn.Module):
         self._kernels = _kernel_module() if kernels == "triton" else None
         self._affine_key: tuple | None = None
         self._affine_cache: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._no_stats: dict[tuple, torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         norm = self.norm
         clock = self.clock
-        if self.exchange is None or clock.kind == "local":
+        exchange = self.exchange
+        if exchange is None or clock.kind == "local":
             return F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
         kernels = self._kernels
-        if kernels is not None and not (x.dtype in kernels.SUPPORTED_DTYPES and x.is_contiguous()):
-            kernels = None
-        local = (
-            local_group_stats(x, norm.num_groups)
-            if kernels is None
-            else kernels.group_stats(x, norm.num_groups)
-        )
+        if kernels is not None and x.dtype in kernels.SUPPORTED_DTYPES and x.is_contiguous():
+            return self._forward_kernels(kernels, x, exchange)
+        local = local_group_stats(x, norm.num_groups)
         if clock.fresh:
-            self.exchange.post(clock.step, local)
-            stats = self.exchange.wait(clock.step).to(x.device, non_blocking=True)
-            fresh: torch.Tensor | None = None
+            exchange.post(clock.step, local)
+            stats = exchange.wait(clock.step).to(x.device, non_blocking=True)
         else:
             if clock.posts_for_next:
-                self.exchange.post(clock.step, local)
+                exchange.post(clock.step, local)
             # the other bands' stale share (on the device, so that a CUDA graph of the step
-            # replays this addition too), plus this band's fresh share
-            stats = self.exchange.wait_others(clock.step - 1).to(x.device, non_blocking=True)
-            fresh = local
-        if kernels is not None:
-            return kernels.normalize_with_stats(
-                x, stats, self._zero_stats(stats) if fresh is None else fresh,
-                norm.num_groups, norm.weight, norm.bias, norm.eps,
-            )  # fmt: skip
-        return self._normalize(x, stats if fresh is None else stats + fresh)
+            # replays this addition too)
+            others = exchange.wait_others(clock.step - 1)
+            stats = others.to(x.device, non_blocking=True) + local
+        return self._normalize(x, stats)
 
-    def _zero_stats(self, like: torch.Tensor) -> torch.Tensor:
-        """Zero statistics shaped like ``like``, allocated once per shape (never written)."""
-        key = (tuple(like.shape), like.dtype, like.device)
-        zeros = self._no_stats.get(key)
-        if zeros is None:
-            zeros = self._no_stats[key] = torch.zeros_like(like)
-        return zeros
+    def _forward_kernels(
+        self, kernels: ModuleType, x: torch.Tensor, exchange: StatsExchange
+    ) -> torch.Tensor:
+        """The Triton path: the statistics kernel writes this band's sums straight into the
+        exchange's pinned send buffer and, in a displaced step, adds the other bands' stale
+        sums read from its pinned receive buffer (no copies to or from the host)."""
+        norm = self.norm
+        clock = self.clock
+        groups = norm.num_groups
+        if clock.fresh:
+            exchange.post_filled(clock.step, lambda buffer: kernels.group_stats(x, groups, buffer))
+            stats = exchange.wait(clock.step).to(x.device, non_blocking=True)
+        else:
+            others = exchange.wait_others(clock.step - 1)
+            combined: list[torch.Tensor] = []
+
+            def fill(buffer: torch.Tensor | None) -> None:
+                combined.append(kernels.group_stats(x, groups, buffer, others=others))
+
+            if clock.posts_for_next:
+                exchange.post_filled(clock.step, fill)
+            else:
+                fill(None)
+            stats = combined[0]
+        return kernels.normalize_with_stats(x, stats, groups, norm.weight, norm.bias, norm.eps)
 
     def _normalize(self, x: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
         """``x`` normalised with group statistics ``(3, B, G)`` (sums, squares, counts), then

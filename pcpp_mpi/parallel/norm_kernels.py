@@ -3,18 +3,17 @@
 A band's GroupNorm in a displaced step written with PyTorch operations takes ~16 kernels
 (two reductions and their memsets, float64 conversions, the statistics correction, a per-channel
 expansion, a batch norm); in a CUDA graph each costs ~1 us of idle GPU besides its own time, and
-an SDXL step has ~50 norms. Here it takes three kernels plus the copies of the statistics to and
-from the host:
+an SDXL step has ~50 norms. Here a displaced norm takes three kernels and no copies:
 
 1. :func:`group_stats` — per-group sum, sum of squares (float32 partial sums of contiguous
    chunks, added in float64) and element count, ``(3, B, G)`` float64 like
-   :func:`pcpp_mpi.parallel.band_norm.local_group_stats`;
-2. :func:`normalize_with_stats` — ``(x - mean) * rstd * weight + bias`` with the group
-   statistics ``first + second`` (e.g. the other bands' stale sums plus this band's fresh ones),
-   combined in float64 inside the kernel.
+   :func:`pcpp_mpi.parallel.band_norm.local_group_stats`, written straight into the pinned host
+   buffer MPI sends (the GPU writes mapped host memory); in a displaced step the same kernel
+   adds the other bands' stale sums, read from the pinned buffer MPI received them in;
+2. :func:`normalize_with_stats` — ``(x - mean) * rstd * weight + bias`` with those statistics.
 
 Input and output are local bands ``(B, C, h, W)``, contiguous, float16, bfloat16 or float32.
-This module imports Triton; :func:`pcpp_mpi.parallel.band_norm.norm_kernels_available` says
+This module imports Triton; :func:`pcpp_mpi.parallel.band_norm.resolve_norm_kernels` says
 whether it can be used. Under ``TRITON_INTERPRET=1`` the kernels run on CPU tensors (tests).
 """
 
@@ -56,26 +55,45 @@ def _partial_sums_kernel(x_ptr, partial_ptr, group_len, chunk_len, split, BLOCK:
 
 
 @triton.jit
-def _total_kernel(partial_ptr, stats_ptr, split, n_groups, count, SPLIT_BLOCK: tl.constexpr):
+def _total_kernel(
+    partial_ptr,
+    local_ptr,
+    others_ptr,
+    combined_ptr,
+    split,
+    n_groups,
+    count,
+    SPLIT_BLOCK: tl.constexpr,
+    COMBINE: tl.constexpr,
+):
     """Program ``g``: the ``split`` partial sums of group ``g`` added in float64 into
-    ``stats[0, g]`` and ``stats[1, g]``; ``stats[2, g] = count``."""
+    ``local[0, g]`` and ``local[1, g]``, ``local[2, g] = count``; with ``COMBINE``, also
+    ``combined[:, g] = others[:, g] + local[:, g]``. ``local`` and ``others`` may be pinned
+    host memory (mapped into the GPU's address space), which saves the copies to and from it."""
     group = tl.program_id(0)
     index = tl.arange(0, SPLIT_BLOCK)
     mask = index < split
     partial = partial_ptr + (group * split + index) * 2
     total = tl.sum(tl.load(partial, mask=mask, other=0.0).to(tl.float64), axis=0)
     squares = tl.sum(tl.load(partial + 1, mask=mask, other=0.0).to(tl.float64), axis=0)
-    tl.store(stats_ptr + group, total)
-    tl.store(stats_ptr + n_groups + group, squares)
-    tl.store(stats_ptr + 2 * n_groups + group, count.to(tl.float64))
+    elements = count.to(tl.float64)
+    tl.store(local_ptr + group, total)
+    tl.store(local_ptr + n_groups + group, squares)
+    tl.store(local_ptr + 2 * n_groups + group, elements)
+    if COMBINE:
+        tl.store(combined_ptr + group, tl.load(others_ptr + group) + total)
+        tl.store(combined_ptr + n_groups + group, tl.load(others_ptr + n_groups + group) + squares)
+        tl.store(
+            combined_ptr + 2 * n_groups + group,
+            tl.load(others_ptr + 2 * n_groups + group) + elements,
+        )
 
 
 @triton.jit
 def _normalize_kernel(
     x_ptr,
     out_ptr,
-    first_ptr,
-    second_ptr,
+    stats_ptr,
     weight_ptr,
     bias_ptr,
     channels,
@@ -87,15 +105,15 @@ def _normalize_kernel(
     BLOCK: tl.constexpr,
 ):
     """Program ``(bc, k)``: block ``k`` of channel ``bc = sample * channels + c``, normalised
-    with its group's statistics ``first + second`` (``(3, B*G)`` float64 each: sums, sums of
-    squares, counts), then scaled and shifted by ``weight[c]``, ``bias[c]``."""
+    with its group's statistics (``stats``: ``(3, B*G)`` float64 sums, sums of squares,
+    counts), then scaled and shifted by ``weight[c]``, ``bias[c]``."""
     row = tl.program_id(0)
     block = tl.program_id(1)
     channel = row % channels
     group = (row // channels) * (channels // channels_per_group) + channel // channels_per_group
-    total = tl.load(first_ptr + group) + tl.load(second_ptr + group)
-    squares = tl.load(first_ptr + n_groups + group) + tl.load(second_ptr + n_groups + group)
-    count = tl.load(first_ptr + 2 * n_groups + group) + tl.load(second_ptr + 2 * n_groups + group)
+    total = tl.load(stats_ptr + group)
+    squares = tl.load(stats_ptr + n_groups + group)
+    count = tl.load(stats_ptr + 2 * n_groups + group)
     mean = total / count
     var = tl.maximum(squares / count - mean * mean, 0.0)
     rstd = 1.0 / tl.sqrt(var + eps)
@@ -131,51 +149,70 @@ def stats_chunks(group_len: int, n_groups: int) -> tuple[int, int]:
     return chunk_len, triton.cdiv(group_len, chunk_len)
 
 
-def group_stats(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """``(3, B, G)`` float64 on ``x``'s device: per-group sum, sum of squares and element count
-    of the local band ``x`` ``(B, C, h, W)``. Two kernels: float32 partial sums over chunks of
-    each group, then their float64 totals."""
+def _check_stats(stats: torch.Tensor, batch: int, groups: int, what: str) -> None:
+    if stats.shape != (3, batch, groups) or stats.dtype != torch.float64:
+        raise ValueError(f"{what}: expected (3, {batch}, {groups}) float64 statistics")
+    if not stats.is_contiguous():
+        raise ValueError(f"{what}: expected contiguous statistics")
+
+
+def group_stats(
+    x: torch.Tensor,
+    groups: int,
+    out: torch.Tensor | None = None,
+    others: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-group sum, sum of squares and element count of the local band ``x`` ``(B, C, h, W)``
+    as ``(3, B, G)`` float64, written to ``out`` (a new tensor on ``x``'s device if None; may be
+    pinned host memory). Two kernels: float32 partial sums over chunks of each group, then
+    their float64 totals.
+
+    With ``others`` (``(3, B, G)`` float64, e.g. the other bands' sums in pinned host memory)
+    the second kernel also adds them up: returns ``others + local`` on ``x``'s device, the
+    statistics a displaced step normalises with. Returns ``out`` otherwise."""
     _check_band(x, groups)
     batch = x.shape[0]
+    if out is None:
+        out = torch.empty((3, batch, groups), dtype=torch.float64, device=x.device)
+    _check_stats(out, batch, groups, "out")
+    combined = out
+    if others is not None:
+        _check_stats(others, batch, groups, "others")
+        combined = torch.empty((3, batch, groups), dtype=torch.float64, device=x.device)
     n_groups = batch * groups
     group_len = x.numel() // n_groups
     chunk_len, split = stats_chunks(group_len, n_groups)
     partial = torch.empty((n_groups, split, 2), dtype=torch.float32, device=x.device)
-    stats = torch.empty((3, batch, groups), dtype=torch.float64, device=x.device)
     _partial_sums_kernel[(n_groups, split)](
         x, partial, group_len, chunk_len, split, BLOCK=STATS_BLOCK
     )
     _total_kernel[(n_groups,)](
-        partial, stats, split, n_groups, group_len,
-        SPLIT_BLOCK=max(16, triton.next_power_of_2(split)),
+        partial, out, out if others is None else others, combined, split, n_groups, group_len,
+        SPLIT_BLOCK=max(16, triton.next_power_of_2(split)), COMBINE=others is not None,
     )  # fmt: skip
-    return stats
+    return combined
 
 
 def normalize_with_stats(
     x: torch.Tensor,
-    first: torch.Tensor,
-    second: torch.Tensor,
+    stats: torch.Tensor,
     groups: int,
     weight: torch.Tensor | None,
     bias: torch.Tensor | None,
     eps: float,
 ) -> torch.Tensor:
-    """GroupNorm of the local band ``x`` ``(B, C, h, W)`` with the statistics ``first +
-    second`` (each ``(3, B, G)`` float64 on ``x``'s device: sums, sums of squares, counts),
-    then the affine map; a new tensor like ``x``. One kernel."""
+    """GroupNorm of the local band ``x`` ``(B, C, h, W)`` with the group statistics ``stats``
+    (``(3, B, G)`` float64 on ``x``'s device: sums, sums of squares, counts, e.g. of the whole
+    image), then the affine map; a new tensor like ``x``. One kernel."""
     _check_band(x, groups)
     batch, channels = x.shape[:2]
-    for stats in (first, second):
-        if stats.shape != (3, batch, groups) or stats.dtype != torch.float64:
-            raise ValueError(f"expected (3, {batch}, {groups}) float64 statistics")
+    _check_stats(stats, batch, groups, "stats")
     hw = x.shape[2] * x.shape[3]
     block = min(APPLY_BLOCK, triton.next_power_of_2(max(hw, 16)))
     out = torch.empty_like(x)
     affine = weight is not None
     _normalize_kernel[(batch * channels, triton.cdiv(hw, block))](
-        x, out, first.contiguous(), second.contiguous(),
-        weight if affine else x, bias if affine else x,
+        x, out, stats, weight if affine else x, bias if affine else x,
         channels, channels // groups, batch * groups, hw, eps,
         AFFINE=affine, BLOCK=block,
     )  # fmt: skip
@@ -183,16 +220,24 @@ def normalize_with_stats(
 
 
 def self_check(device: torch.device) -> None:
-    """Compile and run the kernels on a small band on ``device`` and compare with PyTorch's
-    GroupNorm; raises ``RuntimeError`` if they fail (no compiler, an unsupported GPU...) or
-    disagree."""
+    """Compile and run the kernels on a small band on ``device``, with statistics in pinned host
+    memory as a displaced step has them, and compare with PyTorch's GroupNorm; raises
+    ``RuntimeError`` if they fail (no C compiler, an unsupported GPU, host memory the GPU
+    cannot address...) or disagree."""
     generator = torch.Generator().manual_seed(0)
     x = torch.randn((2, 4, 3, 5), generator=generator).to(device)
     weight = torch.randn(4, generator=generator).to(device)
     bias = torch.randn(4, generator=generator).to(device)
-    stats = group_stats(x, 2)
-    out = normalize_with_stats(x, stats, torch.zeros_like(stats), 2, weight, bias, 1e-5)
+    pinned = device.type == "cuda"
+    local = torch.empty((3, 2, 2), dtype=torch.float64, pin_memory=pinned)
+    others = torch.zeros((3, 2, 2), dtype=torch.float64, pin_memory=pinned)
+    stats = group_stats(x, 2, out=local, others=others)
+    out = normalize_with_stats(x, stats, 2, weight, bias, 1e-5)
     expected = F.group_norm(x, 2, weight, bias, 1e-5)
+    if pinned:
+        torch.cuda.synchronize(device)
+    if not torch.equal(local, stats.cpu()):
+        raise RuntimeError("Triton GroupNorm kernels: statistics written to host memory differ")
     if not torch.allclose(out, expected, atol=1e-4, rtol=1e-4):
         difference = float((out - expected).abs().max())
         raise RuntimeError(f"Triton GroupNorm kernels disagree with PyTorch by {difference:.3g}")
