@@ -237,36 +237,6 @@ def test_stats_allreduce_self(mpi: ModuleType) -> None:
     assert counter.as_rows() == [(0, s, "norm", 192, 192) for s in range(3)]
 
 
-def test_stats_allreduce_post_filled_writes_the_send_buffer(mpi: ModuleType) -> None:
-    """``post_filled`` hands the send buffer to a filler (a kernel writing host memory on a
-    GPU) instead of copying a tensor; the set book-keeping is the same as ``post``'s."""
-    stats = StatsAllreduce(
-        name="norm",
-        kind="norm",
-        comm=mpi.COMM_SELF,
-        shape=(3, 2, 4),
-        wire=WIRE,
-        counter=TrafficCounter(),
-        tracer=Tracer(enabled=False),
-        deferred=DeferredStarts(),
-        recorder=StepRecorder(),
-    )
-    local = torch.randn(3, 2, 4, dtype=torch.float64)
-    buffers: list[torch.Tensor] = []
-
-    def fill(buffer: torch.Tensor) -> None:
-        buffers.append(buffer)
-        buffer.copy_(local)
-
-    stats.post_filled(0, fill)
-    assert buffers[0] is stats.posted(0)
-    assert torch.equal(stats.wait(0), local)
-    stats.post_filled(2, fill)
-    with pytest.raises(ExchangeError, match="pending"):
-        stats.post_filled(4, fill)
-    assert len(buffers) == 2  # the refused post never handed out the buffer in use
-
-
 # -- mpi_buffer ----------------------------------------------------------------------------------
 
 

@@ -148,11 +148,6 @@ class KnownStats:
     def post(self, step: int, local: Tensor) -> None:
         self.posted[step] = local.clone()
 
-    def post_filled(self, step: int, fill) -> None:
-        buffer = torch.full((3, *self.global_[0].shape[1:]), torch.nan, dtype=torch.float64)
-        fill(buffer)
-        self.posted[step] = buffer
-
     def wait(self, step: int) -> Tensor:
         return self.global_[step]
 

@@ -14,7 +14,7 @@ copies and records an event; the MPI calls start once the event has completed (s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -431,18 +431,12 @@ class StatsAllreduce:
         self._global_spec = [[b.numpy(), MPI.DOUBLE] for b in self._global]
 
     def post(self, step: int, local: torch.Tensor) -> None:
-        self.post_filled(step, lambda buffer: buffer.copy_(local, non_blocking=True))
-
-    def post_filled(self, step: int, fill: Callable[[torch.Tensor], object]) -> None:
-        """:meth:`post` without the copy: ``fill(buffer)`` queues on the compute stream whatever
-        writes this rank's statistics into ``buffer``, the pinned host buffer MPI sends (e.g. a
-        kernel writing mapped host memory). Called after the set is free again."""
         if self._recorder.recording:
-            fill(self._local[step % 2])
+            self._local[step % 2].copy_(local, non_blocking=True)
             self._recorder.note_post(self, step)
             return
         parity = self._sets.begin_post(step)
-        fill(self._local[parity])
+        self._local[parity].copy_(local, non_blocking=True)
         self._submit(step, parity)
 
     def launch(self, step: int, ready: ReadyEvent | None = None) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Callable
 from types import ModuleType
 from typing import Literal, Protocol
 
@@ -19,8 +18,6 @@ log = logging.getLogger(__name__)
 
 class StatsExchange(Protocol):
     def post(self, step: int, local: torch.Tensor) -> None: ...
-
-    def post_filled(self, step: int, fill: Callable[[torch.Tensor], object]) -> None: ...
 
     def wait(self, step: int) -> torch.Tensor: ...
 
@@ -139,27 +136,22 @@ class BandGroupNorm(nn.Module):
     def _forward_kernels(
         self, kernels: ModuleType, x: torch.Tensor, exchange: StatsExchange
     ) -> torch.Tensor:
-        """The Triton path: the statistics kernel writes this band's sums straight into the
-        exchange's pinned send buffer and, in a displaced step, adds the other bands' stale
-        sums read from its pinned receive buffer (no copies to or from the host)."""
+        """The Triton path. In a displaced step the statistics kernel also adds the other bands'
+        stale sums, read straight from the exchange's pinned receive buffer (mapped host
+        memory: no copy to the device)."""
         norm = self.norm
         clock = self.clock
         groups = norm.num_groups
         if clock.fresh:
-            exchange.post_filled(clock.step, lambda buffer: kernels.group_stats(x, groups, buffer))
+            local = kernels.group_stats(x, groups)
+            exchange.post(clock.step, local)
             stats = exchange.wait(clock.step).to(x.device, non_blocking=True)
         else:
             others = exchange.wait_others(clock.step - 1)
-            combined: list[torch.Tensor] = []
-
-            def fill(buffer: torch.Tensor | None) -> None:
-                combined.append(kernels.group_stats(x, groups, buffer, others=others))
-
+            local = torch.empty_like(others, device=x.device)
+            stats = kernels.group_stats(x, groups, local, others=others)
             if clock.posts_for_next:
-                exchange.post_filled(clock.step, fill)
-            else:
-                fill(None)
-            stats = combined[0]
+                exchange.post(clock.step, local)
         return kernels.normalize_with_stats(x, stats, groups, norm.weight, norm.bias, norm.eps)
 
     def _normalize(self, x: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
