@@ -136,9 +136,8 @@ class BandGroupNorm(nn.Module):
     def _forward_kernels(
         self, kernels: ModuleType, x: torch.Tensor, exchange: StatsExchange
     ) -> torch.Tensor:
-        """The Triton path. In a displaced step the statistics kernel also adds the other bands'
-        stale sums, read straight from the exchange's pinned receive buffer (mapped host
-        memory: no copy to the device)."""
+        """The Triton path: in a displaced step the statistics kernel also adds the other bands'
+        stale sums."""
         norm = self.norm
         clock = self.clock
         groups = norm.num_groups
@@ -147,8 +146,8 @@ class BandGroupNorm(nn.Module):
             exchange.post(clock.step, local)
             stats = exchange.wait(clock.step).to(x.device, non_blocking=True)
         else:
-            others = exchange.wait_others(clock.step - 1)
-            local = torch.empty_like(others, device=x.device)
+            others = exchange.wait_others(clock.step - 1).to(x.device, non_blocking=True)
+            local = torch.empty_like(others)
             stats = kernels.group_stats(x, groups, local, others=others)
             if clock.posts_for_next:
                 exchange.post(clock.step, local)

@@ -3,16 +3,16 @@
 A band's GroupNorm in a displaced step written with PyTorch operations takes ~16 kernels
 (two reductions and their memsets, float64 conversions, the statistics correction, a per-channel
 expansion, a batch norm); in a CUDA graph each costs ~1 us of idle GPU besides its own time, and
-an SDXL step has ~50 norms. Here a displaced norm takes three kernels and the copy of its
-statistics to the host buffer MPI sends:
+an SDXL step has ~50 norms. Here a displaced norm takes three kernels and the copies of the
+statistics to and from the host buffers MPI uses:
 
 1. :func:`group_stats` — per-group sum, sum of squares (float32 partial sums of contiguous
    chunks, added in float64) and element count, ``(3, B, G)`` float64 like
    :func:`pcpp_mpi.parallel.band_norm.local_group_stats`; in a displaced step the same kernel
-   adds the other bands' stale sums, read straight from the pinned buffer MPI received them in
-   (mapped host memory). Writing the sums to pinned host memory from the kernel as well was
-   tried and dropped: inside a displaced step's graph it left the GPU idle for ~90 us at a time
-   (H200, 1024 px: a ``pcpp`` band step 24.6 -> 27.9 ms), while reading it saves ~0.3 ms;
+   adds the other bands' stale sums. (Tried and dropped on an H200: the kernel reading those
+   sums from the pinned receive buffer instead of a copy gained nothing, ~7 us of PCIe latency
+   per kernel; writing the band's sums into the pinned send buffer from inside a displaced
+   step's graph left the GPU idle for ~90 us at a time.)
 2. :func:`normalize_with_stats` — ``(x - mean) * rstd * weight + bias`` with those statistics.
 
 Input and output are local bands ``(B, C, h, W)``, contiguous, float16, bfloat16 or float32.
@@ -71,8 +71,7 @@ def _total_kernel(
 ):
     """Program ``g``: the ``split`` partial sums of group ``g`` added in float64 into
     ``local[0, g]`` and ``local[1, g]``, ``local[2, g] = count``; with ``COMBINE``, also
-    ``combined[:, g] = others[:, g] + local[:, g]``. ``others`` may be pinned host memory
-    (mapped into the GPU's address space), which saves its copy to the device."""
+    ``combined[:, g] = others[:, g] + local[:, g]``."""
     group = tl.program_id(0)
     index = tl.arange(0, SPLIT_BLOCK)
     mask = index < split
@@ -170,8 +169,8 @@ def group_stats(
     kernels: float32 partial sums over chunks of each group, then
     their float64 totals.
 
-    With ``others`` (``(3, B, G)`` float64, e.g. the other bands' sums in pinned host memory)
-    the second kernel also adds them up: returns ``others + local`` on ``x``'s device, the
+    With ``others`` (``(3, B, G)`` float64 on ``x``'s device, e.g. the other bands' sums) the
+    second kernel also adds them up: returns ``others + local`` on ``x``'s device, the
     statistics a displaced step normalises with. Returns ``out`` otherwise."""
     _check_band(x, groups)
     batch = x.shape[0]
@@ -223,16 +222,14 @@ def normalize_with_stats(
 
 
 def self_check(device: torch.device) -> None:
-    """Compile and run the kernels on a small band on ``device``, with the other bands' sums in
-    pinned host memory as a displaced step has them, and compare with PyTorch's GroupNorm; raises
-    ``RuntimeError`` if they fail (no C compiler, an unsupported GPU, host memory the GPU
-    cannot address...) or disagree."""
+    """Compile and run the kernels on a small band on ``device`` as a displaced step does and
+    compare with PyTorch's GroupNorm; raises ``RuntimeError`` if they fail (no C compiler for
+    Triton's launcher, an unsupported GPU...) or disagree."""
     generator = torch.Generator().manual_seed(0)
     x = torch.randn((2, 4, 3, 5), generator=generator).to(device)
     weight = torch.randn(4, generator=generator).to(device)
     bias = torch.randn(4, generator=generator).to(device)
-    pinned = device.type == "cuda"
-    others = torch.zeros((3, 2, 2), dtype=torch.float64, pin_memory=pinned)
+    others = torch.zeros((3, 2, 2), dtype=torch.float64, device=device)
     local = torch.empty((3, 2, 2), dtype=torch.float64, device=device)
     stats = group_stats(x, 2, out=local, others=others)
     out = normalize_with_stats(x, stats, 2, weight, bias, 1e-5)
