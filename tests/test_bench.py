@@ -103,10 +103,7 @@ def test_band_step_timer_refuses_without_a_gpu_and_checks_its_steps(tmp_path) ->
 
 
 def test_band_step_tables_show_every_variant_and_the_profiled_ones() -> None:
-    spec = importlib.util.spec_from_file_location("bench_band_step", TOOLS / "bench_band_step.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _band_step_tool()
     profile = {
         "steps": 5,
         "kernels": 500,
@@ -135,6 +132,66 @@ def test_band_step_tables_show_every_variant_and_the_profiled_ones() -> None:
     assert "| single | 0 | local/None/0 | 1 | 2.000 |" in table
     # the profiled variant: 100 kernels per step, 99 short gaps, GEMM and copy columns
     assert "| naive | local/local/0 | 100 | 2.00 | 1.50 | 0.50 | 99 / 0.40 | 0.00 | 1.00 |" in table
+
+
+def _band_step_tool():
+    spec = importlib.util.spec_from_file_location("bench_band_step", TOOLS / "bench_band_step.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_band_step_image_bounds_sum_the_variants_each_step_replays() -> None:
+    module = _band_step_tool()
+    assert module.image_variants("pcpp", 6, 2) == [
+        "sync/None/0", "sync/sync/1", "displaced/sync/0", "displaced/displaced/1",
+        "displaced/displaced/0", "displaced_last/displaced/1",
+    ]  # fmt: skip
+    naive = module.image_variants("naive", 3, 4)
+    assert naive == ["local/None/0", "local/local/1", "local/local/0"]
+
+    def timed(ms: dict[str, float]) -> dict:
+        return {name: {"ms": value, "graphs": 1} for name, value in ms.items()}
+
+    local = {"local/None/0": 4.0, "local/local/0": 4.0, "local/local/1": 4.0}
+    displaced = {
+        "sync/None/0": 3.0, "sync/sync/1": 3.0, "sync/sync/0": 3.0, "displaced/sync/0": 2.5,
+        "displaced/displaced/1": 2.0, "displaced/displaced/0": 2.0,
+        "displaced_last/displaced/1": 1.0,
+    }  # fmt: skip
+    slower = {**displaced, "displaced/displaced/0": 2.5}
+    report = {
+        "modes": {
+            "single": [timed(local)],
+            "naive": [timed({k: v / 2 for k, v in local.items()})] * 2,
+            "pcpp": [timed(displaced), timed(slower)],  # the slowest rank counts
+            "sync": [timed({"sync/None/0": 3.0})],  # a variant missing: no bound
+        }
+    }
+    bounds = module.image_bounds(report, 6, 2)
+    assert set(bounds) == {"single", "naive", "pcpp"}
+    assert bounds["single"] == {"image_ms": 24.0, "vs_single": 1.0}
+    assert bounds["naive"]["vs_single"] == 2.0
+    # 3 + 3 (sync) + 2.5 + 2.0 + 2.5 + 1.0 on rank 1
+    assert bounds["pcpp"] == {"image_ms": 14.0, "vs_single": 24.0 / 14.0}
+    args = module._args(
+        ["--out", "unused", "--steps", "6", "--warmup-steps", "2", "--image-steps", "6"]
+    )
+    shown = {**report, "device": "GPU", "norm_kernels": "torch", "bounds": bounds}
+    table = module._markdown(args, shown)
+    assert "| pcpp | 14.0 | 1.714x |" in table
+
+
+def test_band_step_bounds_of_the_recorded_run() -> None:
+    """results/12: the bounds quoted in docs/BENCHMARKS.md, from the raw timings."""
+    module = _band_step_tool()
+    results = REPO / "docs" / "benchmarks" / "results" / "12-triton-group-norm-1xh200"
+    report = json.loads((results / "band-1024.json").read_text())
+    bounds = module.image_bounds(report, 50, 4)
+    assert round(bounds["pcpp"]["vs_single"], 2) == 1.67
+    assert round(bounds["distrifusion"]["vs_single"], 2) == 1.61
+    assert round(bounds["naive"]["vs_single"], 2) == 1.75
 
 
 def test_band_step_rejects_a_bad_job_setting_before_any_work(tmp_path) -> None:

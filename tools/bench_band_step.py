@@ -14,8 +14,10 @@ replays each variant ``--replays`` times after ``--warmup`` replays; ``single`` 
 alone. Variants are named ``kind/previous kind/parity``; a displaced mode's steady state is
 ``displaced/displaced/*``. ``--profile`` adds, for rank 0's steady-state variants
 (``local/local/0``, ``displaced/displaced/0``), the kernels of a few more replays under
-``torch.profiler``: count, busy and idle time and time by category per step. Output:
-``band_steps.json`` and ``band_steps.md`` in ``--out``.
+``torch.profiler``: count, busy and idle time and time by category per step. The bounds: a
+``--image-steps``-step image timed as the sum of the variants its steps replay (slowest rank),
+and ``single``'s image over each mode's. Output: ``band_steps.json`` and ``band_steps.md`` in
+``--out``.
 
     mpirun -np 2 python tools/bench_band_step.py --arch sdxl --size 1024 --out band-steps
 
@@ -35,6 +37,7 @@ mpi4py.rc.thread_level = "multiple"
 import torch  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
+from pcpp_mpi.accounting import step_kind  # noqa: E402
 from pcpp_mpi.analysis.kernels import profile_from_events  # noqa: E402
 from pcpp_mpi.comm.context import RankComm  # noqa: E402
 from pcpp_mpi.comm.mpi_info import cuda_aware  # noqa: E402
@@ -64,6 +67,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--steps", type=int, default=8, help="steps of the capturing image")
     parser.add_argument("--warmup-steps", type=int, default=4)
+    parser.add_argument(
+        "--image-steps",
+        type=int,
+        default=50,
+        help="steps of the image the bounds are computed for (same warm-up steps)",
+    )
     parser.add_argument("--ratio", type=float, default=0.3)
     parser.add_argument("--warmup", type=int, default=3, help="untimed replays per variant")
     parser.add_argument("--replays", type=int, default=20, help="timed replays per variant")
@@ -81,6 +90,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.steps <= args.warmup_steps + 2:
         parser.error("--steps must exceed --warmup-steps by 3 or more (displaced variants)")
+    if args.image_steps < 1:
+        parser.error("--image-steps must be at least 1")
     try:
         _job(args, "pcpp")
     except ConfigError as error:
@@ -166,6 +177,41 @@ def _measure(args, mode: str, comm: RankComm, bundle, device, world) -> dict[str
         ctx.handle.remove()
 
 
+def image_variants(mode: str, steps: int, warmup_steps: int) -> list[str]:
+    """The variant each step of a ``steps``-step image replays, in order
+    (``kind/previous kind/parity``, as the timed variants are named)."""
+    names = []
+    previous = None
+    for step in range(steps):
+        kind = step_kind(step, steps, mode, warmup_steps)
+        names.append(f"{kind}/{previous}/{step % 2}")
+        previous = kind
+    return names
+
+
+def image_bounds(report: dict, steps: int, warmup_steps: int) -> dict[str, dict]:
+    """Per mode: the GPU time of a ``steps``-step image if communication cost nothing (each
+    step timed as the variant it replays, on the slowest rank) and ``single``'s over it: the
+    mode's compute-only bound on the speed-up. Modes whose variants were not all timed (a
+    capturing image shorter than the warm-up plus 3 steps) are left out."""
+    totals: dict[str, float] = {}
+    for mode, ranks in report["modes"].items():
+        names = image_variants(mode, steps, warmup_steps)
+        per_rank = []
+        for variants in ranks or []:
+            if not variants or any(name not in variants for name in names):
+                break
+            per_rank.append(sum(variants[name]["ms"] for name in names))
+        else:
+            if per_rank:
+                totals[mode] = max(per_rank)
+    single = totals.get("single")
+    return {
+        mode: {"image_ms": total, "vs_single": None if single is None else single / total}
+        for mode, total in totals.items()
+    }
+
+
 def _markdown(args, report: dict) -> str:
     lines = [
         f"# GPU time of one band's step alone ({args.arch}, {args.size} px, CFG batch 2, "
@@ -183,6 +229,20 @@ def _markdown(args, report: dict) -> str:
                 lines.append(
                     f"| {mode} | {rank} | {name} | {figure['graphs']} | {figure['ms']:.3f} |"
                 )
+    bounds = report.get("bounds") or {}
+    if bounds:
+        lines += [
+            "",
+            f"Compute-only bound of a {args.image_steps}-step image ({args.warmup_steps} `sync` "
+            "warm-up steps): each step timed as the variant it replays, slowest rank:",
+            "",
+            "| mode | image ms | `single` / mode |",
+            "|---|---|---|",
+        ]
+        for mode, bound in bounds.items():
+            ratio = bound["vs_single"]
+            shown = "—" if ratio is None else f"{ratio:.3f}x"
+            lines.append(f"| {mode} | {bound['image_ms']:.1f} | {shown} |")
     profiled = [
         (mode, name, figure["profile"])
         for mode, ranks in report["modes"].items()
@@ -249,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         comm.free()
         report["modes"][mode] = world.gather(figures, root=0)
     if rank == 0:
+        report["bounds"] = image_bounds(report, args.image_steps, args.warmup_steps)
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "band_steps.json").write_text(json.dumps(report, indent=1))
         table = _markdown(args, report)
