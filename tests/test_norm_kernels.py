@@ -69,19 +69,16 @@ def test_group_stats_are_float64_sums_of_float32_partials(
         assert split > 1 and group_len % chunk_len
 
 
-def test_group_stats_write_out_and_add_others(kernels: ModuleType) -> None:
-    """The statistics go to ``out`` (the exchange's send buffer); with ``others`` the kernel
-    also returns ``others + local`` in a new tensor and leaves ``others`` alone."""
+def test_normalize_adds_two_parts_of_the_statistics(kernels: ModuleType) -> None:
+    """``stats + more`` (the other bands' stale sums + this band's fresh ones) normalise like
+    their sum given whole; ``more`` must have the same shape."""
     x = torch.randn(2, 6, 5, 7) * 2.0 - 1.0
-    out = torch.full((3, 2, 3), torch.nan, dtype=torch.float64)
-    assert kernels.group_stats(x, 3, out) is out
-    assert torch.allclose(out, exact_stats(x, 3), rtol=1e-6, atol=1e-5)
-    others = exact_stats(torch.randn(2, 6, 4, 7), 3)
-    kept = others.clone()
-    out2 = torch.full_like(out, torch.nan)
-    combined = kernels.group_stats(x, 3, out2, others=others)
-    assert combined is not out2 and torch.equal(out2, out) and torch.equal(others, kept)
-    assert torch.allclose(combined, others + out, rtol=1e-12)
+    whole = exact_stats(x, 3)
+    part = exact_stats(x[:, :, :2], 3)
+    split = kernels.normalize_with_stats(x, whole - part, 3, None, None, 1e-5, more=part)
+    assert torch.allclose(split, kernels.normalize_with_stats(x, whole, 3, None, None, 1e-5))
+    with pytest.raises(ValueError, match="more: expected"):
+        kernels.normalize_with_stats(x, whole, 3, None, None, 1e-5, more=whole[:, :1])
 
 
 def test_self_check_runs_on_the_cpu_interpreter(kernels: ModuleType) -> None:
@@ -128,10 +125,9 @@ def test_kernels_reject_what_they_cannot_handle(kernels: ModuleType) -> None:
         kernels.group_stats(x.transpose(2, 3), 3)
     with pytest.raises(ValueError, match="float64 statistics"):
         kernels.normalize_with_stats(x, torch.zeros(3, 2, 3), 3, None, None, 1e-5)
-    with pytest.raises(ValueError, match="others: expected"):
-        kernels.group_stats(x, 3, others=torch.zeros(3, 2, 2, dtype=torch.float64))
-    with pytest.raises(ValueError, match="out: expected contiguous"):
-        kernels.group_stats(x, 3, out=torch.zeros(3, 3, 2, dtype=torch.float64).transpose(1, 2))
+    with pytest.raises(ValueError, match="stats: expected contiguous"):
+        stats = torch.zeros(3, 3, 2, dtype=torch.float64).transpose(1, 2)
+        kernels.normalize_with_stats(x, stats, 3, None, None, 1e-5)
 
 
 # -- BandGroupNorm with kernels="triton" ---------------------------------------------------------

@@ -136,22 +136,24 @@ class BandGroupNorm(nn.Module):
     def _forward_kernels(
         self, kernels: ModuleType, x: torch.Tensor, exchange: StatsExchange
     ) -> torch.Tensor:
-        """The Triton path: in a displaced step the statistics kernel also adds the other bands'
-        stale sums."""
+        """The Triton path; the same steps as the PyTorch one, with the displaced correction
+        (stale others + fresh own) added inside the normalisation kernel. The copies to and
+        from the host follow each other."""
         norm = self.norm
         clock = self.clock
-        groups = norm.num_groups
+        local = kernels.group_stats(x, norm.num_groups)
+        fresh = None
         if clock.fresh:
-            local = kernels.group_stats(x, groups)
             exchange.post(clock.step, local)
             stats = exchange.wait(clock.step).to(x.device, non_blocking=True)
         else:
-            others = exchange.wait_others(clock.step - 1).to(x.device, non_blocking=True)
-            local = torch.empty_like(others)
-            stats = kernels.group_stats(x, groups, local, others=others)
             if clock.posts_for_next:
                 exchange.post(clock.step, local)
-        return kernels.normalize_with_stats(x, stats, groups, norm.weight, norm.bias, norm.eps)
+            stats = exchange.wait_others(clock.step - 1).to(x.device, non_blocking=True)
+            fresh = local
+        return kernels.normalize_with_stats(
+            x, stats, norm.num_groups, norm.weight, norm.bias, norm.eps, more=fresh
+        )
 
     def _normalize(self, x: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
         """``x`` normalised with group statistics ``(3, B, G)`` (sums, squares, counts), then

@@ -8,12 +8,16 @@ statistics to and from the host buffers MPI uses:
 
 1. :func:`group_stats` — per-group sum, sum of squares (float32 partial sums of contiguous
    chunks, added in float64) and element count, ``(3, B, G)`` float64 like
-   :func:`pcpp_mpi.parallel.band_norm.local_group_stats`; in a displaced step the same kernel
-   adds the other bands' stale sums. (Tried and dropped on an H200: the kernel reading those
-   sums from the pinned receive buffer instead of a copy gained nothing, ~7 us of PCIe latency
-   per kernel; writing the band's sums into the pinned send buffer from inside a displaced
-   step's graph left the GPU idle for ~90 us at a time.)
-2. :func:`normalize_with_stats` — ``(x - mean) * rstd * weight + bias`` with those statistics.
+   :func:`pcpp_mpi.parallel.band_norm.local_group_stats`;
+2. :func:`normalize_with_stats` — ``(x - mean) * rstd * weight + bias`` with the group
+   statistics, which it can add up from two parts (the other bands' stale sums and this band's
+   fresh ones) in float64.
+
+The band's sums are copied to the host, and the other bands' copied back, one after the other
+(two copies in a row cost less idle GPU than copies between kernels). Tried and dropped on an
+H200: kernels writing the sums into the pinned send buffer (inside a displaced step's graph
+the GPU then sat idle for ~90 us at a time) or reading them from the pinned receive buffer
+(no clear gain over the copy, which needs no mapped host memory).
 
 Input and output are local bands ``(B, C, h, W)``, contiguous, float16, bfloat16 or float32.
 This module imports Triton; :func:`pcpp_mpi.parallel.band_norm.resolve_norm_kernels` says
@@ -58,37 +62,18 @@ def _partial_sums_kernel(x_ptr, partial_ptr, group_len, chunk_len, split, BLOCK:
 
 
 @triton.jit
-def _total_kernel(
-    partial_ptr,
-    local_ptr,
-    others_ptr,
-    combined_ptr,
-    split,
-    n_groups,
-    count,
-    SPLIT_BLOCK: tl.constexpr,
-    COMBINE: tl.constexpr,
-):
+def _total_kernel(partial_ptr, stats_ptr, split, n_groups, count, SPLIT_BLOCK: tl.constexpr):
     """Program ``g``: the ``split`` partial sums of group ``g`` added in float64 into
-    ``local[0, g]`` and ``local[1, g]``, ``local[2, g] = count``; with ``COMBINE``, also
-    ``combined[:, g] = others[:, g] + local[:, g]``."""
+    ``stats[0, g]`` and ``stats[1, g]``; ``stats[2, g] = count``."""
     group = tl.program_id(0)
     index = tl.arange(0, SPLIT_BLOCK)
     mask = index < split
     partial = partial_ptr + (group * split + index) * 2
     total = tl.sum(tl.load(partial, mask=mask, other=0.0).to(tl.float64), axis=0)
     squares = tl.sum(tl.load(partial + 1, mask=mask, other=0.0).to(tl.float64), axis=0)
-    elements = count.to(tl.float64)
-    tl.store(local_ptr + group, total)
-    tl.store(local_ptr + n_groups + group, squares)
-    tl.store(local_ptr + 2 * n_groups + group, elements)
-    if COMBINE:
-        tl.store(combined_ptr + group, tl.load(others_ptr + group) + total)
-        tl.store(combined_ptr + n_groups + group, tl.load(others_ptr + n_groups + group) + squares)
-        tl.store(
-            combined_ptr + 2 * n_groups + group,
-            tl.load(others_ptr + 2 * n_groups + group) + elements,
-        )
+    tl.store(stats_ptr + group, total)
+    tl.store(stats_ptr + n_groups + group, squares)
+    tl.store(stats_ptr + 2 * n_groups + group, count.to(tl.float64))
 
 
 @triton.jit
@@ -96,6 +81,7 @@ def _normalize_kernel(
     x_ptr,
     out_ptr,
     stats_ptr,
+    more_ptr,
     weight_ptr,
     bias_ptr,
     channels,
@@ -103,12 +89,14 @@ def _normalize_kernel(
     n_groups,
     hw,
     eps,
+    MORE: tl.constexpr,
     AFFINE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     """Program ``(bc, k)``: block ``k`` of channel ``bc = sample * channels + c``, normalised
     with its group's statistics (``stats``: ``(3, B*G)`` float64 sums, sums of squares,
-    counts), then scaled and shifted by ``weight[c]``, ``bias[c]``."""
+    counts; with ``MORE``, plus ``more``), then scaled and shifted by ``weight[c]``,
+    ``bias[c]``."""
     row = tl.program_id(0)
     block = tl.program_id(1)
     channel = row % channels
@@ -116,6 +104,10 @@ def _normalize_kernel(
     total = tl.load(stats_ptr + group)
     squares = tl.load(stats_ptr + n_groups + group)
     count = tl.load(stats_ptr + 2 * n_groups + group)
+    if MORE:
+        total += tl.load(more_ptr + group)
+        squares += tl.load(more_ptr + n_groups + group)
+        count += tl.load(more_ptr + 2 * n_groups + group)
     mean = total / count
     var = tl.maximum(squares / count - mean * mean, 0.0)
     rstd = 1.0 / tl.sqrt(var + eps)
@@ -158,41 +150,25 @@ def _check_stats(stats: torch.Tensor, batch: int, groups: int, what: str) -> Non
         raise ValueError(f"{what}: expected contiguous statistics")
 
 
-def group_stats(
-    x: torch.Tensor,
-    groups: int,
-    out: torch.Tensor | None = None,
-    others: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Per-group sum, sum of squares and element count of the local band ``x`` ``(B, C, h, W)``
-    as ``(3, B, G)`` float64, written to ``out`` (a new tensor on ``x``'s device if None). Two
-    kernels: float32 partial sums over chunks of each group, then
-    their float64 totals.
-
-    With ``others`` (``(3, B, G)`` float64 on ``x``'s device, e.g. the other bands' sums) the
-    second kernel also adds them up: returns ``others + local`` on ``x``'s device, the
-    statistics a displaced step normalises with. Returns ``out`` otherwise."""
+def group_stats(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """``(3, B, G)`` float64 on ``x``'s device: per-group sum, sum of squares and element count
+    of the local band ``x`` ``(B, C, h, W)``. Two kernels: float32 partial sums over chunks of
+    each group, then their float64 totals."""
     _check_band(x, groups)
     batch = x.shape[0]
-    if out is None:
-        out = torch.empty((3, batch, groups), dtype=torch.float64, device=x.device)
-    _check_stats(out, batch, groups, "out")
-    combined = out
-    if others is not None:
-        _check_stats(others, batch, groups, "others")
-        combined = torch.empty((3, batch, groups), dtype=torch.float64, device=x.device)
     n_groups = batch * groups
     group_len = x.numel() // n_groups
     chunk_len, split = stats_chunks(group_len, n_groups)
     partial = torch.empty((n_groups, split, 2), dtype=torch.float32, device=x.device)
+    stats = torch.empty((3, batch, groups), dtype=torch.float64, device=x.device)
     _partial_sums_kernel[(n_groups, split)](
         x, partial, group_len, chunk_len, split, BLOCK=STATS_BLOCK
     )
     _total_kernel[(n_groups,)](
-        partial, out, out if others is None else others, combined, split, n_groups, group_len,
-        SPLIT_BLOCK=max(16, triton.next_power_of_2(split)), COMBINE=others is not None,
+        partial, stats, split, n_groups, group_len,
+        SPLIT_BLOCK=max(16, triton.next_power_of_2(split)),
     )  # fmt: skip
-    return combined
+    return stats
 
 
 def normalize_with_stats(
@@ -202,21 +178,26 @@ def normalize_with_stats(
     weight: torch.Tensor | None,
     bias: torch.Tensor | None,
     eps: float,
+    more: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """GroupNorm of the local band ``x`` ``(B, C, h, W)`` with the group statistics ``stats``
     (``(3, B, G)`` float64 on ``x``'s device: sums, sums of squares, counts, e.g. of the whole
-    image), then the affine map; a new tensor like ``x``. One kernel."""
+    image), plus ``more`` if given (e.g. the other bands' stale sums plus this band's fresh
+    ones), then the affine map; a new tensor like ``x``. One kernel."""
     _check_band(x, groups)
     batch, channels = x.shape[:2]
     _check_stats(stats, batch, groups, "stats")
+    if more is not None:
+        _check_stats(more, batch, groups, "more")
     hw = x.shape[2] * x.shape[3]
     block = min(APPLY_BLOCK, triton.next_power_of_2(max(hw, 16)))
     out = torch.empty_like(x)
     affine = weight is not None
     _normalize_kernel[(batch * channels, triton.cdiv(hw, block))](
-        x, out, stats, weight if affine else x, bias if affine else x,
+        x, out, stats, stats if more is None else more,
+        weight if affine else x, bias if affine else x,
         channels, channels // groups, batch * groups, hw, eps,
-        AFFINE=affine, BLOCK=block,
+        MORE=more is not None, AFFINE=affine, BLOCK=block,
     )  # fmt: skip
     return out
 
@@ -229,13 +210,9 @@ def self_check(device: torch.device) -> None:
     x = torch.randn((2, 4, 3, 5), generator=generator).to(device)
     weight = torch.randn(4, generator=generator).to(device)
     bias = torch.randn(4, generator=generator).to(device)
-    others = torch.zeros((3, 2, 2), dtype=torch.float64, device=device)
-    local = torch.empty((3, 2, 2), dtype=torch.float64, device=device)
-    stats = group_stats(x, 2, out=local, others=others)
-    out = normalize_with_stats(x, stats, 2, weight, bias, 1e-5)
+    stats = group_stats(x, 2)
+    out = normalize_with_stats(x, torch.zeros_like(stats), 2, weight, bias, 1e-5, more=stats)
     expected = F.group_norm(x, 2, weight, bias, 1e-5)
-    if not torch.equal(local, stats):
-        raise RuntimeError("Triton GroupNorm kernels: statistics and their sum with zeros differ")
     if not torch.allclose(out, expected, atol=1e-4, rtol=1e-4):
         difference = float((out - expected).abs().max())
         raise RuntimeError(f"Triton GroupNorm kernels disagree with PyTorch by {difference:.3g}")
