@@ -12,6 +12,8 @@ import json
 import sys
 from collections.abc import Sequence
 
+from pcpp_mpi.config.arguments import add_settings_argument
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_REJECTED = 2
@@ -28,14 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="generate the job's images (under mpirun/srun or alone)")
     run.add_argument("job", help="job YAML file")
     run.add_argument("--out", required=True, help="run directory (created; must be empty)")
-    run.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a configuration key, e.g. parallel.ratio=0.5 (repeatable)",
-    )
+    add_settings_argument(run, "parallel.ratio=0.5")
     run.add_argument(
         "--overwrite", action="store_true", help="replace the files a previous run wrote in --out"
     )
@@ -45,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="bands, halos and bytes per step, without MPI or weights")
     plan.add_argument("job", help="job YAML file")
     plan.add_argument("--ranks", type=int, required=True, help="number of ranks")
-    plan.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_settings_argument(plan, "parallel.ratio=0.5")
     plan.add_argument("--json", action="store_true", help="machine-readable output")
 
     sub.add_parser("info", help="MPI library, CUDA-awareness, thread level, ranks and devices")

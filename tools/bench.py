@@ -51,6 +51,7 @@ from pcpp_mpi.analysis.kernels import gap_bucket_label, profile_from_events  # n
 from pcpp_mpi.comm.context import RankComm  # noqa: E402
 from pcpp_mpi.comm.mpi_info import cuda_aware  # noqa: E402
 from pcpp_mpi.config import job_from_dict  # noqa: E402
+from pcpp_mpi.config.arguments import add_settings_argument  # noqa: E402
 from pcpp_mpi.engine.runner import DENOISE_RANGE, run_job  # noqa: E402
 from pcpp_mpi.engine.setup import DTYPES  # noqa: E402
 from pcpp_mpi.models import load_model  # noqa: E402
@@ -108,14 +109,7 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--dtype", default="float16", choices=tuple(DTYPES))
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     parser.add_argument("--staged", action="store_true", help="host buffers for MPI")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="job setting for every pcpp-mpi case, e.g. runtime.latent_halo_on_host=false",
-    )
+    add_settings_argument(parser, "runtime.latent_halo_on_host=false (every pcpp-mpi case)")
     parser.add_argument(
         "--profile",
         nargs="*",

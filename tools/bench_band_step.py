@@ -42,6 +42,7 @@ from pcpp_mpi.analysis.kernels import profile_from_events  # noqa: E402
 from pcpp_mpi.comm.context import RankComm  # noqa: E402
 from pcpp_mpi.comm.mpi_info import cuda_aware  # noqa: E402
 from pcpp_mpi.config import ConfigError, job_from_dict  # noqa: E402
+from pcpp_mpi.config.arguments import add_settings_argument  # noqa: E402
 from pcpp_mpi.engine.denoise import denoise_band  # noqa: E402
 from pcpp_mpi.engine.setup import DTYPES, prepare_band_context  # noqa: E402
 from pcpp_mpi.models import load_model  # noqa: E402
@@ -78,14 +79,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--replays", type=int, default=20, help="timed replays per variant")
     parser.add_argument("--dtype", default="float16", choices=tuple(DTYPES))
     parser.add_argument("--profile", action="store_true", help="kernels of rank 0's steady state")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="job setting for every mode, e.g. runtime.norm_kernels=torch",
-    )
+    add_settings_argument(parser, "runtime.norm_kernels=torch (every mode)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.steps <= args.warmup_steps + 2:

@@ -31,6 +31,7 @@ from mpi4py import MPI  # noqa: E402
 from pcpp_mpi.comm.context import RankComm  # noqa: E402
 from pcpp_mpi.comm.mpi_info import cuda_aware  # noqa: E402
 from pcpp_mpi.config import ConfigError, job_from_dict  # noqa: E402
+from pcpp_mpi.config.arguments import add_settings_argument  # noqa: E402
 from pcpp_mpi.engine.denoise import denoise_band  # noqa: E402
 from pcpp_mpi.engine.setup import DTYPES, prepare_band_context  # noqa: E402
 from pcpp_mpi.models import load_model  # noqa: E402
@@ -98,14 +99,7 @@ def main() -> int:
     parser.add_argument("--staged", action="store_true", help="host buffers for MPI")
     parser.add_argument("--dtype", default="float16", choices=tuple(DTYPES))
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="job setting for every case, e.g. runtime.norm_kernels=torch",
-    )
+    add_settings_argument(parser, "runtime.norm_kernels=torch (every case)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     try:

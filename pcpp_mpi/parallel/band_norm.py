@@ -118,30 +118,10 @@ class BandGroupNorm(nn.Module):
         if exchange is None or clock.kind == "local":
             return F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
         kernels = self._kernels
-        if kernels is not None and x.dtype in kernels.SUPPORTED_DTYPES and x.is_contiguous():
-            return self._forward_kernels(kernels, x, exchange)
-        local = local_group_stats(x, norm.num_groups)
-        if clock.fresh:
-            exchange.post(clock.step, local)
-            stats = exchange.wait(clock.step).to(x.device, non_blocking=True)
-        else:
-            if clock.posts_for_next:
-                exchange.post(clock.step, local)
-            # the other bands' stale share (on the device, so that a CUDA graph of the step
-            # replays this addition too)
-            others = exchange.wait_others(clock.step - 1)
-            stats = others.to(x.device, non_blocking=True) + local
-        return self._normalize(x, stats)
-
-    def _forward_kernels(
-        self, kernels: ModuleType, x: torch.Tensor, exchange: StatsExchange
-    ) -> torch.Tensor:
-        """The Triton path; the same steps as the PyTorch one, with the displaced correction
-        (stale others + fresh own) added inside the normalisation kernel. The copies to and
-        from the host follow each other."""
-        norm = self.norm
-        clock = self.clock
-        local = kernels.group_stats(x, norm.num_groups)
+        if kernels is not None and not (x.dtype in kernels.SUPPORTED_DTYPES and x.is_contiguous()):
+            kernels = None
+        groups = norm.num_groups
+        local = local_group_stats(x, groups) if kernels is None else kernels.group_stats(x, groups)
         fresh = None
         if clock.fresh:
             exchange.post(clock.step, local)
@@ -149,11 +129,15 @@ class BandGroupNorm(nn.Module):
         else:
             if clock.posts_for_next:
                 exchange.post(clock.step, local)
+            # the other bands' stale share, copied to the device (a CUDA graph of the step
+            # replays the copy), and this band's fresh share
             stats = exchange.wait_others(clock.step - 1).to(x.device, non_blocking=True)
             fresh = local
-        return kernels.normalize_with_stats(
-            x, stats, norm.num_groups, norm.weight, norm.bias, norm.eps, more=fresh
-        )
+        if kernels is not None:  # adds the two shares inside the kernel
+            return kernels.normalize_with_stats(
+                x, stats, groups, norm.weight, norm.bias, norm.eps, more=fresh
+            )
+        return self._normalize(x, stats if fresh is None else stats + fresh)
 
     def _normalize(self, x: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
         """``x`` normalised with group statistics ``(3, B, G)`` (sums, squares, counts), then
