@@ -146,6 +146,7 @@ def run_job(
     # before the model is loaded: an explicit 'triton' that cannot be used stops here
     norm_kernels, error = _attempt(lambda: resolve_norm_kernels(job.runtime.norm_kernels, device))
     agree(comm, error)
+    assert norm_kernels in ("torch", "triton")
     dtype = DTYPES[job.runtime.dtype]
     if layout.mode != job.parallel.mode and rank == 0:
         log.info("one band: running as 'single' (the job asks for %r)", job.parallel.mode)
@@ -174,7 +175,7 @@ def run_job(
 
     with tracer.phase("setup"):
         world_info = describe_world(comm.world)
-        ctx = prepare_band_context(job, comm, bundle, device, layout)
+        ctx = prepare_band_context(job, comm, bundle, device, layout, norm_kernels)
     handle = ctx.handle
     topology = comm.topology
     rank_file = RankFile(

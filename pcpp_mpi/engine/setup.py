@@ -13,7 +13,7 @@ from pcpp_mpi.engine.graphs import StepGraphs
 from pcpp_mpi.engine.layout import RunLayout, plan_layout
 from pcpp_mpi.models import ModelBundle, unet_config, vae_scale_factor
 from pcpp_mpi.parallel.apply import parallelize
-from pcpp_mpi.parallel.band_norm import resolve_norm_kernels
+from pcpp_mpi.parallel.band_norm import NormKernels, resolve_norm_kernels
 from pcpp_mpi.parallel.clock import StepClock
 from pcpp_mpi.parallel.inventory import inventory_of
 
@@ -42,9 +42,11 @@ def prepare_band_context(
     bundle: ModelBundle,
     device: torch.device,
     layout: RunLayout | None = None,
+    norm_kernels: NormKernels | None = None,
 ) -> BandContext:
     """Install the parallel layers for ``job`` on ``bundle.unet`` (undo with
-    ``ctx.handle.remove()``) and return everything :func:`denoise_band` needs."""
+    ``ctx.handle.remove()``) and return everything :func:`denoise_band` needs.
+    ``norm_kernels``: ``runtime.norm_kernels`` already resolved (resolved here if None)."""
     if layout is None:
         n_ranks = comm.world.Get_size()
         layout = plan_layout(job, n_ranks, unet_config(job.model), vae_scale_factor(job.model))
@@ -60,7 +62,7 @@ def prepare_band_context(
         ratio=job.parallel.ratio,
         batch=unet_batch(job, layout),
         latent_halo_on_host=job.runtime.latent_halo_on_host,
-        norm_kernels=resolve_norm_kernels(job.runtime.norm_kernels, device),
+        norm_kernels=norm_kernels or resolve_norm_kernels(job.runtime.norm_kernels, device),
     )
     return BandContext(
         job=job,
