@@ -11,15 +11,27 @@ from __future__ import annotations
 import importlib.util
 import os
 from types import ModuleType
+from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
+from diffusers import UNet2DConditionModel
 from torch import nn
 
 from pcpp_mpi.config import ConfigError, job_from_dict
-from pcpp_mpi.parallel.band_norm import BandGroupNorm, local_group_stats, resolve_norm_kernels
+from pcpp_mpi.config.schema import ModelConfig
+from pcpp_mpi.geometry import level_unit, split_bands
+from pcpp_mpi.models import unet_config
+from pcpp_mpi.parallel.apply import ParallelHandle, parallelize
+from pcpp_mpi.parallel.band_norm import (
+    BandGroupNorm,
+    NormKernels,
+    local_group_stats,
+    resolve_norm_kernels,
+)
 from pcpp_mpi.parallel.clock import StepClock
+from pcpp_mpi.parallel.inventory import inventory_of
 
 Tensor = torch.Tensor
 
@@ -208,13 +220,18 @@ def test_band_group_norm_triton_falls_back_for_other_inputs(kernels: ModuleType)
         assert torch.allclose(layer(band), norm(x), atol=1e-10)
 
 
-def test_band_group_norm_local_steps_use_torch_group_norm(kernels: ModuleType) -> None:
+def test_band_group_norm_own_statistics(kernels: ModuleType) -> None:
+    """A band normalised with its own statistics (``naive`` bands, ``single``'s whole image):
+    PyTorch's choice is ``F.group_norm`` itself, Triton's agrees with it."""
     norm = make_norm(2, 4, seed=3)
-    x = torch.randn(2, 4, 3, 5)
-    clock = StepClock("naive", 1, 0)
-    clock.begin(0)
-    layer = BandGroupNorm(norm, None, clock, kernels="triton")
-    assert torch.equal(layer(x), F.group_norm(x, 2, norm.weight, norm.bias, norm.eps))
+    x = torch.randn(2, 4, 3, 5) * 2.0 - 1.0
+    expected = F.group_norm(x, 2, norm.weight, norm.bias, norm.eps)
+    for mode in ("naive", "single"):
+        clock = StepClock(mode, 1, 0)
+        clock.begin(0)
+        assert torch.equal(BandGroupNorm(norm, None, clock, kernels="torch")(x), expected)
+        triton_out = BandGroupNorm(norm, None, clock, kernels="triton")(x)
+        assert torch.allclose(triton_out, expected, atol=1e-5)
 
 
 def test_resolve_norm_kernels(kernels: ModuleType) -> None:
@@ -238,3 +255,40 @@ def test_triton_norm_kernels_need_a_gpu_in_a_job() -> None:
 def test_local_group_stats_and_kernels_agree_on_counts(kernels: ModuleType) -> None:
     x = torch.randn(3, 6, 2, 7)
     assert torch.equal(kernels.group_stats(x, 3)[2], local_group_stats(x, 3)[2])
+
+
+def test_single_gets_the_triton_group_norm(kernels: ModuleType) -> None:
+    """``single`` (and any one-band run) replaces every GroupNorm of the UNet with the chosen
+    kernels' own-statistics norm, so the one-GPU baseline is as fast as the bands' norms; with
+    PyTorch's kernels the UNet is left alone. The output agrees with the plain UNet and
+    ``remove`` restores it."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel.from_config(unet_config(ModelConfig(builtin="tiny")))
+    unet.requires_grad_(False).eval()
+    latent = (8, 8)
+    inventory = inventory_of(unet, *latent)
+    generator = torch.Generator().manual_seed(4)
+    sample = torch.randn(2, 4, *latent, generator=generator)
+    text = torch.randn(2, 16, unet.config.cross_attention_dim, generator=generator)
+    plain = unet(sample, 500, encoder_hidden_states=text).sample
+    bands = split_bands(latent[0], 1, level_unit(inventory.levels))
+    clock = StepClock("single", 1, 0)
+    no_comm: Any = None  # one band never communicates
+
+    def install(kernels: NormKernels) -> ParallelHandle:
+        return parallelize(
+            unet, inventory, no_comm, bands, clock, mode="single", ratio=0.3, batch=2,
+            norm_kernels=kernels,
+        )  # fmt: skip
+
+    assert not install("torch").replaced
+    handle = install("triton")
+    norms = [m for m in unet.modules() if isinstance(m, BandGroupNorm)]
+    assert len(norms) == len(inventory.norms) == len(handle.replaced)
+    assert all(m.exchange is None and m.kernels == "triton" for m in norms)
+    clock.begin(0)
+    out = unet(sample, 500, encoder_hidden_states=text).sample
+    assert (out - plain).abs().max() <= 1e-5 * plain.abs().max()
+    handle.remove()
+    assert not any(isinstance(m, BandGroupNorm) for m in unet.modules())

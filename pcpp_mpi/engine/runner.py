@@ -160,8 +160,8 @@ def run_job(
         layout.latent_width,
         [b.rows for b in layout.bands],
     )
-    if layout.n_bands > 1 and layout.mode != "naive" and rank == 0:
-        log.info("GroupNorm statistics shared by the bands: %s kernels", norm_kernels)
+    if rank == 0:
+        log.info("GroupNorm: %s kernels", norm_kernels)
     comm.barrier()
     tracer = comm.tracer
     tracer.enabled = job.runtime.trace

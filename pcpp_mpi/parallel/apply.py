@@ -78,7 +78,20 @@ def parallelize(
     device buffers, so this small message does not wait behind device-to-device transfers.
     """
     handle = ParallelHandle()
+    modules = dict(unet.named_modules())
+
+    def replace(name: str, wrapper: nn.Module) -> None:
+        parent_name, child = _split(name)
+        parent = modules[parent_name] if parent_name else unet
+        handle.replaced.append((parent, child, getattr(parent, child)))
+        setattr(parent, child, wrapper)
+
     if len(bands) == 1 or mode == "single":
+        if norm_kernels != "torch":  # the one-GPU baseline gets the same GroupNorm kernels
+            for spec in inventory.norms:
+                norm = modules[spec.name]
+                assert isinstance(norm, nn.GroupNorm)
+                replace(spec.name, BandGroupNorm(norm, None, clock, norm_kernels))
         return handle
     communicate = mode != "naive"
     pattern: Literal["full", "pcpp"] = "pcpp" if mode == "pcpp" else "full"
@@ -89,13 +102,6 @@ def parallelize(
     parameter = next(unet.parameters())
     wire = comm.wire_spec(parameter.device, parameter.dtype)
     host_wire = WireSpec(parameter.device, torch.device("cpu"), parameter.dtype)
-    modules = dict(unet.named_modules())
-
-    def replace(name: str, wrapper: nn.Module) -> None:
-        parent_name, child = _split(name)
-        parent = modules[parent_name] if parent_name else unet
-        handle.replaced.append((parent, child, getattr(parent, child)))
-        setattr(parent, child, wrapper)
 
     for spec in inventory.convs:
         halo = conv_halo(spec.kernel, spec.stride, spec.padding, spec.dilation)

@@ -91,8 +91,9 @@ class BandGroupNorm(nn.Module):
 
     ``kernels``: ``torch`` computes the statistics and applies them with PyTorch operations;
     ``triton`` with three Triton kernels (fewer launches: see :mod:`~.norm_kernels`), for
-    contiguous half or single precision bands (others take the PyTorch path). ``local`` steps
-    always use PyTorch's own GroupNorm.
+    contiguous half or single precision bands (others take the PyTorch path), also for the
+    band's own statistics (``local`` steps, ``naive``, ``single``), where PyTorch's path is its
+    own GroupNorm.
     """
 
     def __init__(
@@ -115,12 +116,16 @@ class BandGroupNorm(nn.Module):
         norm = self.norm
         clock = self.clock
         exchange = self.exchange
-        if exchange is None or clock.kind == "local":
-            return F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+        groups = norm.num_groups
         kernels = self._kernels
         if kernels is not None and not (x.dtype in kernels.SUPPORTED_DTYPES and x.is_contiguous()):
             kernels = None
-        groups = norm.num_groups
+        if exchange is None or clock.kind == "local":
+            if kernels is None:
+                return F.group_norm(x, groups, norm.weight, norm.bias, norm.eps)
+            return kernels.normalize_with_stats(
+                x, kernels.group_stats(x, groups), groups, norm.weight, norm.bias, norm.eps
+            )
         local = local_group_stats(x, groups) if kernels is None else kernels.group_stats(x, groups)
         fresh = None
         if clock.fresh:
