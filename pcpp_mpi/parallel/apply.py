@@ -76,6 +76,8 @@ def parallelize(
     ``latent_halo_on_host``: the halo of the first convolution (latent rows, exchanged fresh
     at the start of every step) travels through pinned host buffers even when MPI takes
     device buffers, so this small message does not wait behind device-to-device transfers.
+    ``norm_kernels``: how every GroupNorm runs; with ``triton`` a one-band run (``single``)
+    gets the kernels too, with its own statistics (nothing else changes there).
     """
     handle = ParallelHandle()
     modules = dict(unet.named_modules())
