@@ -115,6 +115,16 @@ class _TwoSets:
         self.started[parity] = False
         return parity
 
+    def check_free(self, step: int) -> None:
+        """Raise unless the buffer set of ``step`` may be written (its previous step, two
+        earlier, has completed)."""
+        parity = step % 2
+        if not self.completed[parity]:
+            raise ExchangeError(
+                f"{self.name}: buffers of step {step} requested while step "
+                f"{self.step[parity]} is still pending"
+            )
+
     def start(self, parity: int, requests: list[MPI.Request]) -> None:
         """The MPI operations of a set have been started (maybe later than its post)."""
         self.requests[parity].extend(requests)
@@ -231,6 +241,26 @@ class NeighbourExchange:
         self._stage(parity, to_up, to_down)
         self._submit(step, parity)
 
+    def fillable_sends(self, step: int) -> tuple[torch.Tensor | None, torch.Tensor | None] | None:
+        """The send buffers of ``step`` (to the band above, to the band below; ``None`` at an
+        image edge) for a caller that writes them itself and then calls :meth:`post_filled`
+        (e.g. in the same kernel as other copies); ``None`` when they are host memory (use
+        :meth:`post`)."""
+        if self._wire.staged:
+            return None
+        if not self._recorder.recording:
+            self._sets.check_free(step)
+        up, down = self._send[step % 2]
+        return up, down
+
+    def post_filled(self, step: int) -> None:
+        """As :meth:`post`, with the send buffers of :meth:`fillable_sends` already written
+        (by work queued on the compute stream)."""
+        if self._recorder.recording:
+            self._recorder.note_post(self, step)
+            return
+        self._submit(step, self._sets.begin_post(step))
+
     def _stage(self, parity: int, to_up: torch.Tensor | None, to_down: torch.Tensor | None) -> None:
         """Queue the copies of the rows to send into send set ``parity``."""
         for side, data in enumerate((to_up, to_down)):
@@ -342,6 +372,22 @@ class AllBandsExchange:
         parity = self._sets.begin_post(step)
         self._send[parity].copy_(own, non_blocking=True)
         self._submit(step, parity)
+
+    def fillable_send(self, step: int) -> torch.Tensor | None:
+        """The send buffer of ``step``, for a caller that writes it itself and then calls
+        :meth:`post_filled`; ``None`` when it is host memory (use :meth:`post`)."""
+        if self._wire.staged:
+            return None
+        if not self._recorder.recording:
+            self._sets.check_free(step)
+        return self._send[step % 2]
+
+    def post_filled(self, step: int) -> None:
+        """As :meth:`post`, with the buffer of :meth:`fillable_send` already written."""
+        if self._recorder.recording:
+            self._recorder.note_post(self, step)
+            return
+        self._submit(step, self._sets.begin_post(step))
 
     def launch(self, step: int, ready: ReadyEvent | None = None) -> None:
         """The MPI part of :meth:`post` (a replayed graph fills the send buffer; ``ready``, if

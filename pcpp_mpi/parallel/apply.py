@@ -7,6 +7,7 @@ monkeypatched, and :meth:`ParallelHandle.remove` restores the original model.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -20,6 +21,7 @@ from pcpp_mpi.comm.exchanges import WireSpec
 from pcpp_mpi.geometry import Band, conv_halo, pcpp_rows
 from pcpp_mpi.parallel.band_attention import BandSelfAttnProcessor, KVRows
 from pcpp_mpi.parallel.band_norm import BandGroupNorm, NormKernels
+from pcpp_mpi.parallel.block_copies import BlockCopies
 from pcpp_mpi.parallel.clock import StepClock
 from pcpp_mpi.parallel.halo_conv import HaloConv2d
 from pcpp_mpi.parallel.inventory import LayerInventory
@@ -96,6 +98,7 @@ def parallelize(
                 replace(spec.name, BandGroupNorm(norm, None, clock, norm_kernels))
         return handle
     communicate = mode != "naive"
+    copies = _triton_copies() if norm_kernels == "triton" else None
     pattern: Literal["full", "pcpp"] = "pcpp" if mode == "pcpp" else "full"
     index = comm.topology.band_index
     band = bands[index]
@@ -125,7 +128,7 @@ def parallelize(
             handle.exchanges.append(exchange)
         conv = modules[spec.name]
         assert isinstance(conv, nn.Conv2d)
-        replace(spec.name, HaloConv2d(conv, halo, exchange, clock, spec.always_fresh))
+        replace(spec.name, HaloConv2d(conv, halo, exchange, clock, spec.always_fresh, copies))
 
     for spec in inventory.norms:
         stats = None
@@ -185,9 +188,15 @@ def parallelize(
                 blocks=blocks,
                 rows=rows,
                 kv_rows=kv_rows,
+                copies=copies,
             )
         )
     return handle
+
+
+def _triton_copies() -> BlockCopies:
+    """The Triton block copies (imported only when Triton kernels were chosen)."""
+    return importlib.import_module("pcpp_mpi.parallel.copy_kernels").copy_blocks
 
 
 def dtype_itemsize(dtype: torch.dtype) -> int:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
+from pcpp_mpi.parallel.block_copies import BlockCopies, CopyList
 from pcpp_mpi.parallel.clock import StepClock
 
 
@@ -32,11 +33,21 @@ class BlocksExchange(Protocol):
 
     def wait(self, step: int) -> list[torch.Tensor | None]: ...
 
+    def fillable_send(self, step: int) -> torch.Tensor | None: ...
+
+    def post_filled(self, step: int) -> None: ...
+
 
 class RowExchange(Protocol):
     def post(self, step: int, to_up: torch.Tensor | None, to_down: torch.Tensor | None) -> None: ...
 
     def wait(self, step: int) -> tuple[torch.Tensor | None, torch.Tensor | None]: ...
+
+    def fillable_sends(
+        self, step: int
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None] | None: ...
+
+    def post_filled(self, step: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -63,6 +74,11 @@ class BandSelfAttnProcessor:
     - displaced ``full``: every other band's K/V from the previous step;
     - displaced ``pcpp``: the previous step's K/V rows of the two neighbours next to the shared
       boundaries (``KVRows``).
+
+    ``copies`` (e.g. :func:`pcpp_mpi.parallel.copy_kernels.copy_blocks`): in a displaced step
+    the context and what this band sends for the next step are written by one call of it
+    (instead of a concatenation and a copy per send buffer), when the send buffers are on the
+    compute device.
     """
 
     def __init__(
@@ -74,6 +90,7 @@ class BandSelfAttnProcessor:
         blocks: BlocksExchange | None,
         rows: RowExchange | None,
         kv_rows: KVRows | None,
+        copies: BlockCopies | None = None,
     ) -> None:
         self.clock = clock
         self.band_index = band_index
@@ -81,6 +98,7 @@ class BandSelfAttnProcessor:
         self.blocks = blocks
         self.rows = rows
         self.kv_rows = kv_rows
+        self.copies = copies
         self._kv_key: tuple | None = None
         self._kv_weights: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
@@ -130,10 +148,75 @@ class BandSelfAttnProcessor:
             below = block[:, : self.kv_rows.from_down * width]
         return above, below
 
-    def _post_rows(self, step: int, own: torch.Tensor) -> None:
-        assert self.rows is not None and self.kv_rows is not None
+    def _rows_to_send(self, own: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This band's first and last ``kv_rows.own`` rows of K/V (to the bands above and
+        below)."""
+        assert self.kv_rows is not None
         tokens = self.kv_rows.own * self.kv_rows.width
-        self.rows.post(step, own[:, :tokens], own[:, own.shape[1] - tokens :])
+        return own[:, :tokens], own[:, own.shape[1] - tokens :]
+
+    def _post_rows(self, step: int, own: torch.Tensor) -> None:
+        assert self.rows is not None
+        self.rows.post(step, *self._rows_to_send(own))
+
+    def _assembled(
+        self,
+        own: torch.Tensor,
+        parts: list[torch.Tensor | None],
+        sends: list[tuple[torch.Tensor, torch.Tensor | None]],
+    ) -> torch.Tensor:
+        """The context ``(B, N_ctx, 2*inner)``: ``parts`` along the tokens (``None`` stands
+        for ``own``), written with the ``(data, send buffer)`` pairs of ``sends`` by one
+        ``copies`` call."""
+        assert self.copies is not None
+        batch, _, channels = own.shape
+        blocks = [own if part is None else part for part in parts]
+        context = own.new_empty((batch, sum(b.shape[1] for b in blocks), channels))
+        flat = context.view(batch, -1)
+        copies: CopyList = []
+        start = 0
+        for block in blocks:
+            size = block.shape[1] * channels
+            copies.append((block.view(batch, -1), flat[:, start : start + size]))
+            start += size
+        copies += [(data.view(batch, -1), buffer.view(batch, -1)) for data, buffer in sends
+                   if buffer is not None]  # fmt: skip
+        self.copies(copies)
+        return context
+
+    def _displaced_fused(self, own: torch.Tensor) -> torch.Tensor | None:
+        """A displaced step's context through ``copies`` (posting this step's data), or
+        ``None`` when the send buffers are not on the compute device."""
+        clock = self.clock
+        previous = clock.step - 1
+        posting = clock.posts_for_next
+        if self.pattern == "full":
+            assert self.blocks is not None
+            send = self.blocks.fillable_send(clock.step) if posting else None
+            if posting and send is None:
+                return None
+            context = self._assembled(own, self.blocks.wait(previous), [(own, send)])
+            if posting:
+                self.blocks.post_filled(clock.step)
+            return context
+        assert self.rows is not None
+        buffers = self.rows.fillable_sends(clock.step) if posting else (None, None)
+        if buffers is None:
+            return None
+        if clock.previous_kind == "sync":
+            assert self.blocks is not None
+            above, below = self._neighbour_rows_from_blocks(self.blocks.wait(previous))
+        else:
+            above, below = self.rows.wait(previous)
+        parts: list[torch.Tensor | None] = [] if above is None else [above]
+        parts.append(None)
+        if below is not None:
+            parts.append(below)
+        sends = list(zip(self._rows_to_send(own), buffers, strict=True))
+        context = self._assembled(own, parts, sends)
+        if posting:
+            self.rows.post_filled(clock.step)
+        return context
 
     def context(self, own: torch.Tensor) -> torch.Tensor:
         """K/V context ``(B, N_ctx, 2*inner)`` for this band's fresh ``own`` ``(B, N, 2*inner)``."""
@@ -143,6 +226,10 @@ class BandSelfAttnProcessor:
         if clock.fresh:
             self.blocks.post(clock.step, own)
             return self._with_blocks(own, self.blocks.wait(clock.step))
+        if self.copies is not None and own.is_contiguous():
+            context = self._displaced_fused(own)
+            if context is not None:
+                return context
         previous = clock.step - 1
         if self.pattern == "full":
             if clock.posts_for_next:
