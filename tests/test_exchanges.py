@@ -497,3 +497,92 @@ def test_recorded_post_and_wait_leave_mpi_to_launch_and_complete(mpi: ModuleType
     assert [(row[1], row[2]) for row in counter.drain()] == [(6, "halo")]
     with pytest.raises(ExchangeError, match="never posted"):
         exchange.complete(8)
+
+
+# -- send buffers written by the caller (fillable_sends / post_filled) ---------------------------
+
+
+def test_neighbour_fillable_sends_round_trip(mpi: ModuleType) -> None:
+    """A caller may write the send buffers of a step itself and post them: the same messages
+    and byte counts as ``post`` with the data; the buffers of a step whose parity is still in
+    flight are refused."""
+    counter = TrafficCounter()
+    exchange = NeighbourExchange(
+        name="rows",
+        kind="kv",
+        comm=mpi.COMM_SELF,
+        up=0,
+        down=0,
+        tag=11,
+        send_shapes=((1, 2, 1, 3), (1, 2, 2, 3)),
+        recv_shapes=((1, 2, 1, 3), (1, 2, 2, 3)),
+        wire=WIRE,
+        counter=counter,
+        tracer=Tracer(enabled=False),
+        deferred=DeferredStarts(),
+        recorder=StepRecorder(),
+    )
+    for step in range(3):
+        buffers = exchange.fillable_sends(step)
+        assert buffers is not None
+        to_up, to_down = buffers
+        assert to_up is not None and to_down is not None
+        assert to_up.shape == (1, 2, 1, 3) and to_down.shape == (1, 2, 2, 3)
+        to_up.copy_(torch.randn(1, 2, 1, 3))
+        to_down.copy_(torch.randn(1, 2, 2, 3))
+        expected = (to_up.clone(), to_down.clone())
+        exchange.post_filled(step)
+        with pytest.raises(ExchangeError, match="still pending"):
+            exchange.fillable_sends(step + 2)
+        from_up, from_down = exchange.wait(step)
+        assert from_up is not None and from_down is not None
+        assert torch.equal(from_up, expected[0]) and torch.equal(from_down, expected[1])
+    sent, received = counter.step_totals(0, 2)
+    assert sent == {"kv": (6 + 12) * 4} and received == {"kv": (6 + 12) * 4}
+
+
+def test_fillable_sends_are_none_for_host_staged_buffers(mpi: ModuleType) -> None:
+    """Send buffers in host memory while the compute device is another one: callers copy into
+    them with ``post`` (the kernels that fill device buffers cannot write them)."""
+    staged = WireSpec(compute_device=torch.device("meta"), wire_device=CPU, dtype=torch.float32)
+    common = dict(
+        comm=mpi.COMM_SELF,
+        counter=TrafficCounter(),
+        tracer=Tracer(enabled=False),
+        deferred=DeferredStarts(),
+        recorder=StepRecorder(),
+        wire=staged,
+    )
+    rows = NeighbourExchange(
+        name="rows", kind="halo", up=0, down=None, tag=12,
+        send_shapes=((1, 1, 1, 2), None), recv_shapes=((1, 1, 1, 2), None), **common,
+    )  # fmt: skip
+    blocks = AllBandsExchange(name="kv", kind="kv", tag=13, shapes=[(1, 4, 2)], **common)
+    assert rows.fillable_sends(0) is None
+    assert blocks.fillable_send(0) is None
+
+
+def test_all_bands_fillable_send_and_recorded_post_filled(mpi: ModuleType) -> None:
+    recorder = StepRecorder()
+    exchange = AllBandsExchange(
+        name="attn",
+        kind="kv",
+        comm=mpi.COMM_SELF,
+        tag=14,
+        shapes=[(2, 3, 4)],
+        wire=WIRE,
+        counter=TrafficCounter(),
+        tracer=Tracer(enabled=False),
+        deferred=DeferredStarts(),
+        recorder=recorder,
+    )
+    send = exchange.fillable_send(0)
+    assert send is not None and send.shape == (2, 3, 4)
+    exchange.post_filled(0)
+    with pytest.raises(ExchangeError, match="still pending"):
+        exchange.fillable_send(2)
+    assert exchange.wait(0) == [None]
+    recorder.start(1)
+    assert exchange.fillable_send(1) is not None
+    exchange.post_filled(1)
+    assert recorder.stop().describe() == ["post attn +0"]

@@ -8,8 +8,7 @@ with exchanges that hand out statistics computed beforehand, instead of the thre
 
 from __future__ import annotations
 
-import importlib.util
-import os
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -37,17 +36,8 @@ Tensor = torch.Tensor
 
 
 @pytest.fixture(scope="module")
-def kernels() -> ModuleType:
-    if importlib.util.find_spec("triton") is None:
-        message = "Triton is not installed (tools/setup.sh installs it for its interpreter)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{message}; CI=true: the Triton kernel tests must run, not skip")
-        pytest.skip(message)
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("TRITON_INTERPRET=1 is not set: the kernels need a GPU")
-    from pcpp_mpi.parallel import norm_kernels
-
-    return norm_kernels
+def kernels(triton_module: Callable[[str], ModuleType]) -> ModuleType:
+    return triton_module("pcpp_mpi.parallel.norm_kernels")
 
 
 def exact_stats(x: Tensor, groups: int) -> Tensor:

@@ -29,6 +29,7 @@ from pcpp_mpi.models import unet_config
 from pcpp_mpi.parallel.apply import parallelize
 from pcpp_mpi.parallel.band_attention import BandSelfAttnProcessor, KVRows
 from pcpp_mpi.parallel.band_norm import BandGroupNorm, local_group_stats
+from pcpp_mpi.parallel.block_copies import BlockCopies, copy_each
 from pcpp_mpi.parallel.clock import StepClock
 from pcpp_mpi.parallel.halo_conv import HaloConv2d
 from pcpp_mpi.parallel.inventory import LayerInventory, inventory_of
@@ -80,13 +81,43 @@ def _clone(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.detach().clone()
 
 
-class FakeRows:
-    """Band ``index``'s end of a neighbour exchange (halos, pcpp K/V rows)."""
+Shape = tuple[int, ...]
 
-    def __init__(self, box: Mailbox, index: int, n_bands: int) -> None:
+
+def unfilled(shape: Shape | None) -> Tensor | None:
+    """A send buffer handed to a layer to fill: NaN until written."""
+    return None if shape is None else torch.full(shape, float("nan"))
+
+
+class FakeRows:
+    """Band ``index``'s end of a neighbour exchange (halos, pcpp K/V rows). With
+    ``send_shapes`` (to the band above, to the band below) a layer may also fill send buffers
+    itself (``fillable_sends`` / ``post_filled``)."""
+
+    def __init__(
+        self,
+        box: Mailbox,
+        index: int,
+        n_bands: int,
+        send_shapes: tuple[Shape | None, Shape | None] | None = None,
+    ) -> None:
         self.box, self.index, self.n = box, index, n_bands
+        self.send_shapes = send_shapes
+        self.filling: dict[int, tuple[Tensor | None, Tensor | None]] = {}
+        self.filled_steps: list[int] = []
         self.posted_steps: list[int] = []
         self.waited_steps: list[int] = []
+
+    def fillable_sends(self, step: int) -> tuple[Tensor | None, Tensor | None] | None:
+        if self.send_shapes is None:
+            return None
+        up, down = self.send_shapes
+        buffers = self.filling[step] = (unfilled(up), unfilled(down))
+        return buffers
+
+    def post_filled(self, step: int) -> None:
+        self.filled_steps.append(step)
+        self.post(step, *self.filling.pop(step))
 
     def post(self, step: int, to_up: Tensor | None, to_down: Tensor | None) -> None:
         self.posted_steps.append(step)
@@ -102,11 +133,27 @@ class FakeRows:
 
 
 class FakeBlocks:
-    """Band ``index``'s end of an all-bands exchange (full K/V)."""
+    """Band ``index``'s end of an all-bands exchange (full K/V); with ``send_shape``, also
+    fillable by the layer."""
 
-    def __init__(self, box: Mailbox, index: int, n_bands: int) -> None:
+    def __init__(
+        self, box: Mailbox, index: int, n_bands: int, send_shape: Shape | None = None
+    ) -> None:
         self.box, self.index, self.n = box, index, n_bands
+        self.send_shape = send_shape
+        self.filling: dict[int, Tensor | None] = {}
+        self.filled_steps: list[int] = []
         self.posted_steps: list[int] = []
+
+    def fillable_send(self, step: int) -> Tensor | None:
+        self.filling[step] = unfilled(self.send_shape)
+        return self.filling[step]
+
+    def post_filled(self, step: int) -> None:
+        buffer = self.filling.pop(step)
+        assert buffer is not None
+        self.filled_steps.append(step)
+        self.post(step, buffer)
 
     def post(self, step: int, own: Tensor) -> None:
         self.posted_steps.append(step)
@@ -231,10 +278,29 @@ def make_conv(stride: int, seed: int) -> nn.Conv2d:
     return conv
 
 
-def halo_convs(conv: nn.Conv2d, clocks: Sequence[StepClock], box: Mailbox) -> list[HaloConv2d]:
+def halo_convs(
+    conv: nn.Conv2d,
+    clocks: Sequence[StepClock],
+    box: Mailbox,
+    copies: BlockCopies | None = None,
+    band: tuple[int, int, int] | None = None,
+) -> list[HaloConv2d]:
+    """One layer per band; with ``copies``, displaced steps assemble their input through it,
+    writing send buffers for bands of ``band`` = ``(B, C, W)``."""
     halo = conv_halo(conv.kernel_size[0], conv.stride[0], conv.padding[0], conv.dilation[0])
     n = len(clocks)
-    return [HaloConv2d(conv, halo, FakeRows(box, i, n), clocks[i]) for i in range(n)]
+    layers = []
+    for i in range(n):
+        sends = None
+        if band is not None:
+            batch, channels, width = band
+            sends = (
+                None if i == 0 or not halo.below else (batch, channels, halo.below, width),
+                None if i + 1 == n or not halo.above else (batch, channels, halo.above, width),
+            )
+        exchange = FakeRows(box, i, n, sends)
+        layers.append(HaloConv2d(conv, halo, exchange, clocks[i], copies=copies))
+    return layers
 
 
 CONV_CASES = [
@@ -302,21 +368,23 @@ def test_halo_conv_naive_differs_at_band_edges(stride: int, rows: tuple[int, ...
     assert torch.equal(torch.cat(outs_alone, dim=2), naive)
 
 
-def test_halo_conv_displaced_uses_previous_step() -> None:
+@pytest.mark.parametrize("copies", [None, copy_each], ids=["concatenate", "block-copies"])
+def test_halo_conv_displaced_uses_previous_step(copies: BlockCopies | None) -> None:
     """Step 0 sync (x0), step 1 displaced (x1), step 2 displaced_last (x1 again): step 1 sees
-    step 0's halos, step 2 sees step 1's and is exact again."""
+    step 0's halos, step 2 sees step 1's and is exact again. Displaced steps may assemble the
+    input and fill the send buffers through block copies (same results)."""
     conv = make_conv(1, seed=3)
     rows = (4, 3, 5)
     n = len(rows)
     x0 = torch.randn(2, 3, sum(rows), 6)
     x1 = x0 + torch.randn_like(x0)
     clocks = [StepClock("distrifusion", 3, 1) for _ in range(n)]
-    layers = halo_convs(conv, clocks, Mailbox())
+    layers = halo_convs(conv, clocks, Mailbox(), copies, band=(2, 3, 6))
 
     def step(step: int, x: Tensor) -> Tensor:
         for clock in clocks:
             clock.begin(step)
-        parts = split_rows(x, rows)
+        parts = [part.contiguous() for part in split_rows(x, rows)]  # as a UNet's activations
         return torch.cat(run_bands([lambda i=i: layers[i](parts[i]) for i in range(n)]), dim=2)
 
     assert torch.allclose(step(0, x0), conv(x0), atol=1e-6)
@@ -343,6 +411,7 @@ def test_halo_conv_displaced_uses_previous_step() -> None:
         assert isinstance(exchange, FakeRows)
         assert exchange.posted_steps == [0, 1]  # the last step posts nothing
         assert exchange.waited_steps == [0, 0, 1]
+        assert exchange.filled_steps == ([] if copies is None else [1])
 
 
 # -- BandGroupNorm -------------------------------------------------------------------------------
@@ -467,11 +536,12 @@ def test_band_group_norm_displaced_correction() -> None:
 # -- BandSelfAttnProcessor -----------------------------------------------------------------------
 
 WIDTH = 4
+INNER = 32  # heads x head dimension of make_attention
 
 
 def make_attention(seed: int) -> Attention:
     torch.manual_seed(seed)
-    attn = Attention(query_dim=32, heads=4, dim_head=8)
+    attn = Attention(query_dim=32, heads=4, dim_head=INNER // 4)
     attn.requires_grad_(False).eval()
     return attn
 
@@ -487,7 +557,11 @@ def band_attentions(
     rows: Sequence[int],
     pattern: str,
     ratio: float,
+    copies: BlockCopies | None = None,
+    batch: int = 2,
 ) -> list[Attention]:
+    """One attention module per band; with ``copies``, displaced steps assemble their context
+    through it, writing send buffers for a CFG batch of ``batch``."""
     box_blocks, box_rows = Mailbox(), Mailbox()
     n = len(rows)
     layers = []
@@ -503,15 +577,19 @@ def band_attentions(
                 from_up=0 if i == 0 else pcpp_rows(ratio, rows[i - 1]),
                 from_down=0 if i + 1 == n else pcpp_rows(ratio, rows[i + 1]),
             )
-            row_exchange = FakeRows(box_rows, i, n)
+            own = (batch, kv_rows.own * WIDTH, 2 * INNER) if kv_rows.own else None
+            sends = (None if i == 0 else own, None if i + 1 == n else own)
+            row_exchange = FakeRows(box_rows, i, n, sends if copies else None)
+        block = (batch, rows[i] * WIDTH, 2 * INNER)
         attn.set_processor(
             BandSelfAttnProcessor(
                 clock=clocks[i],
                 band_index=i,
                 pattern=pattern,  # type: ignore[arg-type]
-                blocks=FakeBlocks(box_blocks, i, n),
+                blocks=FakeBlocks(box_blocks, i, n, block if copies else None),
                 rows=row_exchange,
                 kv_rows=kv_rows,
+                copies=copies,
             )
         )
         layers.append(attn)
@@ -566,26 +644,45 @@ def test_band_attention_follows_weight_changes_and_hooks_of_its_projections() ->
     assert torch.allclose(layer(x), reference(x), atol=1e-6)
 
 
+COPIES = pytest.mark.parametrize("copies", [None, copy_each], ids=["concatenate", "block-copies"])
+
+
+def filled_steps(layer: Attention) -> list[int]:
+    """Steps whose send buffers the layer's processor filled itself."""
+    processor = layer.processor
+    assert isinstance(processor, BandSelfAttnProcessor)
+    exchange = processor.rows if processor.pattern == "pcpp" else processor.blocks
+    assert isinstance(exchange, FakeRows | FakeBlocks)
+    return exchange.filled_steps
+
+
+@COPIES
 @pytest.mark.parametrize("pattern,rows", [("full", (3, 2, 3)), ("pcpp", (3, 2))])
-def test_band_attention_displaced_full_context(pattern: str, rows: tuple[int, ...]) -> None:
+def test_band_attention_displaced_full_context(
+    pattern: str, rows: tuple[int, ...], copies: BlockCopies | None
+) -> None:
     """distrifusion, or pcpp with ratio 1 on two bands, on an unchanged input: every step equals
-    the full attention (the stale context is the same as the fresh one)."""
+    the full attention (the stale context is the same as the fresh one). Displaced steps may
+    assemble the context and the send buffers through block copies."""
     reference = make_attention(seed=9)
     n = len(rows)
     x = torch.randn(2, sum(rows) * WIDTH, 32)
     full = reference(x)
     clocks = [StepClock("pcpp" if pattern == "pcpp" else "distrifusion", 4, 1) for _ in rows]
-    layers = band_attentions(reference, clocks, rows, pattern, 1.0)
+    layers = band_attentions(reference, clocks, rows, pattern, 1.0, copies)
     parts = split_rows(x, [r * WIDTH for r in rows], dim=1)
     for step in range(4):
         for clock in clocks:
             clock.begin(step)
         outs = run_bands([lambda i=i: layers[i](parts[i]) for i in range(n)])
         assert torch.allclose(torch.cat(outs, dim=1), full, atol=1e-6), step
+    for layer in layers:  # steps 1 and 2 post displaced, step 3 is the last
+        assert filled_steps(layer) == ([] if copies is None else [1, 2])
 
 
+@COPIES
 @pytest.mark.parametrize("ratio", [0.0, 0.3, 0.5, 1.0])
-def test_band_attention_pcpp_partial_context(ratio: float) -> None:
+def test_band_attention_pcpp_partial_context(ratio: float, copies: BlockCopies | None) -> None:
     """pcpp: a band attends to itself plus the ceil(ratio * rows) rows of each neighbour next
     to the shared boundary (never a band two away, even with ratio 1); known answer: diffusers'
     own attention with those rows as keys."""
@@ -595,7 +692,7 @@ def test_band_attention_pcpp_partial_context(ratio: float) -> None:
     n = len(rows)
     x = torch.randn(2, sum(rows) * WIDTH, 32)
     clocks = [StepClock("pcpp", 4, 1) for _ in rows]
-    layers = band_attentions(reference, clocks, rows, "pcpp", ratio)
+    layers = band_attentions(reference, clocks, rows, "pcpp", ratio, copies)
     parts = split_rows(x, [r * WIDTH for r in rows], dim=1)
     expected = []
     for i in range(n):
@@ -612,6 +709,8 @@ def test_band_attention_pcpp_partial_context(ratio: float) -> None:
             continue
         for i in range(n):
             assert torch.allclose(outs[i], expected[i], atol=1e-6), (step, i)
+    for layer in layers:
+        assert filled_steps(layer) == ([] if copies is None else [1, 2])
 
 
 def test_band_attention_rejects_cross_attention_input() -> None:
@@ -642,11 +741,15 @@ class FakeComm:
     def wire_spec(self, device: torch.device, dtype: torch.dtype) -> WireSpec:
         return WireSpec(device, device, dtype)
 
-    def neighbour_exchange(self, name: str, kind: str, **_: object) -> FakeRows:
-        return FakeRows(self._box(name), self._index, self._n)
+    def neighbour_exchange(
+        self, name: str, kind: str, *, send_shapes: tuple[Shape | None, Shape | None], **_: object
+    ) -> FakeRows:
+        return FakeRows(self._box(name), self._index, self._n, send_shapes)
 
-    def all_bands_exchange(self, name: str, kind: str, **_: object) -> FakeBlocks:
-        return FakeBlocks(self._box(name), self._index, self._n)
+    def all_bands_exchange(
+        self, name: str, kind: str, *, shapes: Sequence[Shape], **_: object
+    ) -> FakeBlocks:
+        return FakeBlocks(self._box(name), self._index, self._n, shapes[self._index])
 
     def stats_allreduce(self, name: str, kind: str, **_: object) -> FakeAllreduce:
         return FakeAllreduce(self._box(name), self._index, self._n)
@@ -682,20 +785,24 @@ def parallel_unets(
     steps: int,
     warmup: int,
     ratio: float = 0.3,
+    block_copies: BlockCopies | None = None,
 ) -> tuple[list[UNet2DConditionModel], list[StepClock], tuple[Band, ...]]:
     unet, inventory = tiny
     bands = split_bands(LATENT[0], n, level_unit(inventory.levels))
     boxes: dict[str, Mailbox] = {}
     lock = threading.Lock()
-    copies, clocks = [], []
+    unets, clocks = [], []
     for index in range(n):
         band_unet = share_weights(unet)
         clock = StepClock(mode, steps, warmup)
-        comm = FakeComm(boxes, lock, index, n)
-        parallelize(band_unet, inventory, comm, bands, clock, mode=mode, ratio=ratio, batch=2)  # type: ignore[arg-type]
-        copies.append(band_unet)
+        comm: Any = FakeComm(boxes, lock, index, n)
+        parallelize(
+            band_unet, inventory, comm, bands, clock, mode=mode, ratio=ratio, batch=2,
+            block_copies=block_copies,
+        )  # fmt: skip
+        unets.append(band_unet)
         clocks.append(clock)
-    return copies, clocks, bands
+    return unets, clocks, bands
 
 
 def unet_inputs(seed: int) -> tuple[Tensor, Tensor]:
@@ -747,16 +854,22 @@ def test_parallelized_tiny_unet_naive_has_seams(
     assert (out - full).abs().max() > 1e-3 * full.abs().max()
 
 
+@COPIES
 @pytest.mark.parametrize("mode,n,ratio", [("distrifusion", 3, 0.3), ("pcpp", 2, 1.0)])
 def test_parallelized_tiny_unet_displaced_on_constant_input(
-    tiny_unet: tuple[UNet2DConditionModel, LayerInventory], mode: str, n: int, ratio: float
+    tiny_unet: tuple[UNet2DConditionModel, LayerInventory],
+    mode: str,
+    n: int,
+    ratio: float,
+    copies: BlockCopies | None,
 ) -> None:
     """With the same input at every step, stale context equals fresh context: distrifusion,
     and pcpp with ratio 1 on two bands, equal single at every step, displaced ones included
-    (checks which step each layer posts and reads, and the corrected stale GroupNorm)."""
+    (checks which step each layer posts and reads, and the corrected stale GroupNorm; with
+    block copies, also the send buffers the layers fill themselves)."""
     sample, text = unet_inputs(seed=21)
     full = tiny_unet[0](sample, 500, encoder_hidden_states=text).sample
-    unets, clocks, bands = parallel_unets(tiny_unet, n, mode, 4, 1, ratio=ratio)
+    unets, clocks, bands = parallel_unets(tiny_unet, n, mode, 4, 1, ratio, copies)
     scale = full.abs().max()
     kinds = []
     for step in range(4):
@@ -764,6 +877,31 @@ def test_parallelized_tiny_unet_displaced_on_constant_input(
         kinds.append(clocks[0].kind)
         assert (out - full).abs().max() <= 1e-5 * scale, (step, clocks[0].kind)
     assert kinds == ["sync", "displaced", "displaced", "displaced_last"]
+    filled = [
+        module.exchange.filled_steps
+        for unet in unets
+        for module in unet.modules()
+        if isinstance(module, HaloConv2d) and isinstance(module.exchange, FakeRows)
+        and not module.always_fresh  # conv_in: fresh rows of the step's own latent
+    ]  # fmt: skip
+    assert filled and all(steps == ([] if copies is None else [1, 2]) for steps in filled)
+
+
+def test_block_copies_change_no_bit_of_a_displaced_run(
+    tiny_unet: tuple[UNet2DConditionModel, LayerInventory],
+) -> None:
+    """pcpp on 3 bands with a new input every step: assembling the layers' inputs through
+    block copies gives exactly the outputs of concatenations (the Triton kernel's copies equal
+    PyTorch's: ``test_copy_kernels.py``)."""
+    outputs = {}
+    for name, copies in (("concatenate", None), ("block-copies", copy_each)):
+        unets, clocks, bands = parallel_unets(tiny_unet, 3, "pcpp", 4, 1, 0.3, copies)
+        outputs[name] = [
+            run_unet_bands(unets, clocks, bands, step, *unet_inputs(seed=30 + step))
+            for step in range(4)
+        ]
+    for concatenated, copied in zip(outputs["concatenate"], outputs["block-copies"], strict=True):
+        assert torch.equal(concatenated, copied)
 
 
 def test_conv_in_is_fresh_in_displaced_steps(

@@ -71,6 +71,7 @@ def parallelize(
     batch: int,
     latent_halo_on_host: bool = True,
     norm_kernels: NormKernels = "torch",
+    block_copies: BlockCopies | None = None,
 ) -> ParallelHandle:
     """Install band-parallel layers for this rank's band (``comm.topology.band_index``).
 
@@ -80,6 +81,9 @@ def parallelize(
     device buffers, so this small message does not wait behind device-to-device transfers.
     ``norm_kernels``: how every GroupNorm runs; with ``triton`` a one-band run (``single``)
     gets the kernels too, with its own statistics (nothing else changes there).
+    ``block_copies``: how displaced steps assemble a layer's input from its own and received
+    rows while filling its send buffers (:mod:`~.block_copies`); by default the Triton block
+    copies with ``norm_kernels="triton"``, concatenations and copies otherwise.
     """
     handle = ParallelHandle()
     modules = dict(unet.named_modules())
@@ -98,7 +102,9 @@ def parallelize(
                 replace(spec.name, BandGroupNorm(norm, None, clock, norm_kernels))
         return handle
     communicate = mode != "naive"
-    copies = _triton_copies() if norm_kernels == "triton" else None
+    copies = block_copies
+    if copies is None and norm_kernels == "triton":
+        copies = _triton_copies()
     pattern: Literal["full", "pcpp"] = "pcpp" if mode == "pcpp" else "full"
     index = comm.topology.band_index
     band = bands[index]
