@@ -7,7 +7,6 @@ monkeypatched, and :meth:`ParallelHandle.remove` restores the original model.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -82,8 +81,9 @@ def parallelize(
     ``norm_kernels``: how every GroupNorm runs; with ``triton`` a one-band run (``single``)
     gets the kernels too, with its own statistics (nothing else changes there).
     ``block_copies``: how displaced steps assemble a layer's input from its own and received
-    rows while filling its send buffers (:mod:`~.block_copies`); by default the Triton block
-    copies with ``norm_kernels="triton"``, concatenations and copies otherwise.
+    rows while filling its send buffers (:mod:`~.block_copies`, e.g. the Triton
+    :func:`~.copy_kernels.copy_blocks`); ``None``: concatenations and one copy per send
+    buffer. Runs do not pass it yet: the Triton block copies have not been timed on a GPU.
     """
     handle = ParallelHandle()
     modules = dict(unet.named_modules())
@@ -103,8 +103,6 @@ def parallelize(
         return handle
     communicate = mode != "naive"
     copies = block_copies
-    if copies is None and norm_kernels == "triton":
-        copies = _triton_copies()
     pattern: Literal["full", "pcpp"] = "pcpp" if mode == "pcpp" else "full"
     index = comm.topology.band_index
     band = bands[index]
@@ -198,11 +196,6 @@ def parallelize(
             )
         )
     return handle
-
-
-def _triton_copies() -> BlockCopies:
-    """The Triton block copies (imported only when Triton kernels were chosen)."""
-    return importlib.import_module("pcpp_mpi.parallel.copy_kernels").copy_blocks
 
 
 def dtype_itemsize(dtype: torch.dtype) -> int:

@@ -66,7 +66,6 @@ def resolve_norm_kernels(setting: str, device: torch.device) -> NormKernels:
         raise ValueError(f"runtime.norm_kernels: unknown setting {setting!r}")
     try:
         _kernel_module().self_check(device)
-        importlib.import_module("pcpp_mpi.parallel.copy_kernels").self_check(device)
     except Exception as error:  # no Triton, no C compiler for its launcher, an unknown GPU...
         if setting == "triton":
             raise RuntimeError(
