@@ -114,17 +114,15 @@ def test_neighbour_reset(mpi: ModuleType) -> None:
     exchange.wait(0)
 
 
-def test_neighbour_exchange_to_itself(mpi: ModuleType) -> None:
-    """COMM_SELF rank 0 as both neighbours: what goes up comes back from up, what goes down
-    comes back from down (messages on one tag keep their order), and the bytes are counted."""
-    counter = TrafficCounter()
-    exchange = NeighbourExchange(
+def both_sides_self(mpi: ModuleType, tag: int, counter: TrafficCounter) -> NeighbourExchange:
+    """COMM_SELF rank 0 as the band above and the band below: one row up, two rows down."""
+    return NeighbourExchange(
         name="rows",
         kind="kv",
         comm=mpi.COMM_SELF,
         up=0,
         down=0,
-        tag=5,
+        tag=tag,
         send_shapes=((1, 2, 1, 3), (1, 2, 2, 3)),
         recv_shapes=((1, 2, 1, 3), (1, 2, 2, 3)),
         wire=WIRE,
@@ -133,6 +131,13 @@ def test_neighbour_exchange_to_itself(mpi: ModuleType) -> None:
         deferred=DeferredStarts(),
         recorder=StepRecorder(),
     )
+
+
+def test_neighbour_exchange_to_itself(mpi: ModuleType) -> None:
+    """COMM_SELF rank 0 as both neighbours: what goes up comes back from up, what goes down
+    comes back from down (messages on one tag keep their order), and the bytes are counted."""
+    counter = TrafficCounter()
+    exchange = both_sides_self(mpi, tag=5, counter=counter)
     for step in range(3):
         to_up = torch.randn(1, 2, 1, 3)
         to_down = torch.randn(1, 2, 2, 3)
@@ -507,21 +512,7 @@ def test_neighbour_fillable_sends_round_trip(mpi: ModuleType) -> None:
     and byte counts as ``post`` with the data; the buffers of a step whose parity is still in
     flight are refused."""
     counter = TrafficCounter()
-    exchange = NeighbourExchange(
-        name="rows",
-        kind="kv",
-        comm=mpi.COMM_SELF,
-        up=0,
-        down=0,
-        tag=11,
-        send_shapes=((1, 2, 1, 3), (1, 2, 2, 3)),
-        recv_shapes=((1, 2, 1, 3), (1, 2, 2, 3)),
-        wire=WIRE,
-        counter=counter,
-        tracer=Tracer(enabled=False),
-        deferred=DeferredStarts(),
-        recorder=StepRecorder(),
-    )
+    exchange = both_sides_self(mpi, tag=11, counter=counter)
     for step in range(3):
         buffers = exchange.fillable_sends(step)
         assert buffers is not None
