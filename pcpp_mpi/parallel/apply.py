@@ -83,7 +83,8 @@ def parallelize(
     ``block_copies``: how displaced steps assemble a layer's input from its own and received
     rows while filling its send buffers (:mod:`~.block_copies`, e.g. the Triton
     :func:`~.copy_kernels.copy_blocks`); ``None``: concatenations and one copy per send
-    buffer. Runs do not pass it yet: the Triton block copies have not been timed on a GPU.
+    buffer. Runs do not pass it: on an H200 the Triton block copies were slower than
+    concatenations and copies (docs/benchmarks/results/14-block-copies-1xh200/).
     """
     handle = ParallelHandle()
     modules = dict(unet.named_modules())
@@ -102,7 +103,6 @@ def parallelize(
                 replace(spec.name, BandGroupNorm(norm, None, clock, norm_kernels))
         return handle
     communicate = mode != "naive"
-    copies = block_copies
     pattern: Literal["full", "pcpp"] = "pcpp" if mode == "pcpp" else "full"
     index = comm.topology.band_index
     band = bands[index]
@@ -132,7 +132,7 @@ def parallelize(
             handle.exchanges.append(exchange)
         conv = modules[spec.name]
         assert isinstance(conv, nn.Conv2d)
-        replace(spec.name, HaloConv2d(conv, halo, exchange, clock, spec.always_fresh, copies))
+        replace(spec.name, HaloConv2d(conv, halo, exchange, clock, spec.always_fresh, block_copies))
 
     for spec in inventory.norms:
         stats = None
@@ -192,7 +192,7 @@ def parallelize(
                 blocks=blocks,
                 rows=rows,
                 kv_rows=kv_rows,
-                copies=copies,
+                copies=block_copies,
             )
         )
     return handle
