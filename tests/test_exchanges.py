@@ -18,6 +18,7 @@ from pcpp_mpi.comm.exchanges import (
     WireSpec,
     mpi_buffer,
 )
+from pcpp_mpi.comm.frames import TokenFrames
 from pcpp_mpi.comm.topology import Topology
 from pcpp_mpi.comm.traffic import TrafficCounter
 from pcpp_mpi.trace.recorder import Tracer
@@ -532,9 +533,10 @@ def test_neighbour_fillable_sends_round_trip(mpi: ModuleType) -> None:
     assert sent == {"kv": (6 + 12) * 4} and received == {"kv": (6 + 12) * 4}
 
 
-def test_fillable_sends_are_none_for_host_staged_buffers(mpi: ModuleType) -> None:
-    """Send buffers in host memory while the compute device is another one: callers copy into
-    them with ``post`` (the kernels that fill device buffers cannot write them)."""
+def test_fillable_sends_and_frames_are_none_for_host_staged_buffers(mpi: ModuleType) -> None:
+    """Buffers in host memory while the compute device is another one: callers copy into
+    them with ``post`` (the kernels that fill device buffers cannot write them), and layers
+    cannot read frames in place."""
     staged = WireSpec(compute_device=torch.device("meta"), wire_device=CPU, dtype=torch.float32)
     common = dict(
         comm=mpi.COMM_SELF,
@@ -548,12 +550,105 @@ def test_fillable_sends_are_none_for_host_staged_buffers(mpi: ModuleType) -> Non
         name="rows", kind="halo", up=0, down=None, tag=12,
         send_shapes=((1, 1, 1, 2), None), recv_shapes=((1, 1, 1, 2), None), **common,
     )  # fmt: skip
-    blocks = AllBandsExchange(name="kv", kind="kv", tag=13, shapes=[(1, 4, 2)], **common)
+    frames = TokenFrames(staged, batch=1, channels=2, band_tokens=[4])
+    blocks = AllBandsExchange(
+        name="kv", kind="kv", tag=13, shapes=[(1, 4, 2)], frames=frames, **common
+    )
     assert rows.fillable_sends(0) is None
-    assert blocks.fillable_send(0) is None
+    assert rows.frame(0) is None and blocks.frame(0) is None
 
 
-def test_all_bands_fillable_send_and_recorded_post_filled(mpi: ModuleType) -> None:
+# -- token frames --------------------------------------------------------------------------------
+
+
+def test_token_frames_views() -> None:
+    """Layers see ``(B, n, C)`` views of the token-major frames MPI reads and writes."""
+    frames = TokenFrames(WIRE, batch=2, channels=5, band_tokens=[3, 4, 2])
+    assert frames.starts == (0, 3, 7, 9) and frames.band(1) == (3, 7)
+    wire = frames.wire_tokens(1, 3, 7)
+    assert wire.shape == (4, 2, 5) and wire.is_contiguous()
+    view = frames.tokens(1, 3, 7)
+    assert view.shape == (2, 4, 5) and view.data_ptr() == wire.data_ptr()
+    view.copy_(torch.arange(40.0).view(2, 4, 5))
+    assert torch.equal(wire[2, 1], torch.arange(30.0, 35.0))  # token 2 of batch 1
+    assert frames.tokens(0, 3, 7).data_ptr() != wire.data_ptr()  # the other parity
+    with pytest.raises(ValueError, match="outside"):
+        frames.tokens(0, 5, 10)
+    with pytest.raises(ValueError, match="bad frame"):
+        TokenFrames(WIRE, batch=2, channels=5, band_tokens=[3, 0])
+
+
+def framed_rows(mpi: ModuleType, frames: TokenFrames, counter: TrafficCounter) -> NeighbourExchange:
+    """COMM_SELF rank 0 as both neighbours of band 1 of ``frames``: two tokens go up (and come
+    back from up), one goes down."""
+    shape = (frames.batch, 2, frames.channels), (frames.batch, 1, frames.channels)
+    return NeighbourExchange(
+        name="rows", kind="kv", comm=mpi.COMM_SELF, up=0, down=0, tag=15,
+        send_shapes=shape, recv_shapes=shape, wire=WIRE, counter=counter,
+        tracer=Tracer(enabled=False), deferred=DeferredStarts(), recorder=StepRecorder(),
+        frames=frames, frame_band=1,
+    )  # fmt: skip
+
+
+def test_neighbour_exchange_in_frames(mpi: ModuleType) -> None:
+    """Rows sent from step t's frame arrive in the context step t + 1 reads in place: the
+    band's first tokens went up and came back as the rows above it, its last ones as the rows
+    below; only the messages' bytes travel."""
+    counter = TrafficCounter()
+    frames = TokenFrames(WIRE, batch=2, channels=5, band_tokens=[3, 4, 2])
+    exchange = framed_rows(mpi, frames, counter)
+    sent: list[torch.Tensor] = []
+    for step in range(4):
+        placed = exchange.frame(step)
+        assert placed is not None
+        context, own = placed
+        assert context.shape == (2, 2 + 4 + 1, 5) and own.shape == (2, 4, 5)
+        if step:  # what step - 1 received, in place around this band's tokens
+            assert torch.equal(context[:, :2], sent[-1][:, :2])
+            assert torch.equal(context[:, -1:], sent[-1][:, -1:])
+        own.copy_(torch.randn(2, 4, 5))
+        assert torch.equal(context[:, 2:6], own)
+        sent.append(own.clone())
+        exchange.post_filled(step)
+        with pytest.raises(ExchangeError, match="still pending"):
+            exchange.frame(step + 2)
+        from_up, from_down = exchange.wait(step)
+        assert from_up is not None and from_down is not None
+        assert torch.equal(from_up, sent[-1][:, :2]) and torch.equal(from_down, sent[-1][:, -1:])
+    per_step = (2 + 1) * 2 * 5 * 4  # tokens x batch x channels x float32
+    assert counter.step_totals(0, 3) == ({"kv": per_step}, {"kv": per_step})
+
+
+def test_neighbour_post_copies_into_frames(mpi: ModuleType) -> None:
+    """``post`` with data works on framed buffers too (the step after a sync step)."""
+    frames = TokenFrames(WIRE, batch=1, channels=3, band_tokens=[2, 3, 1])
+    exchange = framed_rows(mpi, frames, TrafficCounter())
+    to_up, to_down = torch.randn(1, 2, 3), torch.randn(1, 1, 3)
+    exchange.post(0, to_up, to_down)
+    from_up, from_down = exchange.wait(0)
+    assert from_up is not None and from_down is not None
+    assert torch.equal(from_up, to_up) and torch.equal(from_down, to_down)
+    placed = exchange.frame(1)
+    assert placed is not None
+    assert torch.equal(placed[0][:, :2], to_up) and torch.equal(placed[0][:, -1:], to_down)
+
+
+def test_frames_reject_messages_that_do_not_fit(mpi: ModuleType) -> None:
+    frames = TokenFrames(WIRE, batch=2, channels=5, band_tokens=[3, 4])
+    common = dict(
+        comm=mpi.COMM_SELF, wire=WIRE, counter=TrafficCounter(), tracer=Tracer(enabled=False),
+        deferred=DeferredStarts(), recorder=StepRecorder(), frames=frames,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="does not fit"):
+        NeighbourExchange(
+            name="rows", kind="kv", up=0, down=None, tag=16, send_shapes=((2, 1, 4), None),
+            recv_shapes=((2, 1, 5), None), frame_band=1, **common,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="do not match"):
+        AllBandsExchange(name="kv", kind="kv", tag=17, shapes=[(2, 3, 5), (2, 3, 5)], **common)
+
+
+def test_all_bands_frame_and_recorded_post_filled(mpi: ModuleType) -> None:
     recorder = StepRecorder()
     exchange = AllBandsExchange(
         name="attn",
@@ -566,14 +661,17 @@ def test_all_bands_fillable_send_and_recorded_post_filled(mpi: ModuleType) -> No
         tracer=Tracer(enabled=False),
         deferred=DeferredStarts(),
         recorder=recorder,
+        frames=TokenFrames(WIRE, batch=2, channels=4, band_tokens=[3]),
     )
-    send = exchange.fillable_send(0)
-    assert send is not None and send.shape == (2, 3, 4)
+    placed = exchange.frame(0)
+    assert placed is not None
+    context, own = placed
+    assert context.shape == own.shape == (2, 3, 4) and context.data_ptr() == own.data_ptr()
     exchange.post_filled(0)
     with pytest.raises(ExchangeError, match="still pending"):
-        exchange.fillable_send(2)
+        exchange.frame(2)
     assert exchange.wait(0) == [None]
     recorder.start(1)
-    assert exchange.fillable_send(1) is not None
+    assert exchange.frame(1) is not None
     exchange.post_filled(1)
     assert recorder.stop().describe() == ["post attn +0"]

@@ -22,6 +22,7 @@ from diffusers.models.attention_processor import Attention
 from torch import nn
 
 from pcpp_mpi.comm.exchanges import WireSpec
+from pcpp_mpi.comm.frames import TokenFrames
 from pcpp_mpi.comm.topology import Topology
 from pcpp_mpi.config.schema import ModelConfig
 from pcpp_mpi.geometry import Band, conv_halo, level_unit, pcpp_rows, split_bands
@@ -35,6 +36,7 @@ from pcpp_mpi.parallel.halo_conv import HaloConv2d
 from pcpp_mpi.parallel.inventory import LayerInventory, inventory_of
 
 TIMEOUT_S = 20.0
+CPU = torch.device("cpu")
 Tensor = torch.Tensor
 
 
@@ -92,7 +94,10 @@ def unfilled(shape: Shape | None) -> Tensor | None:
 class FakeRows:
     """Band ``index``'s end of a neighbour exchange (halos, pcpp K/V rows). With
     ``send_shapes`` (to the band above, to the band below) a layer may also fill send buffers
-    itself (``fillable_sends`` / ``post_filled``)."""
+    itself (``fillable_sends`` / ``post_filled``). With ``frames`` (K/V rows) the buffers are
+    placed in them around the band as in :class:`pcpp_mpi.comm.exchanges.NeighbourExchange`:
+    what is waited for at step ``t`` is written into frame ``t + 1``, sends come from frame
+    ``t``."""
 
     def __init__(
         self,
@@ -100,13 +105,20 @@ class FakeRows:
         index: int,
         n_bands: int,
         send_shapes: tuple[Shape | None, Shape | None] | None = None,
+        recv_shapes: tuple[Shape | None, Shape | None] | None = None,
+        frames: TokenFrames | None = None,
     ) -> None:
         self.box, self.index, self.n = box, index, n_bands
         self.send_shapes = send_shapes
+        self.frames = frames
         self.filling: dict[int, tuple[Tensor | None, Tensor | None]] = {}
         self.filled_steps: list[int] = []
         self.posted_steps: list[int] = []
         self.waited_steps: list[int] = []
+        if frames is not None:
+            assert send_shapes is not None and recv_shapes is not None
+            self.send_tokens = [0 if s is None else s[1] for s in send_shapes]
+            self.recv_tokens = [0 if s is None else s[1] for s in recv_shapes]
 
     def fillable_sends(self, step: int) -> tuple[Tensor | None, Tensor | None] | None:
         if self.send_shapes is None:
@@ -115,9 +127,25 @@ class FakeRows:
         buffers = self.filling[step] = (unfilled(up), unfilled(down))
         return buffers
 
+    def frame(self, step: int) -> tuple[Tensor, Tensor] | None:
+        if self.frames is None:
+            return None
+        start, stop = self.frames.band(self.index)
+        first, last = start - self.recv_tokens[0], stop + self.recv_tokens[1]
+        parity = step % 2
+        return self.frames.tokens(parity, first, last), self.frames.tokens(parity, start, stop)
+
     def post_filled(self, step: int) -> None:
         self.filled_steps.append(step)
-        self.post(step, *self.filling.pop(step))
+        if step in self.filling:
+            self.post(step, *self.filling.pop(step))
+            return
+        assert self.frames is not None
+        own = self.frames.tokens(step % 2, *self.frames.band(self.index))
+        up, down = self.send_tokens
+        self.post(
+            step, own[:, :up] if up else None, own[:, own.shape[1] - down :] if down else None
+        )
 
     def post(self, step: int, to_up: Tensor | None, to_down: Tensor | None) -> None:
         self.posted_steps.append(step)
@@ -129,41 +157,54 @@ class FakeRows:
         i = self.index
         from_up = self.box.get(step, i - 1, "down") if i > 0 else None
         from_down = self.box.get(step, i + 1, "up") if i + 1 < self.n else None
+        if self.frames is not None:  # as MPI would have received them
+            start, stop = self.frames.band(i)
+            parity = (step + 1) % 2
+            if from_up is not None:
+                self.frames.tokens(parity, start - from_up.shape[1], start).copy_(from_up)
+            if from_down is not None:
+                self.frames.tokens(parity, stop, stop + from_down.shape[1]).copy_(from_down)
         return from_up, from_down
 
 
 class FakeBlocks:
-    """Band ``index``'s end of an all-bands exchange (full K/V); with ``send_shape``, also
-    fillable by the layer."""
+    """Band ``index``'s end of an all-bands exchange (full K/V); with ``frames``, the blocks
+    live in them as in :class:`pcpp_mpi.comm.exchanges.AllBandsExchange`."""
 
     def __init__(
-        self, box: Mailbox, index: int, n_bands: int, send_shape: Shape | None = None
+        self, box: Mailbox, index: int, n_bands: int, frames: TokenFrames | None = None
     ) -> None:
         self.box, self.index, self.n = box, index, n_bands
-        self.send_shape = send_shape
-        self.filling: dict[int, Tensor | None] = {}
+        self.frames = frames
         self.filled_steps: list[int] = []
         self.posted_steps: list[int] = []
 
-    def fillable_send(self, step: int) -> Tensor | None:
-        self.filling[step] = unfilled(self.send_shape)
-        return self.filling[step]
+    def frame(self, step: int) -> tuple[Tensor, Tensor] | None:
+        if self.frames is None:
+            return None
+        parity = step % 2
+        everything = self.frames.tokens(parity, 0, self.frames.starts[-1])
+        return everything, self.frames.tokens(parity, *self.frames.band(self.index))
 
     def post_filled(self, step: int) -> None:
-        buffer = self.filling.pop(step)
-        assert buffer is not None
+        assert self.frames is not None
         self.filled_steps.append(step)
-        self.post(step, buffer)
+        self.post(step, self.frames.tokens(step % 2, *self.frames.band(self.index)))
 
     def post(self, step: int, own: Tensor) -> None:
         self.posted_steps.append(step)
         self.box.put(step, self.index, "block", _clone(own))
 
     def wait(self, step: int) -> list[Tensor | None]:
-        return [
+        blocks = [
             None if band == self.index else self.box.get(step, band, "block")
             for band in range(self.n)
         ]
+        if self.frames is not None:  # as MPI would have received them
+            for band, block in enumerate(blocks):
+                if block is not None:
+                    self.frames.tokens((step + 1) % 2, *self.frames.band(band)).copy_(block)
+        return blocks
 
 
 class FakeAllreduce:
@@ -557,16 +598,22 @@ def band_attentions(
     rows: Sequence[int],
     pattern: str,
     ratio: float,
-    copies: BlockCopies | None = None,
+    frames: bool = False,
     batch: int = 2,
 ) -> list[Attention]:
-    """One attention module per band; with ``copies``, displaced steps assemble their context
-    through it, writing send buffers for a CFG batch of ``batch``."""
+    """One attention module per band; with ``frames``, each band's exchanges live in token
+    frames of a CFG batch of ``batch`` (displaced steps then read their context in place)."""
     box_blocks, box_rows = Mailbox(), Mailbox()
     n = len(rows)
     layers = []
     for i in range(n):
         attn = copy.deepcopy(reference)  # one module per "rank", same weights
+        band_frames = None
+        if frames:
+            band_frames = TokenFrames(
+                WireSpec(CPU, CPU, torch.float32), batch=batch, channels=2 * INNER,
+                band_tokens=[r * WIDTH for r in rows],
+            )  # fmt: skip
         kv_rows = None
         row_exchange = None
         if pattern == "pcpp":
@@ -577,19 +624,21 @@ def band_attentions(
                 from_up=0 if i == 0 else pcpp_rows(ratio, rows[i - 1]),
                 from_down=0 if i + 1 == n else pcpp_rows(ratio, rows[i + 1]),
             )
-            own = (batch, kv_rows.own * WIDTH, 2 * INNER) if kv_rows.own else None
-            sends = (None if i == 0 else own, None if i + 1 == n else own)
-            row_exchange = FakeRows(box_rows, i, n, sends if copies else None)
-        block = (batch, rows[i] * WIDTH, 2 * INNER)
+
+            def shape(tokens: int, edge: bool) -> Shape | None:
+                return None if edge or not tokens else (batch, tokens * WIDTH, 2 * INNER)
+
+            sends = (shape(kv_rows.own, i == 0), shape(kv_rows.own, i + 1 == n))
+            recvs = (shape(kv_rows.from_up, i == 0), shape(kv_rows.from_down, i + 1 == n))
+            row_exchange = FakeRows(box_rows, i, n, sends, recvs, band_frames)
         attn.set_processor(
             BandSelfAttnProcessor(
                 clock=clocks[i],
                 band_index=i,
                 pattern=pattern,  # type: ignore[arg-type]
-                blocks=FakeBlocks(box_blocks, i, n, block if copies else None),
+                blocks=FakeBlocks(box_blocks, i, n, band_frames),
                 rows=row_exchange,
                 kv_rows=kv_rows,
-                copies=copies,
             )
         )
         layers.append(attn)
@@ -645,6 +694,7 @@ def test_band_attention_follows_weight_changes_and_hooks_of_its_projections() ->
 
 
 COPIES = pytest.mark.parametrize("copies", [None, copy_each], ids=["concatenate", "block-copies"])
+FRAMES = pytest.mark.parametrize("frames", [False, True], ids=["buffers", "frames"])
 
 
 def filled_steps(layer: Attention) -> list[int]:
@@ -656,20 +706,20 @@ def filled_steps(layer: Attention) -> list[int]:
     return exchange.filled_steps
 
 
-@COPIES
+@FRAMES
 @pytest.mark.parametrize("pattern,rows", [("full", (3, 2, 3)), ("pcpp", (3, 2))])
 def test_band_attention_displaced_full_context(
-    pattern: str, rows: tuple[int, ...], copies: BlockCopies | None
+    pattern: str, rows: tuple[int, ...], frames: bool
 ) -> None:
     """distrifusion, or pcpp with ratio 1 on two bands, on an unchanged input: every step equals
-    the full attention (the stale context is the same as the fresh one). Displaced steps may
-    assemble the context and the send buffers through block copies."""
+    the full attention (the stale context is the same as the fresh one). With frames,
+    displaced steps write their keys and values into the frame and read it in place."""
     reference = make_attention(seed=9)
     n = len(rows)
     x = torch.randn(2, sum(rows) * WIDTH, 32)
     full = reference(x)
     clocks = [StepClock("pcpp" if pattern == "pcpp" else "distrifusion", 4, 1) for _ in rows]
-    layers = band_attentions(reference, clocks, rows, pattern, 1.0, copies)
+    layers = band_attentions(reference, clocks, rows, pattern, 1.0, frames)
     parts = split_rows(x, [r * WIDTH for r in rows], dim=1)
     for step in range(4):
         for clock in clocks:
@@ -677,12 +727,12 @@ def test_band_attention_displaced_full_context(
         outs = run_bands([lambda i=i: layers[i](parts[i]) for i in range(n)])
         assert torch.allclose(torch.cat(outs, dim=1), full, atol=1e-6), step
     for layer in layers:  # steps 1 and 2 post displaced, step 3 is the last
-        assert filled_steps(layer) == ([] if copies is None else [1, 2])
+        assert filled_steps(layer) == ([1, 2] if frames else [])
 
 
-@COPIES
+@FRAMES
 @pytest.mark.parametrize("ratio", [0.0, 0.3, 0.5, 1.0])
-def test_band_attention_pcpp_partial_context(ratio: float, copies: BlockCopies | None) -> None:
+def test_band_attention_pcpp_partial_context(ratio: float, frames: bool) -> None:
     """pcpp: a band attends to itself plus the ceil(ratio * rows) rows of each neighbour next
     to the shared boundary (never a band two away, even with ratio 1); known answer: diffusers'
     own attention with those rows as keys."""
@@ -692,7 +742,7 @@ def test_band_attention_pcpp_partial_context(ratio: float, copies: BlockCopies |
     n = len(rows)
     x = torch.randn(2, sum(rows) * WIDTH, 32)
     clocks = [StepClock("pcpp", 4, 1) for _ in rows]
-    layers = band_attentions(reference, clocks, rows, "pcpp", ratio, copies)
+    layers = band_attentions(reference, clocks, rows, "pcpp", ratio, frames)
     parts = split_rows(x, [r * WIDTH for r in rows], dim=1)
     expected = []
     for i in range(n):
@@ -710,7 +760,7 @@ def test_band_attention_pcpp_partial_context(ratio: float, copies: BlockCopies |
         for i in range(n):
             assert torch.allclose(outs[i], expected[i], atol=1e-6), (step, i)
     for layer in layers:
-        assert filled_steps(layer) == ([] if copies is None else [1, 2])
+        assert filled_steps(layer) == ([1, 2] if frames else [])
 
 
 def test_band_attention_rejects_cross_attention_input() -> None:
@@ -742,14 +792,23 @@ class FakeComm:
         return WireSpec(device, device, dtype)
 
     def neighbour_exchange(
-        self, name: str, kind: str, *, send_shapes: tuple[Shape | None, Shape | None], **_: object
+        self,
+        name: str,
+        kind: str,
+        *,
+        send_shapes: tuple[Shape | None, Shape | None],
+        recv_shapes: tuple[Shape | None, Shape | None],
+        frames: TokenFrames | None = None,
+        frame_band: int | None = None,
+        **_: object,
     ) -> FakeRows:
-        return FakeRows(self._box(name), self._index, self._n, send_shapes)
+        assert frame_band in (None, self._index)
+        return FakeRows(self._box(name), self._index, self._n, send_shapes, recv_shapes, frames)
 
     def all_bands_exchange(
-        self, name: str, kind: str, *, shapes: Sequence[Shape], **_: object
+        self, name: str, kind: str, *, frames: TokenFrames | None = None, **_: object
     ) -> FakeBlocks:
-        return FakeBlocks(self._box(name), self._index, self._n, shapes[self._index])
+        return FakeBlocks(self._box(name), self._index, self._n, frames)
 
     def stats_allreduce(self, name: str, kind: str, **_: object) -> FakeAllreduce:
         return FakeAllreduce(self._box(name), self._index, self._n)
@@ -786,6 +845,7 @@ def parallel_unets(
     warmup: int,
     ratio: float = 0.3,
     block_copies: BlockCopies | None = None,
+    kv_frames: bool = True,
 ) -> tuple[list[UNet2DConditionModel], list[StepClock], tuple[Band, ...]]:
     unet, inventory = tiny
     bands = split_bands(LATENT[0], n, level_unit(inventory.levels))
@@ -798,7 +858,7 @@ def parallel_unets(
         comm: Any = FakeComm(boxes, lock, index, n)
         parallelize(
             band_unet, inventory, comm, bands, clock, mode=mode, ratio=ratio, batch=2,
-            block_copies=block_copies,
+            block_copies=block_copies, kv_frames=kv_frames,
         )  # fmt: skip
         unets.append(band_unet)
         clocks.append(clock)
@@ -854,7 +914,11 @@ def test_parallelized_tiny_unet_naive_has_seams(
     assert (out - full).abs().max() > 1e-3 * full.abs().max()
 
 
-@COPIES
+@pytest.mark.parametrize(
+    "copies,frames",
+    [(None, True), (copy_each, True), (None, False)],
+    ids=["frames", "frames-block-copies", "buffers"],
+)
 @pytest.mark.parametrize("mode,n,ratio", [("distrifusion", 3, 0.3), ("pcpp", 2, 1.0)])
 def test_parallelized_tiny_unet_displaced_on_constant_input(
     tiny_unet: tuple[UNet2DConditionModel, LayerInventory],
@@ -862,14 +926,16 @@ def test_parallelized_tiny_unet_displaced_on_constant_input(
     n: int,
     ratio: float,
     copies: BlockCopies | None,
+    frames: bool,
 ) -> None:
     """With the same input at every step, stale context equals fresh context: distrifusion,
     and pcpp with ratio 1 on two bands, equal single at every step, displaced ones included
     (checks which step each layer posts and reads, and the corrected stale GroupNorm; with
-    block copies, also the send buffers the layers fill themselves)."""
+    block copies, also the send buffers the convolutions fill themselves; with K/V frames or
+    without)."""
     sample, text = unet_inputs(seed=21)
     full = tiny_unet[0](sample, 500, encoder_hidden_states=text).sample
-    unets, clocks, bands = parallel_unets(tiny_unet, n, mode, 4, 1, ratio, copies)
+    unets, clocks, bands = parallel_unets(tiny_unet, n, mode, 4, 1, ratio, copies, frames)
     scale = full.abs().max()
     kinds = []
     for step in range(4):
@@ -902,6 +968,28 @@ def test_block_copies_change_no_bit_of_a_displaced_run(
         ]
     for concatenated, copied in zip(outputs["concatenate"], outputs["block-copies"], strict=True):
         assert torch.equal(concatenated, copied)
+
+
+@pytest.mark.parametrize("mode,ratio", [("pcpp", 0.3), ("distrifusion", 0.3)])
+def test_kv_frames_match_separate_buffers_in_a_displaced_run(
+    tiny_unet: tuple[UNet2DConditionModel, LayerInventory], mode: str, ratio: float
+) -> None:
+    """3 bands, a new input every step (stale and fresh context differ, so reading the wrong
+    step's rows shows): displaced steps reading their K/V context in place from the frames
+    give the outputs of concatenated separate buffers, up to float32 rounding (the GEMM
+    writes strided output, attention reads strided keys)."""
+    outputs = {}
+    for frames in (False, True):
+        unets, clocks, bands = parallel_unets(tiny_unet, 3, mode, 5, 1, ratio, None, frames)
+        outputs[frames] = [
+            run_unet_bands(unets, clocks, bands, step, *unet_inputs(seed=40 + step))
+            for step in range(5)
+        ]
+        attentions = [m for u in unets for m in u.modules() if isinstance(m, Attention)]
+        filled = [filled_steps(m) for m in attentions if m.is_cross_attention is False]
+        assert filled and all(steps == ([1, 2, 3] if frames else []) for steps in filled)
+    for step, (buffers, framed) in enumerate(zip(outputs[False], outputs[True], strict=True)):
+        assert (framed - buffers).abs().max() <= 1e-5 * buffers.abs().max(), step
 
 
 def test_conv_in_is_fresh_in_displaced_steps(

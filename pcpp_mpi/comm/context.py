@@ -20,6 +20,7 @@ from pcpp_mpi.comm.exchanges import (
     WireSpec,
     mpi_buffer,
 )
+from pcpp_mpi.comm.frames import TokenFrames
 from pcpp_mpi.comm.topology import Topology
 from pcpp_mpi.comm.traffic import TrafficCounter
 from pcpp_mpi.trace.recorder import Tracer
@@ -69,7 +70,11 @@ class RankComm:
         send_shapes: tuple[Sequence[int] | None, Sequence[int] | None],
         recv_shapes: tuple[Sequence[int] | None, Sequence[int] | None],
         wire: WireSpec,
+        frames: TokenFrames | None = None,
+        frame_band: int | None = None,
     ) -> NeighbourExchange:
+        """Rows to and from the bands above and below; ``frames``: the buffers are slices of
+        the frames around band ``frame_band`` (K/V rows, see :mod:`~.frames`)."""
         return NeighbourExchange(
             name=name,
             kind=kind,
@@ -84,11 +89,20 @@ class RankComm:
             tracer=self.tracer,
             deferred=self.deferred,
             recorder=self.recorder,
+            frames=frames,
+            frame_band=frame_band,
         )
 
     def all_bands_exchange(
-        self, name: str, kind: str, *, shapes: Sequence[Sequence[int]], wire: WireSpec
+        self,
+        name: str,
+        kind: str,
+        *,
+        shapes: Sequence[Sequence[int]],
+        wire: WireSpec,
+        frames: TokenFrames | None = None,
     ) -> AllBandsExchange:
+        """Every band's block to every other; ``frames``: the buffers are the frames' bands."""
         return AllBandsExchange(
             name=name,
             kind=kind,
@@ -100,6 +114,7 @@ class RankComm:
             tracer=self.tracer,
             deferred=self.deferred,
             recorder=self.recorder,
+            frames=frames,
         )
 
     def stats_allreduce(

@@ -14,8 +14,10 @@ copies and records an event; the MPI calls start once the event has completed (s
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from mpi4py import MPI
@@ -24,6 +26,9 @@ from pcpp_mpi.comm.capture import StepRecorder
 from pcpp_mpi.comm.deferred import DeferredStarts, ReadyEvent
 from pcpp_mpi.comm.traffic import TrafficCounter
 from pcpp_mpi.trace.recorder import Tracer
+
+if TYPE_CHECKING:
+    from pcpp_mpi.comm.frames import TokenFrames
 
 
 class ExchangeError(RuntimeError):
@@ -42,6 +47,24 @@ def mpi_buffer(tensor: torch.Tensor) -> list:
 
 def _spec(tensor: torch.Tensor | None) -> list | None:
     return None if tensor is None else mpi_buffer(tensor)
+
+
+def _allocate(wire: WireSpec, peer: int | None, shape: Sequence[int] | None) -> torch.Tensor | None:
+    return None if peer is None or shape is None else wire.empty(shape)
+
+
+def _frame_tokens(
+    frames: TokenFrames, peer: int | None, shape: Sequence[int] | None, name: str
+) -> int:
+    """Tokens of a ``(B, n, C)`` message placed in ``frames`` (0 when there is none)."""
+    if peer is None or shape is None:
+        return 0
+    if len(shape) != 3 or (shape[0], shape[2]) != (frames.batch, frames.channels):
+        raise ValueError(
+            f"{name}: a message of shape {tuple(shape)} does not fit frames of batch "
+            f"{frames.batch} and {frames.channels} channels"
+        )
+    return int(shape[1])
 
 
 @dataclass(frozen=True)
@@ -201,6 +224,8 @@ class NeighbourExchange:
         tracer: Tracer,
         deferred: DeferredStarts,
         recorder: StepRecorder,
+        frames: TokenFrames | None = None,
+        frame_band: int | None = None,
     ) -> None:
         self.name = name
         self.kind = kind
@@ -213,23 +238,44 @@ class NeighbourExchange:
         self._wire = wire
         self._counter = counter
         self._sets = _TwoSets(name, tracer, deferred)
-        self._send = [
-            [
-                None if p is None or s is None else wire.empty(s)
-                for p, s in zip(self._peers, send_shapes, strict=True)
-            ]
-            for _ in range(2)
-        ]
-        self._recv = [
-            [
-                None if p is None or s is None else wire.empty(s)
-                for p, s in zip(self._peers, recv_shapes, strict=True)
-            ]
-            for _ in range(2)
-        ]
+        self._frames = frames
+        self._window: tuple[int, int, int, int] | None = None
+        # per set and side: the buffers as layers see them, and as MPI sees them (contiguous)
+        send_wire: list[list[torch.Tensor | None]]
+        recv_wire: list[list[torch.Tensor | None]]
+        if frames is None:
+            send_wire, recv_wire = (
+                [[_allocate(wire, p, s) for p, s in zip(self._peers, shapes, strict=True)]
+                 for _ in range(2)]
+                for shapes in (send_shapes, recv_shapes)
+            )  # fmt: skip
+            self._send, self._recv = send_wire, recv_wire
+        else:
+            if frame_band is None:
+                raise ValueError(f"{name}: frames need the band they are placed around")
+            to_up, to_down, from_up, from_down = (
+                _frame_tokens(frames, peer, shape, name)
+                for shapes in (send_shapes, recv_shapes)
+                for peer, shape in zip(self._peers, shapes, strict=True)
+            )
+            start, stop = frames.band(frame_band)
+            sends = ((start, start + to_up), (stop - to_down, stop))
+            recvs = ((start - from_up, start), (stop, stop + from_down))
+            self._window = (start - from_up, start, stop, stop + from_down)
+
+            def place(parity: int, ranges: tuple[tuple[int, int], ...]) -> list:
+                return [None if a == b else frames.wire_tokens(parity, a, b) for a, b in ranges]
+
+            # set p sends from frame p and receives into frame p + 1 (see frames.py)
+            send_wire = [place(p, sends) for p in (0, 1)]
+            recv_wire = [place(1 - p, recvs) for p in (0, 1)]
+            self._send, self._recv = (
+                [[None if b is None else b.transpose(0, 1) for b in sides] for sides in sets]
+                for sets in (send_wire, recv_wire)
+            )
         # MPI message specs of every buffer, built once (converting per call costs ~15 us)
-        self._send_spec = [[_spec(b) for b in sides] for sides in self._send]
-        self._recv_spec = [[_spec(b) for b in sides] for sides in self._recv]
+        self._send_spec = [[_spec(b) for b in sides] for sides in send_wire]
+        self._recv_spec = [[_spec(b) for b in sides] for sides in recv_wire]
 
     def post(self, step: int, to_up: torch.Tensor | None, to_down: torch.Tensor | None) -> None:
         """Start receiving step ``step``'s rows from both neighbours and send ours."""
@@ -252,6 +298,26 @@ class NeighbourExchange:
             self._sets.check_free(step)
         up, down = self._send[step % 2]
         return up, down
+
+    def frame(self, step: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """For a displaced step ``step``, which reads what step ``step - 1`` received, when
+        the exchange lives in :class:`~pcpp_mpi.comm.frames.TokenFrames` on the compute
+        device (``None`` otherwise): ``(context, own)``, views of frame ``step % 2``.
+
+        ``context`` ``(B, n_up + N + n_down, C)``: the rows received from the band above,
+        this band's tokens, the rows received from the band below; the received rows are
+        valid once the wait for step ``step - 1`` (of this exchange, or of the all-bands
+        exchange sharing the frames after a ``sync`` step) returned. ``own`` ``(B, N, C)``:
+        this band's part, for the caller to fill with its fresh data (which fills the send
+        buffers of ``step``) before :meth:`post_filled`.
+        """
+        if self._frames is None or self._window is None or not self._frames.readable_in_place:
+            return None
+        if not self._recorder.recording:
+            self._sets.check_free(step)
+        first, start, stop, last = self._window
+        parity = step % 2
+        return self._frames.tokens(parity, first, last), self._frames.tokens(parity, start, stop)
 
     def post_filled(self, step: int) -> None:
         """As :meth:`post`, with the send buffers of :meth:`fillable_sends` already written
@@ -344,6 +410,7 @@ class AllBandsExchange:
         tracer: Tracer,
         deferred: DeferredStarts,
         recorder: StepRecorder,
+        frames: TokenFrames | None = None,
     ) -> None:
         self.name = name
         self.kind = kind
@@ -356,13 +423,29 @@ class AllBandsExchange:
         self._wire = wire
         self._counter = counter
         self._sets = _TwoSets(name, tracer, deferred)
-        self._send = [wire.empty(shapes[self._rank]) for _ in range(2)]
-        self._recv = [
-            [None if band == self._rank else wire.empty(shape) for band, shape in enumerate(shapes)]
-            for _ in range(2)
-        ]
-        self._send_spec = [mpi_buffer(b) for b in self._send]
-        self._recv_spec = [[_spec(b) for b in bands] for bands in self._recv]
+        self._frames = frames
+        own = self._rank
+        if frames is None:
+            send_wire = [wire.empty(shapes[own]) for _ in range(2)]
+            recv_wire = [
+                [None if band == own else wire.empty(shape) for band, shape in enumerate(shapes)]
+                for _ in range(2)
+            ]
+            self._send, self._recv = send_wire, recv_wire
+        else:
+            if [_frame_tokens(frames, band, shape, name) for band, shape in enumerate(shapes)] != [
+                b - a for a, b in itertools.pairwise(frames.starts)
+            ]:
+                raise ValueError(f"{name}: blocks {list(shapes)} do not match the frames")
+            # set p sends from frame p and receives into frame p + 1 (see frames.py)
+            send_wire = [frames.wire_tokens(p, *frames.band(own)) for p in (0, 1)]
+            recv_wire = [[None if band == own else frames.wire_tokens(1 - p, *frames.band(band))
+                          for band in range(len(shapes))] for p in (0, 1)]  # fmt: skip
+            self._send = [b.transpose(0, 1) for b in send_wire]
+            self._recv = [[None if b is None else b.transpose(0, 1) for b in bands]
+                          for bands in recv_wire]  # fmt: skip
+        self._send_spec = [mpi_buffer(b) for b in send_wire]
+        self._recv_spec = [[_spec(b) for b in bands] for bands in recv_wire]
 
     def post(self, step: int, own: torch.Tensor) -> None:
         if self._recorder.recording:
@@ -373,17 +456,23 @@ class AllBandsExchange:
         self._send[parity].copy_(own, non_blocking=True)
         self._submit(step, parity)
 
-    def fillable_send(self, step: int) -> torch.Tensor | None:
-        """The send buffer of ``step``, for a caller that writes it itself and then calls
-        :meth:`post_filled`; ``None`` when it is host memory (use :meth:`post`)."""
-        if self._wire.staged:
+    def frame(self, step: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """For a displaced step ``step``, which reads what step ``step - 1`` received, when
+        the exchange lives in :class:`~pcpp_mpi.comm.frames.TokenFrames` on the compute
+        device (``None`` otherwise): ``(context, own)``, views of frame ``step % 2``:
+        every band's block ``(B, N_total, C)`` (the others' valid once the wait for step
+        ``step - 1`` returned) and this band's ``(B, N, C)`` (the send buffer of ``step``),
+        for the caller to fill before :meth:`post_filled`."""
+        frames = self._frames
+        if frames is None or not frames.readable_in_place:
             return None
         if not self._recorder.recording:
             self._sets.check_free(step)
-        return self._send[step % 2]
+        parity = step % 2
+        return frames.tokens(parity, 0, frames.starts[-1]), self._send[parity]
 
     def post_filled(self, step: int) -> None:
-        """As :meth:`post`, with the buffer of :meth:`fillable_send` already written."""
+        """As :meth:`post`, with the own block of :meth:`frame` already written."""
         if self._recorder.recording:
             self._recorder.note_post(self, step)
             return

@@ -76,7 +76,10 @@ class RuntimeConfig:
     even with a CUDA-aware MPI, so it does not queue behind device-to-device transfers.
     ``norm_kernels``: how GroupNorms whose statistics span bands are computed: ``auto`` (Triton
     kernels on a GPU when they compile and pass a check there, PyTorch operations otherwise),
-    ``torch``, ``triton``.
+    ``torch``, ``triton``. ``kv_frames``: when exchange buffers are on the compute device, each
+    attention layer's keys and values live in two token-major frames that MPI receives into and
+    sends from, so a displaced step reads its context in place (no concatenation, no copy into
+    a send buffer); ``false`` keeps separate buffers (same results).
     """
 
     dtype: DtypeName = "float32"
@@ -86,6 +89,7 @@ class RuntimeConfig:
     graphs: GraphsName = "auto"
     latent_halo_on_host: bool = True
     norm_kernels: NormKernelsName = "auto"
+    kv_frames: bool = True
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,7 @@ def prepare_band_context(
         ratio=job.parallel.ratio,
         batch=unet_batch(job, layout),
         latent_halo_on_host=job.runtime.latent_halo_on_host,
+        kv_frames=job.runtime.kv_frames,
         norm_kernels=norm_kernels or resolve_norm_kernels(job.runtime.norm_kernels, device),
     )
     return BandContext(

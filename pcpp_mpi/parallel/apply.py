@@ -17,6 +17,7 @@ from torch import nn
 
 from pcpp_mpi.comm.context import RankComm
 from pcpp_mpi.comm.exchanges import WireSpec
+from pcpp_mpi.comm.frames import TokenFrames
 from pcpp_mpi.geometry import Band, conv_halo, pcpp_rows
 from pcpp_mpi.parallel.band_attention import BandSelfAttnProcessor, KVRows
 from pcpp_mpi.parallel.band_norm import BandGroupNorm, NormKernels
@@ -70,6 +71,7 @@ def parallelize(
     batch: int,
     latent_halo_on_host: bool = True,
     norm_kernels: NormKernels = "torch",
+    kv_frames: bool = True,
     block_copies: BlockCopies | None = None,
 ) -> ParallelHandle:
     """Install band-parallel layers for this rank's band (``comm.topology.band_index``).
@@ -80,9 +82,12 @@ def parallelize(
     device buffers, so this small message does not wait behind device-to-device transfers.
     ``norm_kernels``: how every GroupNorm runs; with ``triton`` a one-band run (``single``)
     gets the kernels too, with its own statistics (nothing else changes there).
+    ``kv_frames``: when MPI takes buffers on the compute device, the K/V exchanges of each
+    attention layer share two :class:`~pcpp_mpi.comm.frames.TokenFrames`, which displaced
+    steps read and write in place.
     ``block_copies``: how displaced steps assemble a layer's input from its own and received
-    rows while filling its send buffers (:mod:`~.block_copies`, e.g. the Triton
-    :func:`~.copy_kernels.copy_blocks`); ``None``: concatenations and one copy per send
+    rows while filling its send buffers, in convolutions (:mod:`~.block_copies`, e.g. the
+    Triton :func:`~.copy_kernels.copy_blocks`); ``None``: concatenations and one copy per send
     buffer. Runs do not pass it: on an H200 the Triton block copies were slower than
     concatenations and copies (docs/benchmarks/results/14-block-copies-1xh200/).
     """
@@ -152,11 +157,16 @@ def parallelize(
         channels = 2 * spec.inner_dim
         blocks = rows = kv_rows = None
         if communicate:
+            band_tokens = [b.rows_at_level(spec.level) * width for b in bands]
+            frames = None
+            if kv_frames and not wire.staged:
+                frames = TokenFrames(wire, batch=batch, channels=channels, band_tokens=band_tokens)
             blocks = comm.all_bands_exchange(
                 spec.name,
                 "kv",
-                shapes=[(batch, b.rows_at_level(spec.level) * width, channels) for b in bands],
+                shapes=[(batch, tokens, channels) for tokens in band_tokens],
                 wire=wire,
+                frames=frames,
             )
             handle.exchanges.append(blocks)
             if pattern == "pcpp":
@@ -181,6 +191,8 @@ def parallelize(
                     send_shapes=(kv_shape(kv_rows.own, up), kv_shape(kv_rows.own, down)),
                     recv_shapes=(kv_shape(kv_rows.from_up, up), kv_shape(kv_rows.from_down, down)),
                     wire=wire,
+                    frames=frames,
+                    frame_band=index,
                 )
                 handle.exchanges.append(rows)
         handle.processors.append((attn, attn.processor))
@@ -192,7 +204,6 @@ def parallelize(
                 blocks=blocks,
                 rows=rows,
                 kv_rows=kv_rows,
-                copies=block_copies,
             )
         )
     return handle

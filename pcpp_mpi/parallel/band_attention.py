@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
-from pcpp_mpi.parallel.block_copies import BlockCopies, CopyList
 from pcpp_mpi.parallel.clock import StepClock
 
 
@@ -28,26 +27,24 @@ def _plain_linear(module: torch.nn.Module) -> bool:
     )
 
 
-class BlocksExchange(Protocol):
+class FramedExchange(Protocol):
+    def frame(self, step: int) -> tuple[torch.Tensor, torch.Tensor] | None: ...
+
+    def post_filled(self, step: int) -> None: ...
+
+    def wait(self, step: int) -> object: ...
+
+
+class BlocksExchange(FramedExchange, Protocol):
     def post(self, step: int, own: torch.Tensor) -> None: ...
 
     def wait(self, step: int) -> list[torch.Tensor | None]: ...
 
-    def fillable_send(self, step: int) -> torch.Tensor | None: ...
 
-    def post_filled(self, step: int) -> None: ...
-
-
-class RowExchange(Protocol):
+class RowExchange(FramedExchange, Protocol):
     def post(self, step: int, to_up: torch.Tensor | None, to_down: torch.Tensor | None) -> None: ...
 
     def wait(self, step: int) -> tuple[torch.Tensor | None, torch.Tensor | None]: ...
-
-    def fillable_sends(
-        self, step: int
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None] | None: ...
-
-    def post_filled(self, step: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -75,10 +72,10 @@ class BandSelfAttnProcessor:
     - displaced ``pcpp``: the previous step's K/V rows of the two neighbours next to the shared
       boundaries (``KVRows``).
 
-    ``copies`` (e.g. :func:`pcpp_mpi.parallel.copy_kernels.copy_blocks`): in a displaced step
-    the context and what this band sends for the next step are written by one call of it
-    (instead of a concatenation and a copy per send buffer), when the send buffers are on the
-    compute device.
+    Displaced steps whose exchanges live in :class:`~pcpp_mpi.comm.frames.TokenFrames` on the
+    compute device write the band's keys and values straight into the frame (that fills the
+    send buffers) and attend to the frame in place; otherwise the context is concatenated and
+    the send buffers are copies.
     """
 
     def __init__(
@@ -90,7 +87,6 @@ class BandSelfAttnProcessor:
         blocks: BlocksExchange | None,
         rows: RowExchange | None,
         kv_rows: KVRows | None,
-        copies: BlockCopies | None = None,
     ) -> None:
         self.clock = clock
         self.band_index = band_index
@@ -98,20 +94,23 @@ class BandSelfAttnProcessor:
         self.blocks = blocks
         self.rows = rows
         self.kv_rows = kv_rows
-        self.copies = copies
         self._kv_key: tuple | None = None
         self._kv_weights: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
     # -------------------------------------------------------------- projections
-    def _keys_values(self, attn: Attention, hidden_states: torch.Tensor) -> torch.Tensor:
-        """``(B, N, 2*inner)``: keys, then values, of the band's tokens. Plain linear layers
-        run as one GEMM over their stacked weights (stacked once, again if they change): it
-        saves a launch and a concatenation per layer and step."""
+    def _keys_values(
+        self, attn: Attention, hidden_states: torch.Tensor, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``(B, N, 2*inner)``: keys, then values, of the band's tokens, written into ``out``
+        (any strides) if given. Plain linear layers run as one GEMM over their stacked weights
+        (stacked once, again if they change): it saves a launch and a concatenation per layer
+        and step; with ``out`` the GEMM writes there directly."""
         to_k, to_v = attn.to_k, attn.to_v
         if not (_plain_linear(to_k) and _plain_linear(to_v)) or (
             (to_k.bias is None) != (to_v.bias is None)
         ):  # adapters, hooks (offloading...): run the modules themselves
-            return torch.cat([to_k(hidden_states), to_v(hidden_states)], dim=-1)
+            both = torch.cat([to_k(hidden_states), to_v(hidden_states)], dim=-1)
+            return both if out is None else out.copy_(both)
         key = tuple(
             (p.device, p.dtype, p.data_ptr(), p._version)
             for p in (to_k.weight, to_v.weight, to_k.bias, to_v.bias)
@@ -124,7 +123,13 @@ class BandSelfAttnProcessor:
             self._kv_weights = (weight, bias)
             self._kv_key = key
         assert self._kv_weights is not None
-        return F.linear(hidden_states, *self._kv_weights)
+        weight, bias = self._kv_weights
+        if out is None:
+            return F.linear(hidden_states, weight, bias)
+        stacked = weight.t().expand(hidden_states.shape[0], -1, -1)  # (B, C_in, 2*inner)
+        if bias is None:
+            return torch.bmm(hidden_states, stacked, out=out)
+        return torch.baddbmm(bias, hidden_states, stacked, out=out)
 
     # -------------------------------------------------------------- context assembly
     def _with_blocks(self, own: torch.Tensor, blocks: list[torch.Tensor | None]) -> torch.Tensor:
@@ -159,63 +164,31 @@ class BandSelfAttnProcessor:
         assert self.rows is not None
         self.rows.post(step, *self._rows_to_send(own))
 
-    def _assembled(
-        self,
-        own: torch.Tensor,
-        parts: list[torch.Tensor | None],
-        sends: list[tuple[torch.Tensor, torch.Tensor | None]],
-    ) -> torch.Tensor:
-        """The context ``(B, N_ctx, 2*inner)``: ``parts`` along the tokens (``None`` stands
-        for ``own``), written with the ``(data, send buffer)`` pairs of ``sends`` by one
-        ``copies`` call."""
-        assert self.copies is not None
-        batch, _, channels = own.shape
-        blocks = [own if part is None else part for part in parts]
-        context = own.new_empty((batch, sum(b.shape[1] for b in blocks), channels))
-        flat = context.view(batch, -1)
-        copies: CopyList = []
-        start = 0
-        for block in blocks:
-            size = block.shape[1] * channels
-            copies.append((block.view(batch, -1), flat[:, start : start + size]))
-            start += size
-        copies += [(data.view(batch, -1), buffer.view(batch, -1)) for data, buffer in sends
-                   if buffer is not None]  # fmt: skip
-        self.copies(copies)
-        return context
-
-    def _displaced_fused(self, own: torch.Tensor) -> torch.Tensor | None:
-        """A displaced step's context through ``copies`` (posting this step's data), or
-        ``None`` when the send buffers are not on the compute device."""
+    def _displaced_in_frame(
+        self, attn: Attention, hidden_states: torch.Tensor
+    ) -> torch.Tensor | None:
+        """A displaced step's context ``(B, N_ctx, 2*inner)``, read in place from the frame its
+        exchange receives into, after writing this band's fresh keys and values there (and
+        posting them for the next step); ``None`` when the exchange has no frames on the
+        compute device."""
         clock = self.clock
-        previous = clock.step - 1
-        posting = clock.posts_for_next
         if self.pattern == "full":
             assert self.blocks is not None
-            send = self.blocks.fillable_send(clock.step) if posting else None
-            if posting and send is None:
-                return None
-            context = self._assembled(own, self.blocks.wait(previous), [(own, send)])
-            if posting:
-                self.blocks.post_filled(clock.step)
-            return context
-        assert self.rows is not None
-        buffers = self.rows.fillable_sends(clock.step) if posting else (None, None)
-        if buffers is None:
-            return None
-        if clock.previous_kind == "sync":
-            assert self.blocks is not None
-            above, below = self._neighbour_rows_from_blocks(self.blocks.wait(previous))
+            owner: FramedExchange = self.blocks
+            source: FramedExchange = self.blocks
         else:
-            above, below = self.rows.wait(previous)
-        parts: list[torch.Tensor | None] = [] if above is None else [above]
-        parts.append(None)
-        if below is not None:
-            parts.append(below)
-        sends = list(zip(self._rows_to_send(own), buffers, strict=True))
-        context = self._assembled(own, parts, sends)
-        if posting:
-            self.rows.post_filled(clock.step)
+            assert self.rows is not None and self.blocks is not None
+            owner = self.rows
+            # after a sync step the neighbours' rows came with the blocks (same frames)
+            source = self.blocks if clock.previous_kind == "sync" else self.rows
+        placed = owner.frame(clock.step)
+        if placed is None:
+            return None
+        context, own = placed
+        self._keys_values(attn, hidden_states, out=own)
+        if clock.posts_for_next:
+            owner.post_filled(clock.step)
+        source.wait(clock.step - 1)
         return context
 
     def context(self, own: torch.Tensor) -> torch.Tensor:
@@ -226,10 +199,6 @@ class BandSelfAttnProcessor:
         if clock.fresh:
             self.blocks.post(clock.step, own)
             return self._with_blocks(own, self.blocks.wait(clock.step))
-        if self.copies is not None and own.is_contiguous():
-            context = self._displaced_fused(own)
-            if context is not None:
-                return context
         previous = clock.step - 1
         if self.pattern == "full":
             if clock.posts_for_next:
@@ -262,9 +231,13 @@ class BandSelfAttnProcessor:
         residual = hidden_states
         batch = hidden_states.shape[0]
         query = attn.to_q(hidden_states)
-        own = self._keys_values(attn, hidden_states)
-        inner = own.shape[-1] // 2
-        context = self.context(own)
+        clock = self.clock
+        context = None
+        if self.blocks is not None and clock.kind != "local" and not clock.fresh:
+            context = self._displaced_in_frame(attn, hidden_states)
+        if context is None:
+            context = self.context(self._keys_values(attn, hidden_states))
+        inner = context.shape[-1] // 2
         key, value = context[..., :inner], context[..., inner:]
         head_dim = inner // attn.heads
         query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
