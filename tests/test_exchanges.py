@@ -675,3 +675,24 @@ def test_all_bands_frame_and_recorded_post_filled(mpi: ModuleType) -> None:
     assert exchange.frame(1) is not None
     exchange.post_filled(1)
     assert recorder.stop().describe() == ["post attn +0"]
+
+
+def test_all_bands_fresh_frame_needs_both_sets_free(mpi: ModuleType) -> None:
+    """A sync step sends its block from frame t and reads the context from frame t + 1, whose
+    own block is the send buffer of step t + 1: both sets must have completed."""
+    exchange = AllBandsExchange(
+        name="attn", kind="kv", comm=mpi.COMM_SELF, tag=18, shapes=[(1, 2, 3)], wire=WIRE,
+        counter=TrafficCounter(), tracer=Tracer(enabled=False), deferred=DeferredStarts(),
+        recorder=StepRecorder(), frames=TokenFrames(WIRE, batch=1, channels=3, band_tokens=[2]),
+    )  # fmt: skip
+    placed = exchange.fresh_frame(0)
+    assert placed is not None
+    context, send, own = placed
+    assert context.shape == send.shape == own.shape == (1, 2, 3)
+    assert context.data_ptr() == own.data_ptr() != send.data_ptr()
+    send.copy_(torch.randn(1, 2, 3))
+    exchange.post_filled(0)
+    with pytest.raises(ExchangeError, match="still pending"):
+        exchange.fresh_frame(1)  # its context frame holds the send buffer of step 0
+    exchange.wait(0)
+    assert exchange.fresh_frame(1) is not None

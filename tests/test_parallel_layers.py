@@ -186,6 +186,13 @@ class FakeBlocks:
         everything = self.frames.tokens(parity, 0, self.frames.starts[-1])
         return everything, self.frames.tokens(parity, *self.frames.band(self.index))
 
+    def fresh_frame(self, step: int) -> tuple[Tensor, Tensor, Tensor] | None:
+        if self.frames is None:
+            return None
+        context = self.frames.tokens((step + 1) % 2, 0, self.frames.starts[-1])
+        own = self.frames.band(self.index)
+        return context, self.frames.tokens(step % 2, *own), self.frames.tokens((step + 1) % 2, *own)
+
     def post_filled(self, step: int) -> None:
         assert self.frames is not None
         self.filled_steps.append(step)
@@ -726,8 +733,11 @@ def test_band_attention_displaced_full_context(
             clock.begin(step)
         outs = run_bands([lambda i=i: layers[i](parts[i]) for i in range(n)])
         assert torch.allclose(torch.cat(outs, dim=1), full, atol=1e-6), step
-    for layer in layers:  # steps 1 and 2 post displaced, step 3 is the last
-        assert filled_steps(layer) == ([1, 2] if frames else [])
+    # step 0 (sync) posts from the frames too, steps 1 and 2 displaced, step 3 is the last;
+    # pcpp's sync step posts with its all-bands exchange, its displaced ones with the rows'
+    posting = ([0, 1, 2] if pattern == "full" else [1, 2]) if frames else []
+    for layer in layers:
+        assert filled_steps(layer) == posting
 
 
 @FRAMES
@@ -987,7 +997,8 @@ def test_kv_frames_match_separate_buffers_in_a_displaced_run(
         ]
         attentions = [m for u in unets for m in u.modules() if isinstance(m, Attention)]
         filled = [filled_steps(m) for m in attentions if m.is_cross_attention is False]
-        assert filled and all(steps == ([1, 2, 3] if frames else []) for steps in filled)
+        posting = [0, 1, 2, 3] if mode == "distrifusion" else [1, 2, 3]  # see filled_steps
+        assert filled and all(steps == (posting if frames else []) for steps in filled)
     for step, (buffers, framed) in enumerate(zip(outputs[False], outputs[True], strict=True)):
         assert (framed - buffers).abs().max() <= 1e-5 * buffers.abs().max(), step
 

@@ -471,6 +471,25 @@ class AllBandsExchange:
         parity = step % 2
         return frames.tokens(parity, 0, frames.starts[-1]), self._send[parity]
 
+    def fresh_frame(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """For a ``sync`` step ``step``, which reads what step ``step`` itself receives, when
+        the exchange lives in frames on the compute device (``None`` otherwise):
+        ``(context, send, own)``. ``send`` ``(B, N, C)``: this band's block in frame
+        ``step % 2`` (the send buffer of ``step``), for the caller to fill before
+        :meth:`post_filled`; ``context`` ``(B, N_total, C)``: frame ``(step + 1) % 2``, where
+        the other bands' blocks arrive (valid once the wait for ``step`` returned), whose own
+        part ``own`` the caller fills with a copy of ``send``. That part is the send buffer
+        of ``step + 1``, so both sets must be free."""
+        frames = self._frames
+        if frames is None or not frames.readable_in_place:
+            return None
+        if not self._recorder.recording:
+            self._sets.check_free(step)
+            self._sets.check_free(step + 1)
+        parity = step % 2
+        context = frames.tokens(1 - parity, 0, frames.starts[-1])
+        return context, self._send[parity], self._send[1 - parity]
+
     def post_filled(self, step: int) -> None:
         """As :meth:`post`, with the own block of :meth:`frame` already written."""
         if self._recorder.recording:

@@ -38,6 +38,8 @@ class FramedExchange(Protocol):
 class BlocksExchange(FramedExchange, Protocol):
     def post(self, step: int, own: torch.Tensor) -> None: ...
 
+    def fresh_frame(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None: ...
+
     def wait(self, step: int) -> list[torch.Tensor | None]: ...
 
 
@@ -164,6 +166,22 @@ class BandSelfAttnProcessor:
         assert self.rows is not None
         self.rows.post(step, *self._rows_to_send(own))
 
+    def _fresh_in_frame(self, attn: Attention, hidden_states: torch.Tensor) -> torch.Tensor | None:
+        """A ``sync`` step's context ``(B, N_total, 2*inner)``, read in place from the frame
+        the other bands' fresh blocks arrive in, after sending this band's block from the
+        other frame (and copying it next to theirs); ``None`` without frames on the compute
+        device."""
+        assert self.blocks is not None
+        placed = self.blocks.fresh_frame(self.clock.step)
+        if placed is None:
+            return None
+        context, send, own = placed
+        self._keys_values(attn, hidden_states, out=send)
+        self.blocks.post_filled(self.clock.step)
+        own.copy_(send)
+        self.blocks.wait(self.clock.step)
+        return context
+
     def _displaced_in_frame(
         self, attn: Attention, hidden_states: torch.Tensor
     ) -> torch.Tensor | None:
@@ -233,8 +251,11 @@ class BandSelfAttnProcessor:
         query = attn.to_q(hidden_states)
         clock = self.clock
         context = None
-        if self.blocks is not None and clock.kind != "local" and not clock.fresh:
-            context = self._displaced_in_frame(attn, hidden_states)
+        if self.blocks is not None and clock.kind != "local":
+            if clock.fresh:
+                context = self._fresh_in_frame(attn, hidden_states)
+            else:
+                context = self._displaced_in_frame(attn, hidden_states)
         if context is None:
             context = self.context(self._keys_values(attn, hidden_states))
         inner = context.shape[-1] // 2
