@@ -55,9 +55,15 @@ def test_summary_keeps_the_window_and_clips_to_it() -> None:
     assert summary.idle_us == 300 - 150
     assert summary.by_category_us == {"gemm": 80, "attention": 60, "copy": 10}
     assert summary.top[0] == ("gemm_a", 80, 2)
+    # every gap is charged to the kernel that ends it: 10 us before the second GEMM, 10 before
+    # the attention, 130 before the copy (the window ends busy, so nothing is left over)
+    assert summary.idle_before_us == {"gemm": 10, "attention": 10, "copy": 130}
+    assert sum(summary.idle_before_us.values()) == summary.idle_us
+    assert summary.idle_before_top[0] == ("copy_tail", 130, 1)
     figures = summary.to_dict()
     assert figures["busy_ms_per_step"] == pytest.approx(150e-3 / 2)
     assert figures["idle_share"] == pytest.approx(0.5)
+    assert figures["idle_before_ms_per_step"]["copy"] == pytest.approx(65e-3)
     assert figures["by_category_ms_per_step"]["attention"] == pytest.approx(30e-3)
     # idle gaps 140-150, 190-200 (short) and 260-390 (one long wait): together the idle time
     assert summary.gaps == [(2, 20.0), (1, 130.0), (0, 0.0), (0, 0.0)]

@@ -265,6 +265,21 @@ def _markdown(args, report: dict) -> str:
                 + " | ".join(f"{cats.get(c, 0.0):.2f}" for c in CATEGORY_COLUMNS)
                 + " |"
             )
+        lines += [
+            "",
+            "Idle time just before the kernels of each category (ms per step: what the GPU "
+            "waited to start):",
+            "",
+            "| mode | variant | " + " | ".join(CATEGORY_COLUMNS) + " |",
+            "|---|---|" + "---|" * len(CATEGORY_COLUMNS),
+        ]
+        for mode, name, p in profiled:
+            before = p.get("idle_before_ms_per_step", {})
+            lines.append(
+                f"| {mode} | {name} | "
+                + " | ".join(f"{before.get(c, 0.0):.2f}" for c in CATEGORY_COLUMNS)
+                + " |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -66,6 +66,10 @@ class KernelProfile:
     by_category_us: dict[str, float] = field(default_factory=dict)
     top: list[tuple[str, float, int]] = field(default_factory=list)  # (name, us, count)
     gaps: list[tuple[int, float]] = field(default_factory=list)  # per bucket: (count, us)
+    # idle time just before the kernels of each category / name (what the GPU was waiting to
+    # start): the gap edges a graph's launch overhead, copies or events add show up here
+    idle_before_us: dict[str, float] = field(default_factory=dict)
+    idle_before_top: list[tuple[str, float, int]] = field(default_factory=list)
 
     @property
     def idle_us(self) -> float:
@@ -94,6 +98,13 @@ class KernelProfile:
             "top_kernels": [
                 {"name": name, "ms_per_step": us * per_step, "count": count}
                 for name, us, count in self.top
+            ],
+            "idle_before_ms_per_step": {
+                k: v * per_step for k, v in sorted(self.idle_before_us.items())
+            },
+            "idle_before_top_kernels": [
+                {"name": name, "ms_per_step": us * per_step, "count": count}
+                for name, us, count in self.idle_before_top
             ],
         }
 
@@ -129,6 +140,20 @@ def idle_gaps(stretches: Sequence[tuple[float, float]], window: tuple[float, flo
     return gaps
 
 
+def idle_before(
+    kernels: Iterable[Interval], window: tuple[float, float]
+) -> list[tuple[Interval, float]]:
+    """Every idle gap inside ``window`` with the kernel that ends it (the first to start after
+    it), in time order; the idle tail of the window, which no kernel ends, is left out."""
+    ended = []
+    cursor = window[0]
+    for kernel in sorted(kernels, key=lambda k: k.start):
+        if kernel.start > cursor:
+            ended.append((kernel, kernel.start - cursor))
+        cursor = max(cursor, kernel.end)
+    return ended
+
+
 def bucket_gaps(gaps: Iterable[float]) -> list[tuple[int, float]]:
     """``(count, total length)`` of ``gaps`` per bucket of :data:`GAP_BUCKETS_US`."""
     buckets = [(0, 0.0) for _ in GAP_BUCKETS_US]
@@ -158,6 +183,13 @@ def summarize_kernels(
         by_name.setdefault(k.name, []).append(duration)
     ranked = sorted(by_name.items(), key=lambda item: -sum(item[1]))[:top]
     stretches = busy_stretches(inside)
+    before_category: dict[str, float] = {}
+    before_name: dict[str, list[float]] = {}
+    for kernel, gap in idle_before(inside, window):
+        label = category(kernel.name)
+        before_category[label] = before_category.get(label, 0.0) + gap
+        before_name.setdefault(kernel.name, []).append(gap)
+    ranked_before = sorted(before_name.items(), key=lambda item: -sum(item[1]))[:top]
     return KernelProfile(
         window_us=end - start,
         busy_us=sum(e - s for s, e in stretches),
@@ -166,6 +198,8 @@ def summarize_kernels(
         by_category_us=by_category,
         top=[(name, sum(durations), len(durations)) for name, durations in ranked],
         gaps=bucket_gaps(idle_gaps(stretches, window)),
+        idle_before_us=before_category,
+        idle_before_top=[(name, sum(gaps), len(gaps)) for name, gaps in ranked_before],
     )
 
 
