@@ -59,6 +59,12 @@ RUNS: dict[int, dict[str, list[str]]] = {
         "pcpp": ["parallel.mode=pcpp"],
         "pcpp_again": ["parallel.mode=pcpp"],
         "pcpp_r1": ["parallel.mode=pcpp", "parallel.ratio=1.0"],
+        "pcpp_norm_stats": ["parallel.mode=pcpp", "runtime.stats_per_step=false"],
+        "distrifusion_separate": [
+            "parallel.mode=distrifusion",
+            "runtime.stats_per_step=false",
+            "runtime.kv_frames=false",
+        ],
         "naive": ["parallel.mode=naive"],
         "cfg_sync": ["parallel.cfg_parallel=true"],
         "sd_sync": SD_FOLDER,
@@ -200,6 +206,20 @@ def test_local_folders_sync_equals_single(runs) -> None:
 def test_pcpp_ratio_one_on_two_ranks_equals_distrifusion(runs) -> None:
     """On 2 ranks the whole neighbour band is all the other context there is."""
     assert max_diff(runs(2) / "pcpp_r1", runs(2) / "distrifusion") < EXACT
+
+
+def test_step_statistics_equal_per_norm_statistics(runs) -> None:
+    """Every norm's statistics in one all-reduce per displaced step: on 2 ranks the same sums,
+    so the same latent bit for bit as one all-reduce per norm."""
+    assert np.array_equal(latent(runs(2) / "pcpp"), latent(runs(2) / "pcpp_norm_stats"))
+
+
+def test_frames_and_step_statistics_match_separate_exchanges(runs) -> None:
+    """K/V read in place from the frames and the statistics of a step in one all-reduce give
+    the run with separate buffers and per-norm all-reduces (up to float32 rounding: the K/V
+    GEMM writes into strided memory)."""
+    assert max_diff(runs(2) / "distrifusion", runs(2) / "distrifusion_separate") < EXACT
+    assert max_diff(runs(2) / "distrifusion", runs(1) / "single") > 1e-2  # not trivially equal
 
 
 @pytest.mark.parametrize(

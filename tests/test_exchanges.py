@@ -19,6 +19,7 @@ from pcpp_mpi.comm.exchanges import (
     mpi_buffer,
 )
 from pcpp_mpi.comm.frames import TokenFrames
+from pcpp_mpi.comm.step_stats import StepStatsAllreduce
 from pcpp_mpi.comm.topology import Topology
 from pcpp_mpi.comm.traffic import TrafficCounter
 from pcpp_mpi.trace.recorder import Tracer
@@ -696,3 +697,73 @@ def test_all_bands_fresh_frame_needs_both_sets_free(mpi: ModuleType) -> None:
         exchange.fresh_frame(1)  # its context frame holds the send buffer of step 0
     exchange.wait(0)
     assert exchange.fresh_frame(1) is not None
+
+
+# -- StepStatsAllreduce --------------------------------------------------------------------------
+
+
+def step_stats(mpi: ModuleType, recorder: StepRecorder | None = None) -> StepStatsAllreduce:
+    """Two norms' statistics, (3, 2, 4) and (3, 2, 2), of a lone band (COMM_SELF)."""
+    return StepStatsAllreduce(
+        name="norms", kind="norm", comm=mpi.COMM_SELF, shapes=[(3, 2, 4), (3, 2, 2)],
+        wire=WIRE, counter=TrafficCounter(), tracer=Tracer(enabled=False),
+        deferred=DeferredStarts(), recorder=recorder or StepRecorder(),
+    )  # fmt: skip
+
+
+def test_step_stats_post_after_the_last_norm(mpi: ModuleType) -> None:
+    """The statistics go out once every norm has written its share; the next step's first read
+    completes the all-reduce and every norm reads its own slot (a lone band: the others' sums
+    are the group's minus its own, zero)."""
+    exchange = step_stats(mpi)
+    assert exchange.norms == 2
+    first, second = exchange.local(1, 0), exchange.local(1, 1)
+    assert first.shape == (3, 2, 4) and second.shape == (3, 2, 2)
+    first.fill_(2.0)
+    exchange.contributed(1)
+    with pytest.raises(ExchangeError, match="never posted"):
+        exchange.others(1, 0)  # one of two norms wrote: nothing was posted yet
+    exchange.reset()
+    exchange.local(1, 0).fill_(2.0)
+    exchange.contributed(1)
+    exchange.local(1, 1).fill_(3.0)
+    exchange.contributed(1)
+    with pytest.raises(ExchangeError, match="still pending"):
+        exchange.local(3, 0)  # the set of step 1 is in flight
+    assert torch.equal(exchange.others(1, 0), torch.zeros(3, 2, 4))
+    assert torch.equal(exchange.others(1, 1), torch.zeros(3, 2, 2))
+    exchange.local(3, 0)  # completed by the read: free again
+
+
+def test_step_stats_sum_what_was_sent(mpi: ModuleType) -> None:
+    """The group-wide sum of a lone band is what it sent, slot by slot."""
+    exchange = step_stats(mpi)
+    sent = [torch.randn(3, 2, 4, dtype=torch.float64), torch.randn(3, 2, 2, dtype=torch.float64)]
+    for index, values in enumerate(sent):
+        exchange.local(0, index).copy_(values)
+        exchange.contributed(0)
+    exchange.complete(0)
+    total = exchange._global[0]  # the all-reduce's result, before the others are derived
+    assert torch.equal(total[:24].view(3, 2, 4), sent[0])
+    assert torch.equal(total[24:].view(3, 2, 2), sent[1])
+
+
+def test_step_stats_interleaved_steps_raise(mpi: ModuleType) -> None:
+    exchange = step_stats(mpi)
+    exchange.local(0, 0)
+    exchange.contributed(0)
+    with pytest.raises(ExchangeError, match="1 of 2 norms"):
+        exchange.contributed(2)
+
+
+def test_step_stats_recorded_post_and_read(mpi: ModuleType) -> None:
+    """While a step is captured the post (after the last norm) and the read of the previous
+    step are recorded for the replay, not done."""
+    recorder = StepRecorder()
+    exchange = step_stats(mpi, recorder)
+    recorder.start(5)
+    for index in range(2):
+        exchange.local(5, index)
+        exchange.contributed(5)
+        exchange.others(4, index)
+    assert recorder.stop().describe() == ["early wait norms -1", "post norms +0"]

@@ -231,6 +231,39 @@ class FakeAllreduce:
         return self.wait(step) - self.box.get(step, self.index, "stats")
 
 
+class FakeStepStats:
+    """Band ``index``'s end of the per-step statistics all-reduce of ``shapes`` norms: the
+    norms' statistics of a step travel together once the last one is written."""
+
+    def __init__(self, box: Mailbox, index: int, n_bands: int, shapes: Sequence[Shape]) -> None:
+        self.box, self.index, self.n = box, index, n_bands
+        self.shapes = list(shapes)
+        self.written: dict[int, dict[int, Tensor]] = {}
+        self.posted_steps: list[int] = []
+        self.read_steps: list[int] = []
+
+    def local(self, step: int, index: int) -> Tensor:
+        slot = self.written.setdefault(step, {})[index] = torch.empty(
+            self.shapes[index], dtype=torch.float64
+        )
+        return slot
+
+    def contributed(self, step: int) -> None:
+        if len(self.written[step]) == len(self.shapes):
+            self.posted_steps.append(step)
+            self.box.put(
+                step,
+                self.index,
+                "all",
+                [self.written[step][k].clone() for k in range(len(self.shapes))],
+            )
+
+    def others(self, step: int, index: int) -> Tensor:
+        self.read_steps.append(step)
+        bands = [b for b in range(self.n) if b != self.index]
+        return sum(self.box.get(step, b, "all")[index] for b in bands)  # type: ignore[return-value]
+
+
 def run_bands(fns: Sequence[Callable[[], Tensor]]) -> list[Tensor]:
     """Run one callable per band concurrently (as ranks would) and return their results."""
     with ThreadPoolExecutor(max_workers=len(fns)) as pool:
@@ -823,6 +856,11 @@ class FakeComm:
     def stats_allreduce(self, name: str, kind: str, **_: object) -> FakeAllreduce:
         return FakeAllreduce(self._box(name), self._index, self._n)
 
+    def step_stats_allreduce(
+        self, name: str, kind: str, *, shapes: Sequence[Shape], **_: object
+    ) -> FakeStepStats:
+        return FakeStepStats(self._box(name), self._index, self._n, shapes)
+
 
 LATENT = (16, 8)  # tiny UNet: 3 levels, unit 4 -> 2 bands of 8 rows, or 3 of 8, 4, 4
 TINY_CONFIG = unet_config(ModelConfig(builtin="tiny"))
@@ -856,6 +894,7 @@ def parallel_unets(
     ratio: float = 0.3,
     block_copies: BlockCopies | None = None,
     kv_frames: bool = True,
+    stats_per_step: bool = True,
 ) -> tuple[list[UNet2DConditionModel], list[StepClock], tuple[Band, ...]]:
     unet, inventory = tiny
     bands = split_bands(LATENT[0], n, level_unit(inventory.levels))
@@ -868,7 +907,7 @@ def parallel_unets(
         comm: Any = FakeComm(boxes, lock, index, n)
         parallelize(
             band_unet, inventory, comm, bands, clock, mode=mode, ratio=ratio, batch=2,
-            block_copies=block_copies, kv_frames=kv_frames,
+            block_copies=block_copies, kv_frames=kv_frames, stats_per_step=stats_per_step,
         )  # fmt: skip
         unets.append(band_unet)
         clocks.append(clock)
@@ -927,7 +966,7 @@ def test_parallelized_tiny_unet_naive_has_seams(
 @pytest.mark.parametrize(
     "copies,frames",
     [(None, True), (copy_each, True), (None, False)],
-    ids=["frames", "frames-block-copies", "buffers"],
+    ids=["frames-step-stats", "frames-step-stats-block-copies", "buffers-norm-stats"],
 )
 @pytest.mark.parametrize("mode,n,ratio", [("distrifusion", 3, 0.3), ("pcpp", 2, 1.0)])
 def test_parallelized_tiny_unet_displaced_on_constant_input(
@@ -945,7 +984,9 @@ def test_parallelized_tiny_unet_displaced_on_constant_input(
     without)."""
     sample, text = unet_inputs(seed=21)
     full = tiny_unet[0](sample, 500, encoder_hidden_states=text).sample
-    unets, clocks, bands = parallel_unets(tiny_unet, n, mode, 4, 1, ratio, copies, frames)
+    unets, clocks, bands = parallel_unets(
+        tiny_unet, n, mode, 4, 1, ratio, copies, kv_frames=frames, stats_per_step=frames
+    )
     scale = full.abs().max()
     kinds = []
     for step in range(4):
@@ -981,16 +1022,19 @@ def test_block_copies_change_no_bit_of_a_displaced_run(
 
 
 @pytest.mark.parametrize("mode,ratio", [("pcpp", 0.3), ("distrifusion", 0.3)])
-def test_kv_frames_match_separate_buffers_in_a_displaced_run(
+def test_frames_and_step_stats_match_separate_exchanges_in_a_displaced_run(
     tiny_unet: tuple[UNet2DConditionModel, LayerInventory], mode: str, ratio: float
 ) -> None:
     """3 bands, a new input every step (stale and fresh context differ, so reading the wrong
-    step's rows shows): displaced steps reading their K/V context in place from the frames
-    give the outputs of concatenated separate buffers, up to float32 rounding (the GEMM
+    step's rows or statistics shows): displaced steps reading their K/V context in place from
+    the frames and their norms' statistics from one exchange per step give the outputs of
+    concatenated separate buffers and per-norm all-reduces, up to float32 rounding (the GEMM
     writes strided output, attention reads strided keys)."""
     outputs = {}
     for frames in (False, True):
-        unets, clocks, bands = parallel_unets(tiny_unet, 3, mode, 5, 1, ratio, None, frames)
+        unets, clocks, bands = parallel_unets(
+            tiny_unet, 3, mode, 5, 1, ratio, None, kv_frames=frames, stats_per_step=frames
+        )
         outputs[frames] = [
             run_unet_bands(unets, clocks, bands, step, *unet_inputs(seed=40 + step))
             for step in range(5)
@@ -999,6 +1043,13 @@ def test_kv_frames_match_separate_buffers_in_a_displaced_run(
         filled = [filled_steps(m) for m in attentions if m.is_cross_attention is False]
         posting = [0, 1, 2, 3] if mode == "distrifusion" else [1, 2, 3]  # see filled_steps
         assert filled and all(steps == (posting if frames else []) for steps in filled)
+        step_stats = {id(m.step_stats): m.step_stats for u in unets for m in u.modules()
+                      if isinstance(m, BandGroupNorm) and m.step_stats is not None}  # fmt: skip
+        assert len(step_stats) == (3 if frames else 0)  # one per band
+        for stats in step_stats.values():
+            assert isinstance(stats, FakeStepStats)
+            assert stats.posted_steps == [1, 2, 3]  # displaced steps that post for the next
+            assert set(stats.read_steps) == {1, 2, 3}  # read by steps 2, 3 and 4
     for step, (buffers, framed) in enumerate(zip(outputs[False], outputs[True], strict=True)):
         assert (framed - buffers).abs().max() <= 1e-5 * buffers.abs().max(), step
 

@@ -21,6 +21,7 @@ from pcpp_mpi.comm.exchanges import (
     mpi_buffer,
 )
 from pcpp_mpi.comm.frames import TokenFrames
+from pcpp_mpi.comm.step_stats import StepStatsAllreduce
 from pcpp_mpi.comm.topology import Topology
 from pcpp_mpi.comm.traffic import TrafficCounter
 from pcpp_mpi.trace.recorder import Tracer
@@ -125,6 +126,22 @@ class RankComm:
             kind=kind,
             comm=self.patch,
             shape=shape,
+            wire=wire,
+            counter=self.counter,
+            tracer=self.tracer,
+            deferred=self.deferred,
+            recorder=self.recorder,
+        )
+
+    def step_stats_allreduce(
+        self, name: str, kind: str, *, shapes: Sequence[Sequence[int]], wire: WireSpec
+    ) -> StepStatsAllreduce:
+        """Every GroupNorm's statistics of a displaced step in one all-reduce."""
+        return StepStatsAllreduce(
+            name=name,
+            kind=kind,
+            comm=self.patch,
+            shapes=shapes,
             wire=wire,
             counter=self.counter,
             tracer=self.tracer,

@@ -79,7 +79,9 @@ class RuntimeConfig:
     ``torch``, ``triton``. ``kv_frames``: when exchange buffers are on the compute device, each
     attention layer's keys and values live in two token-major frames that MPI receives into and
     sends from, so a displaced step reads its context in place (no concatenation, no copy into
-    a send buffer); ``false`` keeps separate buffers (same results).
+    a send buffer); ``false`` keeps separate buffers (same results). ``stats_per_step``:
+    displaced steps exchange every GroupNorm's statistics in one all-reduce per step instead of
+    one per norm (same results).
     """
 
     dtype: DtypeName = "float32"
@@ -90,6 +92,7 @@ class RuntimeConfig:
     latent_halo_on_host: bool = True
     norm_kernels: NormKernelsName = "auto"
     kv_frames: bool = True
+    stats_per_step: bool = True
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,7 @@ def prepare_band_context(
         batch=unet_batch(job, layout),
         latent_halo_on_host=job.runtime.latent_halo_on_host,
         kv_frames=job.runtime.kv_frames,
+        stats_per_step=job.runtime.stats_per_step,
         norm_kernels=norm_kernels or resolve_norm_kernels(job.runtime.norm_kernels, device),
     )
     return BandContext(

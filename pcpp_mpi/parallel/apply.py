@@ -72,6 +72,7 @@ def parallelize(
     latent_halo_on_host: bool = True,
     norm_kernels: NormKernels = "torch",
     kv_frames: bool = True,
+    stats_per_step: bool = True,
     block_copies: BlockCopies | None = None,
 ) -> ParallelHandle:
     """Install band-parallel layers for this rank's band (``comm.topology.band_index``).
@@ -84,7 +85,9 @@ def parallelize(
     gets the kernels too, with its own statistics (nothing else changes there).
     ``kv_frames``: when MPI takes buffers on the compute device, the K/V exchanges of each
     attention layer share two :class:`~pcpp_mpi.comm.frames.TokenFrames`, which displaced
-    steps read and write in place.
+    steps read and write in place. ``stats_per_step``: displaced steps exchange the statistics
+    of every GroupNorm in one all-reduce (:mod:`~pcpp_mpi.comm.step_stats`) instead of one per
+    norm.
     ``block_copies``: how displaced steps assemble a layer's input from its own and received
     rows while filling its send buffers, in convolutions (:mod:`~.block_copies`, e.g. the
     Triton :func:`~.copy_kernels.copy_blocks`); ``None``: concatenations and one copy per send
@@ -139,7 +142,13 @@ def parallelize(
         assert isinstance(conv, nn.Conv2d)
         replace(spec.name, HaloConv2d(conv, halo, exchange, clock, spec.always_fresh, block_copies))
 
-    for spec in inventory.norms:
+    step_stats = None
+    if communicate and stats_per_step and inventory.norms:
+        step_stats = comm.step_stats_allreduce(
+            "group_norms", "norm", shapes=[(3, batch, s.groups) for s in inventory.norms], wire=wire
+        )
+        handle.exchanges.append(step_stats)
+    for position, spec in enumerate(inventory.norms):
         stats = None
         if communicate:
             stats = comm.stats_allreduce(
@@ -148,7 +157,7 @@ def parallelize(
             handle.exchanges.append(stats)
         norm = modules[spec.name]
         assert isinstance(norm, nn.GroupNorm)
-        replace(spec.name, BandGroupNorm(norm, stats, clock, norm_kernels))
+        replace(spec.name, BandGroupNorm(norm, stats, clock, norm_kernels, step_stats, position))
 
     for spec in inventory.attns:
         attn = modules[spec.name]

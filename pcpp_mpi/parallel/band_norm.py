@@ -24,6 +24,17 @@ class StatsExchange(Protocol):
     def wait_others(self, step: int) -> torch.Tensor: ...
 
 
+class StepStats(Protocol):
+    """All norms' statistics of a displaced step in one exchange
+    (:class:`pcpp_mpi.comm.step_stats.StepStatsAllreduce`)."""
+
+    def others(self, step: int, index: int) -> torch.Tensor: ...
+
+    def local(self, step: int, index: int) -> torch.Tensor: ...
+
+    def contributed(self, step: int) -> None: ...
+
+
 def local_group_stats(x: torch.Tensor, groups: int) -> torch.Tensor:
     """``(3, B, G)`` float64 on ``x``'s device: per-group sum, sum of squares and element count
     of a local band ``x`` of shape ``(B, C, h, W)``.
@@ -94,6 +105,11 @@ class BandGroupNorm(nn.Module):
     contiguous half or single precision bands (others take the PyTorch path), also for the
     band's own statistics (``local`` steps, ``naive``, ``single``), where PyTorch's path is its
     own GroupNorm.
+
+    ``step_stats`` (with this norm's ``stats_index`` in it): displaced steps read the stale
+    sums from, and write their fresh ones into, one exchange shared by every norm of the
+    step; ``exchange`` then serves the ``sync`` steps (and the first displaced step, which
+    reads the last ``sync`` step's sums).
     """
 
     def __init__(
@@ -102,12 +118,16 @@ class BandGroupNorm(nn.Module):
         exchange: StatsExchange | None,
         clock: StepClock,
         kernels: NormKernels = "torch",
+        step_stats: StepStats | None = None,
+        stats_index: int = 0,
     ) -> None:
         super().__init__()
         self.norm = norm
         self.exchange = exchange
         self.clock = clock
         self.kernels = kernels
+        self.step_stats = step_stats
+        self.stats_index = stats_index
         self._kernels = _kernel_module() if kernels == "triton" else None
         self._affine_key: tuple | None = None
         self._affine_cache: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -126,17 +146,31 @@ class BandGroupNorm(nn.Module):
             return kernels.normalize_with_stats(
                 x, kernels.group_stats(x, groups), groups, norm.weight, norm.bias, norm.eps
             )
-        local = local_group_stats(x, groups) if kernels is None else kernels.group_stats(x, groups)
+        step_stats = self.step_stats if not clock.fresh else None
+        if step_stats is not None and clock.posts_for_next:  # computed into the shared vector
+            local = step_stats.local(clock.step, self.stats_index)
+            if kernels is None:
+                local.copy_(local_group_stats(x, groups))
+            else:
+                kernels.group_stats(x, groups, out=local)
+            step_stats.contributed(clock.step)
+        elif kernels is None:
+            local = local_group_stats(x, groups)
+        else:
+            local = kernels.group_stats(x, groups)
         fresh = None
         if clock.fresh:
             exchange.post(clock.step, local)
             stats = exchange.wait(clock.step).to(x.device, non_blocking=True)
         else:
-            if clock.posts_for_next:
+            if clock.posts_for_next and step_stats is None:
                 exchange.post(clock.step, local)
-            # the other bands' stale share, copied to the device (a CUDA graph of the step
-            # replays the copy), and this band's fresh share
-            stats = exchange.wait_others(clock.step - 1).to(x.device, non_blocking=True)
+            # the other bands' stale share on the device (a CUDA graph of the step replays
+            # the copy from the host), and this band's fresh share
+            if step_stats is not None and clock.previous_kind != "sync":
+                stats = step_stats.others(clock.step - 1, self.stats_index)
+            else:
+                stats = exchange.wait_others(clock.step - 1).to(x.device, non_blocking=True)
             fresh = local
         if kernels is not None:  # adds the two shares inside the kernel
             return kernels.normalize_with_stats(

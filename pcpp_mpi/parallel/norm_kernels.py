@@ -150,17 +150,21 @@ def _check_stats(stats: torch.Tensor, batch: int, groups: int, what: str) -> Non
         raise ValueError(f"{what}: expected contiguous statistics")
 
 
-def group_stats(x: torch.Tensor, groups: int) -> torch.Tensor:
+def group_stats(x: torch.Tensor, groups: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """``(3, B, G)`` float64 on ``x``'s device: per-group sum, sum of squares and element count
-    of the local band ``x`` ``(B, C, h, W)``. Two kernels: float32 partial sums over chunks of
-    each group, then their float64 totals."""
+    of the local band ``x`` ``(B, C, h, W)``, written into ``out`` if given. Two kernels:
+    float32 partial sums over chunks of each group, then their float64 totals."""
     _check_band(x, groups)
     batch = x.shape[0]
     n_groups = batch * groups
     group_len = x.numel() // n_groups
     chunk_len, split = stats_chunks(group_len, n_groups)
     partial = torch.empty((n_groups, split, 2), dtype=torch.float32, device=x.device)
-    stats = torch.empty((3, batch, groups), dtype=torch.float64, device=x.device)
+    if out is None:
+        stats = torch.empty((3, batch, groups), dtype=torch.float64, device=x.device)
+    else:
+        _check_stats(out, batch, groups, "out")
+        stats = out
     _partial_sums_kernel[(n_groups, split)](
         x, partial, group_len, chunk_len, split, BLOCK=STATS_BLOCK
     )
