@@ -58,6 +58,16 @@ class RankComm:
         on_device = device.type == "cpu" or self.cuda_aware
         return WireSpec(device, device if on_device else torch.device("cpu"), dtype)
 
+    def _bookkeeping(self) -> dict[str, Any]:
+        """What every exchange of this rank shares: traffic counter, tracer, deferred MPI
+        starts, step recorder."""
+        return {
+            "counter": self.counter,
+            "tracer": self.tracer,
+            "deferred": self.deferred,
+            "recorder": self.recorder,
+        }
+
     def _tag(self) -> int:
         tag = self._next_tag
         self._next_tag += 1
@@ -86,10 +96,7 @@ class RankComm:
             send_shapes=send_shapes,
             recv_shapes=recv_shapes,
             wire=wire,
-            counter=self.counter,
-            tracer=self.tracer,
-            deferred=self.deferred,
-            recorder=self.recorder,
+            **self._bookkeeping(),
             frames=frames,
             frame_band=frame_band,
         )
@@ -111,10 +118,7 @@ class RankComm:
             tag=self._tag(),
             shapes=shapes,
             wire=wire,
-            counter=self.counter,
-            tracer=self.tracer,
-            deferred=self.deferred,
-            recorder=self.recorder,
+            **self._bookkeeping(),
             frames=frames,
         )
 
@@ -127,10 +131,7 @@ class RankComm:
             comm=self.patch,
             shape=shape,
             wire=wire,
-            counter=self.counter,
-            tracer=self.tracer,
-            deferred=self.deferred,
-            recorder=self.recorder,
+            **self._bookkeeping(),
         )
 
     def step_stats_allreduce(
@@ -143,10 +144,7 @@ class RankComm:
             comm=self.patch,
             shapes=shapes,
             wire=wire,
-            counter=self.counter,
-            tracer=self.tracer,
-            deferred=self.deferred,
-            recorder=self.recorder,
+            **self._bookkeeping(),
         )
 
     # ------------------------------------------------------------------ whole-step collectives

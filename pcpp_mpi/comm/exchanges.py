@@ -593,6 +593,11 @@ class StatsAllreduce:
         self._local[parity].copy_(local, non_blocking=True)
         self._submit(step, parity)
 
+    def check_free(self, step: int) -> None:
+        """Raise unless the buffers of ``step`` may be written (step ``step - 2`` completed)."""
+        if not self._recorder.recording:
+            self._sets.check_free(step)
+
     def launch(self, step: int, ready: ReadyEvent | None = None) -> None:
         """The MPI part of :meth:`post` (a replayed graph copies the statistics; ``ready``, if
         given, completes once it has)."""
