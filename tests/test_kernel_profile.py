@@ -60,6 +60,7 @@ def test_summary_keeps_the_window_and_clips_to_it() -> None:
     assert summary.idle_before_us == {"gemm": 10, "attention": 10, "copy": 130}
     assert sum(summary.idle_before_us.values()) == summary.idle_us
     assert summary.idle_before_top[0] == ("copy_tail", 130, 1)
+    assert summary.longest_gaps[0] == (160, 130, "copy_tail")  # from 260 to 390
     figures = summary.to_dict()
     assert figures["busy_ms_per_step"] == pytest.approx(150e-3 / 2)
     assert figures["idle_share"] == pytest.approx(0.5)

@@ -70,6 +70,8 @@ class KernelProfile:
     # start): the gap edges a graph's launch overhead, copies or events add show up here
     idle_before_us: dict[str, float] = field(default_factory=dict)
     idle_before_top: list[tuple[str, float, int]] = field(default_factory=list)
+    # the longest gaps: (start from the window's start, length, the kernel that ends it)
+    longest_gaps: list[tuple[float, float, str]] = field(default_factory=list)
 
     @property
     def idle_us(self) -> float:
@@ -105,6 +107,9 @@ class KernelProfile:
             "idle_before_top_kernels": [
                 {"name": name, "ms_per_step": us * per_step, "count": count}
                 for name, us, count in self.idle_before_top
+            ],
+            "longest_gaps": [
+                {"at_us": at, "us": gap, "before": name} for at, gap, name in self.longest_gaps
             ],
         }
 
@@ -185,7 +190,9 @@ def summarize_kernels(
     stretches = busy_stretches(inside)
     before_category: dict[str, float] = {}
     before_name: dict[str, list[float]] = {}
-    for kernel, gap in idle_before(inside, window):
+    gaps_with_kernels = idle_before(inside, window)
+    longest = sorted(gaps_with_kernels, key=lambda item: -item[1])[:top]
+    for kernel, gap in gaps_with_kernels:
         label = category(kernel.name)
         before_category[label] = before_category.get(label, 0.0) + gap
         before_name.setdefault(kernel.name, []).append(gap)
@@ -200,6 +207,7 @@ def summarize_kernels(
         gaps=bucket_gaps(idle_gaps(stretches, window)),
         idle_before_us=before_category,
         idle_before_top=[(name, sum(gaps), len(gaps)) for name, gaps in ranked_before],
+        longest_gaps=[(k.start - gap - start, gap, k.name) for k, gap in longest],
     )
 
 
