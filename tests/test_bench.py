@@ -193,6 +193,8 @@ def test_band_step_image_bounds_sum_the_variants_each_step_replays() -> None:
         ),
         # every mode with the Triton GroupNorm: the fair one-GPU baseline
         ("13-fair-single-1xh200", {"pcpp": 1.555, "distrifusion": 1.499, "naive": 1.743}),
+        # K/V frames and one statistics exchange per displaced step
+        ("15-kv-frames-step-stats-1xh200", {"pcpp": 1.673, "distrifusion": 1.294, "naive": 1.765}),
     ],
 )
 def test_band_step_bounds_of_the_recorded_runs(run: str, quoted: dict[str, float]) -> None:
