@@ -130,9 +130,9 @@ def test_sigterm_to_mpirun_marks_the_run_interrupted(tmp_path: Path) -> None:
     process = launch(2, out, "--set", "generation.steps=200")
     wait_for_steps(out, 2, 2)
     process.send_signal(signal.SIGTERM)
-    code, _ = finish(process, timeout=60)
+    code, stderr = finish(process, timeout=60)
     assert code != 0
-    assert read_run(out / "run.h5").status == "interrupted"
+    assert read_run(out / "run.h5").status == "interrupted", stderr[-3000:]
 
 
 def test_non_finite_latent_names_step_and_rank(tmp_path: Path) -> None:

@@ -235,6 +235,9 @@ def run_job(
         if run_file is not None:
             run_file.set_status("interrupted", error=str(exc))
         log.warning("run interrupted: %s; finished steps are in %s", exc, run_dir)
+        # every rank agreed to stop here: none may exit (which makes the launcher kill the
+        # others) before rank 0 has recorded the interruption in the run file
+        comm.barrier()
         raise
     except BaseException as exc:
         message = f"{type(exc).__name__}: {exc}"
