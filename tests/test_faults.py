@@ -204,3 +204,43 @@ def test_disk_filling_up_mid_run_fails_cleanly(tmp_path: Path) -> None:
         assert "disk full" in stderr
         assert read_run(out / "run.h5").status == "failed"
         assert len(read_table(out / "rank-0000.h5", "steps")) >= 2
+
+
+LISTENER_SCRIPT = """
+import threading
+import mpi4py
+mpi4py.rc.thread_level = "multiple"
+from mpi4py import MPI
+from pcpp_mpi.comm.failure import FailureChannel
+
+world = MPI.COMM_WORLD
+events = []
+channel = FailureChannel(
+    world,
+    lambda rank, message: events.append(("error", threading.current_thread().name, rank, message)),
+    lambda: events.append(("prepared", threading.current_thread().name)),
+)
+if world.Get_rank() == 1:
+    channel.report("rank 1 broke")
+world.Barrier()
+channel.close()
+if world.Get_rank() == 0:
+    print("EVENTS", events)
+"""
+
+
+def test_failure_listener_prepares_its_thread_before_calling_mpi(tmp_path: Path) -> None:
+    """Rank 0's listener thread drives MPI progress, so a GPU run makes its CUDA context current
+    there first (``prepare_thread``); the error report arrives on that same thread after it."""
+    script = tmp_path / "listener.py"
+    script.write_text(LISTENER_SCRIPT)
+    result = subprocess.run(
+        [mpirun_path(), "-np", "2", "--oversubscribe", "--bind-to", "none", sys.executable,
+         str(script)],
+        env=mpi_env(), cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    line = next(x for x in result.stdout.splitlines() if x.startswith("EVENTS"))
+    assert line == (
+        "EVENTS [('prepared', 'pcpp-failures'), ('error', 'pcpp-failures', 1, 'rank 1 broke')]"
+    )

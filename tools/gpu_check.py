@@ -34,6 +34,7 @@ from pcpp_mpi.config import ConfigError, job_from_dict  # noqa: E402
 from pcpp_mpi.config.arguments import add_settings_argument  # noqa: E402
 from pcpp_mpi.engine.denoise import denoise_band  # noqa: E402
 from pcpp_mpi.engine.setup import DTYPES, prepare_band_context  # noqa: E402
+from pcpp_mpi.engine.streams import compute_stream  # noqa: E402
 from pcpp_mpi.models import load_model  # noqa: E402
 from pcpp_mpi.models.random_arch import measurement_model  # noqa: E402
 from pcpp_mpi.parallel.band_norm import resolve_norm_kernels  # noqa: E402
@@ -78,17 +79,18 @@ def _job(args: argparse.Namespace, settings: dict, graphs: str = "auto"):
 
 
 def _run(job, comm: RankComm, bundle, device) -> torch.Tensor | None:
-    ctx = prepare_band_context(job, comm, bundle, device)
-    try:
-        comm.counter.drain()
-        latent = denoise_band(ctx, "a check prompt", "", 0)
-        full = None
-        if comm.topology.cfg_index == 0:
-            rows = [b.rows for b in ctx.bands]
-            full = comm.gather_bands(job.generation.steps - 1, latent.float(), rows)
-        return full
-    finally:
-        ctx.handle.remove()
+    with compute_stream(device, job.runtime.compute_stream):
+        ctx = prepare_band_context(job, comm, bundle, device)
+        try:
+            comm.counter.drain()
+            latent = denoise_band(ctx, "a check prompt", "", 0)
+            full = None
+            if comm.topology.cfg_index == 0:
+                rows = [b.rows for b in ctx.bands]
+                full = comm.gather_bands(job.generation.steps - 1, latent.float(), rows)
+            return full
+        finally:
+            ctx.handle.remove()
 
 
 def main() -> int:

@@ -15,6 +15,7 @@ DtypeName = Literal["float32", "float16", "bfloat16"]
 DeviceName = Literal["cpu", "cuda"]
 GraphsName = Literal["auto", "eager", "emulate"]
 NormKernelsName = Literal["auto", "torch", "triton"]
+ComputeStreamName = Literal["own", "default"]
 ArchName = Literal["sd15", "sd21", "sdxl"]
 BuiltinName = Literal["tiny"]
 
@@ -81,7 +82,10 @@ class RuntimeConfig:
     sends from, so a displaced step reads its context in place (no concatenation, no copy into
     a send buffer); ``false`` keeps separate buffers (same results). ``stats_per_step``:
     displaced steps exchange every GroupNorm's statistics in one all-reduce per step instead of
-    one per norm (same results).
+    one per norm (same results). ``compute_stream``: on a GPU, ``own`` computes on a
+    non-blocking CUDA stream, so a CUDA-aware MPI's copies (on blocking streams of its own) can
+    run during the rank's kernels; ``default`` uses the CUDA default stream, with which those
+    copies serialise (for comparison).
     """
 
     dtype: DtypeName = "float32"
@@ -93,6 +97,7 @@ class RuntimeConfig:
     norm_kernels: NormKernelsName = "auto"
     kv_frames: bool = True
     stats_per_step: bool = True
+    compute_stream: ComputeStreamName = "own"
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from pcpp_mpi.engine.layout import RunLayout, plan_layout
 from pcpp_mpi.engine.schedulers import check_schedule
 from pcpp_mpi.engine.setup import DTYPES, prepare_band_context
 from pcpp_mpi.engine.stopping import NonFiniteLatent, RunInterrupted, StopSignals
+from pcpp_mpi.engine.streams import compute_stream
 from pcpp_mpi.models import (
     ModelBundle,
     check_model_folder,
@@ -161,96 +162,108 @@ def run_job(
         [b.rows for b in layout.bands],
     )
     if rank == 0:
-        log.info("GroupNorm: %s kernels", norm_kernels)
+        log.info(
+            "GroupNorm: %s kernels; compute stream: %s", norm_kernels, job.runtime.compute_stream
+        )
     comm.barrier()
-    tracer = comm.tracer
-    tracer.enabled = job.runtime.trace
-    tracer.reset_epoch()
-    epoch_unix = time.time()
-    if bundle is None:
-        with tracer.phase("model_load"):
-            bundle, error = _attempt(lambda: load_model(job.model, dtype, device))
-        agree(comm, error)
-    assert bundle is not None
+    with compute_stream(device, job.runtime.compute_stream):
+        tracer = comm.tracer
+        tracer.enabled = job.runtime.trace
+        tracer.reset_epoch()
+        epoch_unix = time.time()
+        if bundle is None:
+            with tracer.phase("model_load"):
+                bundle, error = _attempt(lambda: load_model(job.model, dtype, device))
+            agree(comm, error)
+        assert bundle is not None
 
-    with tracer.phase("setup"):
-        world_info = describe_world(comm.world)
-        ctx = prepare_band_context(job, comm, bundle, device, layout, norm_kernels)
-    handle = ctx.handle
-    topology = comm.topology
-    rank_file = RankFile(
-        run_dir / rank_file_name(rank),
-        {
-            "rank": rank,
-            "n_ranks": n_ranks,
-            "band_index": topology.band_index,
-            "cfg_index": topology.cfg_index,
-            "band_start": ctx.band.start,
-            "band_stop": ctx.band.stop,
-            "mode": layout.mode,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "device": _device_name(device),
-            "tracing": job.runtime.trace,
-            "epoch_unix": epoch_unix,
-        },
-    )
-    run_file = None
-    if rank == 0:
-        provenance = {
-            "mpi": world_info.to_provenance(),
-            "cuda_aware": cuda_aware(),
-            "n_ranks": n_ranks,
-            "mode": layout.mode,
-            "bands": [[b.start, b.stop] for b in layout.bands],
-            "norm_kernels": norm_kernels,
-            "packages": collect_package_versions(),
-            "git_revision": git_revision() or "unknown",
-        }
-        run_file = RunFile.create(
-            run_dir / "run.h5",
-            config_yaml=config_yaml,
-            provenance=provenance,
-            n_ranks=n_ranks,
-            rank_files=[rank_file_name(r) for r in range(n_ranks)],
+        with tracer.phase("setup"):
+            world_info = describe_world(comm.world)
+            ctx = prepare_band_context(job, comm, bundle, device, layout, norm_kernels)
+        handle = ctx.handle
+        topology = comm.topology
+        rank_file = RankFile(
+            run_dir / rank_file_name(rank),
+            {
+                "rank": rank,
+                "n_ranks": n_ranks,
+                "band_index": topology.band_index,
+                "cfg_index": topology.cfg_index,
+                "band_start": ctx.band.start,
+                "band_stop": ctx.band.stop,
+                "mode": layout.mode,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "device": _device_name(device),
+                "tracing": job.runtime.trace,
+                "epoch_unix": epoch_unix,
+            },
         )
-    recorder = _FailureRecorder(run_file)
-    channel = FailureChannel(comm.world, recorder.record)
-    try:
-        with contextlib.nullcontext(signals) if signals else StopSignals() as active:
-            _generate_all(ctx, layout, run_file, rank_file, run_dir, progress, active)
-        rank_file.append(phases=tracer.take_finished()[2])
-        rank_file.set_attrs(
-            status="complete",
-            peak_memory_bytes=_peak_memory(device),
-            graphs=ctx.graphs.backend,
-            graph_captures=ctx.graphs.captures,
-            graph_replays=ctx.graphs.replays,
-        )
-        if run_file is not None:
-            run_file.set_status("complete")
-    except RunInterrupted as exc:
-        handle.drain()  # the step's displaced sends and receives were posted, never waited
-        _finish_rank_file(rank_file, comm, "interrupted", str(exc), device)
-        if run_file is not None:
-            run_file.set_status("interrupted", error=str(exc))
-        log.warning("run interrupted: %s; finished steps are in %s", exc, run_dir)
-        # every rank agreed to stop here: none may exit (which makes the launcher kill the
-        # others) before rank 0 has recorded the interruption in the run file
-        comm.barrier()
-        raise
-    except BaseException as exc:
-        message = f"{type(exc).__name__}: {exc}"
-        _finish_rank_file(rank_file, comm, "failed", message, device)
-        _fail(comm, channel, recorder, message)
-        raise
-    finally:
-        channel.close()
-        rank_file.close()
-        if run_file is not None:
-            run_file.close()
-        handle.remove()
-    return RunResult(run_dir / "run.h5", layout)
+        run_file = None
+        if rank == 0:
+            provenance = {
+                "mpi": world_info.to_provenance(),
+                "cuda_aware": cuda_aware(),
+                "n_ranks": n_ranks,
+                "mode": layout.mode,
+                "bands": [[b.start, b.stop] for b in layout.bands],
+                "norm_kernels": norm_kernels,
+                "packages": collect_package_versions(),
+                "git_revision": git_revision() or "unknown",
+            }
+            run_file = RunFile.create(
+                run_dir / "run.h5",
+                config_yaml=config_yaml,
+                provenance=provenance,
+                n_ranks=n_ranks,
+                rank_files=[rank_file_name(r) for r in range(n_ranks)],
+            )
+        recorder = _FailureRecorder(run_file)
+        channel = FailureChannel(comm.world, recorder.record, _thread_preparation(device))
+        try:
+            with contextlib.nullcontext(signals) if signals else StopSignals() as active:
+                _generate_all(ctx, layout, run_file, rank_file, run_dir, progress, active)
+            rank_file.append(phases=tracer.take_finished()[2])
+            rank_file.set_attrs(
+                status="complete",
+                peak_memory_bytes=_peak_memory(device),
+                graphs=ctx.graphs.backend,
+                graph_captures=ctx.graphs.captures,
+                graph_replays=ctx.graphs.replays,
+            )
+            if run_file is not None:
+                run_file.set_status("complete")
+        except RunInterrupted as exc:
+            handle.drain()  # the step's displaced sends and receives were posted, never waited
+            _finish_rank_file(rank_file, comm, "interrupted", str(exc), device)
+            if run_file is not None:
+                run_file.set_status("interrupted", error=str(exc))
+            log.warning("run interrupted: %s; finished steps are in %s", exc, run_dir)
+            # every rank agreed to stop here: none may exit (which makes the launcher kill the
+            # others) before rank 0 has recorded the interruption in the run file
+            comm.barrier()
+            raise
+        except BaseException as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            _finish_rank_file(rank_file, comm, "failed", message, device)
+            _fail(comm, channel, recorder, message)
+            raise
+        finally:
+            channel.close()
+            rank_file.close()
+            if run_file is not None:
+                run_file.close()
+            handle.remove()
+        return RunResult(run_dir / "run.h5", layout)
+
+
+def _thread_preparation(device: torch.device) -> Callable[[], None] | None:
+    """What a helper thread that calls MPI must do first: on a GPU, make the rank's CUDA
+    context current (a CUDA-aware MPI may call the CUDA driver from any thread that drives
+    its progress; see :mod:`pcpp_mpi.comm.failure`)."""
+    if device.type != "cuda":
+        return None
+    return lambda: torch.cuda.set_device(device)
 
 
 def _device_name(device: torch.device) -> str:
