@@ -183,6 +183,61 @@ def test_band_step_image_bounds_sum_the_variants_each_step_replays() -> None:
     assert "| pcpp | 14.0 | 1.714x |" in table
 
 
+def _one_mode_report(mode: str, variants: dict[str, float], **changes) -> dict:
+    settings = {"arch": "sdxl", "size": 1024, "steps": 8, "warmup_steps": 2, "image_steps": 4,
+                "ratio": 0.3, "warmup": 3, "replays": 20, "dtype": "float16"}  # fmt: skip
+    report = {
+        "device": "GPU",
+        "ranks": 2,
+        "overrides": [],
+        "norm_kernels": "triton",
+        "settings": settings,
+        "modes": {mode: [{name: {"ms": ms, "graphs": 1} for name, ms in variants.items()}]},
+    }
+    for key, value in changes.items():
+        if key in settings:
+            settings[key] = value
+        else:
+            report[key] = value
+    return report
+
+
+def test_band_step_reports_of_one_mode_each_merge_with_their_bounds(tmp_path) -> None:
+    """measure.sh times each mode in its own process and joins the reports with --merge."""
+    module = _band_step_tool()
+    local = {"local/None/0": 4.0, "local/local/1": 4.0, "local/local/0": 4.0}
+    displaced = {"sync/None/0": 3.0, "sync/sync/1": 3.0, "displaced/sync/0": 2.0,
+                 "displaced_last/displaced/1": 2.0}  # fmt: skip
+    single = _one_mode_report("single", local)
+    pcpp = _one_mode_report("pcpp", displaced)
+    merged = module.merge_reports([single, pcpp])
+    assert list(merged["modes"]) == ["single", "pcpp"]
+    assert merged["bounds"]["pcpp"] == {"image_ms": 10.0, "vs_single": 16.0 / 10.0}
+    with pytest.raises(ValueError, match="more than one report"):
+        module.merge_reports([single, single])
+    with pytest.raises(ValueError, match="differ in settings"):
+        module.merge_reports([single, _one_mode_report("pcpp", {}, size=2048)])
+    with pytest.raises(ValueError, match="differ in device"):
+        module.merge_reports([single, _one_mode_report("pcpp", {}, device="other GPU")])
+    # the command line: no GPU needed; an existing report is never overwritten
+    paths = []
+    for report in (single, pcpp):
+        path = tmp_path / f"{next(iter(report['modes']))}.json"
+        path.write_text(json.dumps(report))
+        paths.append(str(path))
+    out = tmp_path / "merged"
+    command = [sys.executable, str(TOOLS / "bench_band_step.py"), "--merge", *paths,
+               "--out", str(out)]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    written = json.loads((out / "band_steps.json").read_text())
+    assert written["bounds"]["pcpp"]["vs_single"] == 1.6
+    assert "| pcpp | 10.0 | 1.600x |" in (out / "band_steps.md").read_text()
+    again = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "already holds a report" in again.stderr
+    assert json.loads((out / "band_steps.json").read_text()) == written
+
+
 @pytest.mark.parametrize(
     ("run", "quoted"),
     [

@@ -21,6 +21,14 @@ and ``single``'s image over each mode's. Output: ``band_steps.json`` and ``band_
 
     mpirun -np 2 python tools/bench_band_step.py --arch sdxl --size 1024 --out band-steps
 
+Modes measured in one process can disturb each other (a ``distrifusion`` step measured after
+three other modes once took 30.9 ms, 23.4 ms alone), so ``tools/device/measure.sh`` runs each
+mode in a process of its own and joins the reports, with the bounds, by ``--merge``::
+
+    python tools/bench_band_step.py --merge band-*/band_steps.json --out band-steps
+
+(no GPU needed; the reports must come from the same settings and name each mode once).
+
 Exit status: 0 measured, 2 bad arguments (e.g. no CUDA device).
 """
 
@@ -45,6 +53,7 @@ from pcpp_mpi.config import ConfigError, job_from_dict  # noqa: E402
 from pcpp_mpi.config.arguments import add_settings_argument  # noqa: E402
 from pcpp_mpi.engine.denoise import denoise_band  # noqa: E402
 from pcpp_mpi.engine.setup import DTYPES, prepare_band_context  # noqa: E402
+from pcpp_mpi.engine.streams import compute_stream  # noqa: E402
 from pcpp_mpi.models import load_model  # noqa: E402
 from pcpp_mpi.models.random_arch import measurement_model  # noqa: E402
 from pcpp_mpi.parallel.band_norm import resolve_norm_kernels  # noqa: E402
@@ -80,6 +89,13 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="float16", choices=tuple(DTYPES))
     parser.add_argument("--profile", action="store_true", help="kernels of rank 0's steady state")
     add_settings_argument(parser, "runtime.norm_kernels=torch (every mode)")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        metavar="JSON",
+        help="join these band_steps.json reports (one mode each, same settings) into --out",
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.steps <= args.warmup_steps + 2:
@@ -154,21 +170,23 @@ def _time_variants(
 def _measure(args, mode: str, comm: RankComm, bundle, device, world) -> dict[str, dict] | None:
     """Capture ``mode``'s variants on ``comm``'s ranks, then time them rank by rank."""
     job = _job(args, mode)
-    ctx = prepare_band_context(job, comm, bundle, device)
-    try:
-        denoise_band(ctx, PROMPT, "", 0)
-        ctx.handle.drain()
-        torch.cuda.synchronize(device)
-        figures = None
-        for turn in range(world.Get_size()):
+    with compute_stream(device, job.runtime.compute_stream):
+        ctx = prepare_band_context(job, comm, bundle, device)
+        try:
+            denoise_band(ctx, PROMPT, "", 0)
+            ctx.handle.drain()
+            torch.cuda.synchronize(device)
+            figures = None
+            for turn in range(world.Get_size()):
+                world.Barrier()
+                if turn == world.Get_rank():
+                    profiled = PROFILED if args.profile and turn == 0 else ()
+                    captured = ctx.graphs.captured()
+                    figures = _time_variants(captured, args.warmup, args.replays, profiled)
             world.Barrier()
-            if turn == world.Get_rank():
-                profiled = PROFILED if args.profile and turn == 0 else ()
-                figures = _time_variants(ctx.graphs.captured(), args.warmup, args.replays, profiled)
-        world.Barrier()
-        return figures
-    finally:
-        ctx.handle.remove()
+            return figures
+        finally:
+            ctx.handle.remove()
 
 
 def image_variants(mode: str, steps: int, warmup_steps: int) -> list[str]:
@@ -283,8 +301,64 @@ def _markdown(args, report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+SETTINGS = (
+    "arch", "size", "steps", "warmup_steps", "image_steps", "ratio", "warmup", "replays", "dtype",
+)  # fmt: skip
+
+
+def merge_reports(reports: list[dict]) -> dict:
+    """One report of the modes of ``reports`` (each measured by its own run of this tool),
+    with the bounds recomputed. Raises ValueError when they were measured with other settings,
+    on other GPUs, or name a mode twice."""
+    if not reports:
+        raise ValueError("no reports to merge")
+    first = reports[0]
+    merged = {key: first.get(key) for key in ("device", "ranks", "overrides", "norm_kernels")}
+    merged["settings"] = first.get("settings")
+    merged["modes"] = {}
+    for report in reports:
+        for key in ("settings", "device", "ranks", "overrides", "norm_kernels"):
+            if report.get(key) != first.get(key):
+                raise ValueError(
+                    f"the reports differ in {key}: {report.get(key)!r} vs {first.get(key)!r}"
+                )
+        for mode, ranks in report["modes"].items():
+            if mode in merged["modes"]:
+                raise ValueError(f"mode {mode!r} is in more than one report")
+            merged["modes"][mode] = ranks
+    settings = merged["settings"] or {}
+    if "image_steps" not in settings or "warmup_steps" not in settings:
+        raise ValueError("the reports do not record their settings (measured by an older tool)")
+    merged["bounds"] = image_bounds(merged, settings["image_steps"], settings["warmup_steps"])
+    return merged
+
+
+def _write(out: Path, args: argparse.Namespace, report: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "band_steps.json").write_text(json.dumps(report, indent=1))
+    table = _markdown(args, report)
+    (out / "band_steps.md").write_text(table)
+    print(table, flush=True)
+
+
+def _merge_main(args: argparse.Namespace) -> int:
+    if (args.out / "band_steps.json").exists():
+        print(f"bench_band_step: {args.out} already holds a report", file=sys.stderr)
+        return 2
+    try:
+        reports = [json.loads(path.read_text()) for path in args.merge]
+        merged = merge_reports(reports)
+    except (OSError, ValueError, KeyError) as error:
+        print(f"bench_band_step: cannot merge: {error}", file=sys.stderr)
+        return 2
+    _write(args.out, argparse.Namespace(**merged["settings"]), merged)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
+    if args.merge:
+        return _merge_main(args)
     if not torch.cuda.is_available():
         print("bench_band_step: no CUDA device: it times CUDA graphs", file=sys.stderr)
         return 2
@@ -299,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         "ranks": world.Get_size(),
         "overrides": args.overrides,
         "norm_kernels": resolve_norm_kernels(_job(args, "pcpp").runtime.norm_kernels, device),
+        "settings": {key: getattr(args, key) for key in SETTINGS},
     }
     report["modes"] = {}
     for mode in args.modes:
@@ -319,11 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         report["modes"][mode] = world.gather(figures, root=0)
     if rank == 0:
         report["bounds"] = image_bounds(report, args.image_steps, args.warmup_steps)
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "band_steps.json").write_text(json.dumps(report, indent=1))
-        table = _markdown(args, report)
-        (args.out / "band_steps.md").write_text(table)
-        print(table, flush=True)
+        _write(args.out, args, report)
     return 0
 
 
