@@ -102,6 +102,19 @@ def test_band_step_timer_refuses_without_a_gpu_and_checks_its_steps(tmp_path) ->
     assert result.returncode == 2 and "--steps must exceed --warmup-steps" in result.stderr
 
 
+def test_stream_overlap_probe_refuses_without_a_gpu(tmp_path) -> None:
+    """tools/bench_stream_overlap.py times device transfers: on the CPU it says so."""
+    out = tmp_path / "overlap.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "bench_stream_overlap.py"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "no CUDA device" in result.stderr
+    assert not out.exists()
+
+
 def test_band_step_tables_show_every_variant_and_the_profiled_ones() -> None:
     module = _band_step_tool()
     profile = {

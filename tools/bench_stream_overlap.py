@@ -18,7 +18,8 @@ MPI (``tools/device/env.sh``)::
 
     $MPIRUN_GPU_STR -np 2 python3 tools/bench_stream_overlap.py --out overlap.json
 
-Prints a table (medians of ``--reps``; rank 0's view); writes every repetition as JSON.
+Prints a table (medians of ``--reps``; rank 0's view); writes every repetition as JSON. Exit
+status: 0 measured, 2 without a CUDA device or with other than 2 ranks.
 """
 
 from __future__ import annotations
@@ -86,8 +87,11 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     world = MPI.COMM_WORLD
+    if not torch.cuda.is_available():
+        print("bench_stream_overlap: no CUDA device: it times device transfers", file=sys.stderr)
+        return 2
     if world.Get_size() != 2:
-        print("run with exactly 2 ranks", file=sys.stderr)
+        print("bench_stream_overlap: run with exactly 2 ranks", file=sys.stderr)
         return 2
     rank = world.Get_rank()
     device = torch.device("cuda", rank % torch.cuda.device_count())
