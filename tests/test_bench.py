@@ -304,11 +304,31 @@ def test_device_measure_script_checks_its_arguments_before_any_work(tmp_path) ->
     for bad in ((), ("1024",), ("big", str(tmp_path)), ("1024", str(tmp_path), "two")):
         result = run(*bad)
         assert result.returncode == 2 and "usage: bash tools/device/measure.sh" in result.stderr
-    (tmp_path / "band-2048").mkdir()
+    (tmp_path / "bench-2048").mkdir()
     result = run("2048", str(tmp_path))
     assert result.returncode == 2 and "already holds results for 2048 px" in result.stderr
     (tmp_path / "measure-1024.tgz").write_bytes(b"earlier results")
     result = run("1024", str(tmp_path))
     assert result.returncode == 2 and "already holds results for 1024 px" in result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["band-2048", "measure-1024.tgz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench-2048", "measure-1024.tgz"]
     assert (tmp_path / "measure-1024.tgz").read_bytes() == b"earlier results"
+
+
+def test_device_band_steps_script_checks_its_arguments_before_any_work(tmp_path) -> None:
+    """tools/device/band_steps.sh (GPU machine only): same refusals as measure.sh."""
+    script = str(REPO / "tools" / "device" / "band_steps.sh")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", script, *args], cwd=REPO, capture_output=True, text=True, timeout=60
+        )
+
+    for bad in ((), ("1024",), ("big", str(tmp_path)), ("1024", str(tmp_path), "two")):
+        result = run(*bad)
+        assert result.returncode == 2 and "usage: bash tools/device/band_steps.sh" in result.stderr
+    for earlier in ("band-2048", "band-1024.tgz"):
+        (tmp_path / earlier).write_bytes(b"earlier results")
+        size = earlier[5:9]
+        result = run(size, str(tmp_path))
+        assert result.returncode == 2 and f"already holds band steps for {size} px" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["band-1024.tgz", "band-2048"]

@@ -7,8 +7,8 @@
 #   - at 1024 only, tools/gpu_check.py (every mode against single, bytes against plan) -> OUT/check
 #   - tools/bench.py: plain graph loop, single, pcpp, distrifusion, naive, cfg; 50 steps, median
 #     of 3, with --profile for pcpp, distrifusion and naive -> OUT/bench-SIZE (traces tarred)
-#   - tools/bench_band_step.py --profile: each mode's band step alone (the compute-only bound),
-#     one process per mode, joined with --merge -> OUT/band-SIZE
+# Each mode's band step alone (the compute-only bound; one GPU suffices) is a separate call:
+# tools/device/band_steps.sh.
 # Every command's output goes to OUT/*.log; a failing command does not stop the later ones, and
 # the exit status is that of the last failure (0 if none). The device tool brings back at most
 # 8 files from its $OUT, so everything ends up in two archives: OUT/measure-SIZE.tgz (logs,
@@ -19,7 +19,7 @@ if [ $# -lt 2 ] || [[ ! $1 =~ ^[0-9]+$ ]] || { [ $# -ge 3 ] && [[ ! $3 =~ ^[0-9]
     exit 2
 fi
 size=$1 out=$2 ranks=${3:-2}
-if [ -e "$out/measure-$size.tgz" ] || [ -e "$out/bench-$size" ] || [ -e "$out/band-$size" ]; then
+if [ -e "$out/measure-$size.tgz" ] || [ -e "$out/bench-$size" ]; then
     echo "measure.sh: $out already holds results for $size px; choose another OUT" >&2
     exit 2
 fi
@@ -45,16 +45,8 @@ if [ -d "$out/bench-$size/runs" ]; then
     tar czf "$out/traces-$size.tgz" -C "$out/bench-$size" runs && rm -rf "$out/bench-$size/runs"
 fi
 rm -rf "$out/bench-$size/profile-runs"
-# each mode in a process of its own (modes measured in one process disturbed each other once),
-# then the reports joined with the bounds
-for mode in single naive pcpp distrifusion; do
-    step "band-$size-$mode" "${mpirun_gpu[@]}" -np "$ranks" python3 tools/bench_band_step.py \
-        --arch sdxl --size "$size" --modes "$mode" --profile --out "$out/band-$size/$mode"
-done
-step "band-$size" python3 tools/bench_band_step.py --merge "$out/band-$size"/*/band_steps.json \
-    --out "$out/band-$size"
 parts=()
-for part in commands.log check.log check "bench-$size.log" "bench-$size" band-"$size"*.log "band-$size"; do
+for part in commands.log check.log check "bench-$size.log" "bench-$size"; do
     [ -e "$out/$part" ] && parts+=("$part")
 done
 tar czf "$out/measure-$size.tgz" -C "$out" "${parts[@]}" && (cd "$out" && rm -rf "${parts[@]}")

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Each mode's band step alone at one image size (the compute-only bound of each mode; one GPU
+# suffices), sized to fit one call on the lent GPU machine:
+#
+#   bash tools/device/band_steps.sh SIZE OUT [RANKS]      (RANKS: default 2)
+#
+# Sources tools/device/env.sh, then runs tools/bench_band_step.py --profile once per mode
+# (single, naive, pcpp, distrifusion), each in a process of its own (modes measured in one
+# process disturbed each other once: docs/benchmarks/results/15-*), and joins the reports with
+# the bounds (bench_band_step.py --merge) into OUT/band-SIZE. Logs go to OUT/band-SIZE*.log; a
+# failing command does not stop the later ones, and the exit status is that of the last failure
+# (0 if none). Everything is packed into OUT/band-SIZE.tgz (the device tool brings back at most
+# 8 files).
+set -u
+if [ $# -lt 2 ] || [[ ! $1 =~ ^[0-9]+$ ]] || { [ $# -ge 3 ] && [[ ! $3 =~ ^[0-9]+$ ]]; }; then
+    echo "usage: bash tools/device/band_steps.sh SIZE OUT [RANKS]" >&2
+    exit 2
+fi
+size=$1 out=$2 ranks=${3:-2}
+if [ -e "$out/band-$size.tgz" ] || [ -e "$out/band-$size" ]; then
+    echo "band_steps.sh: $out already holds band steps for $size px; choose another OUT" >&2
+    exit 2
+fi
+mkdir -p "$out"
+# shellcheck source=tools/device/env.sh
+source tools/device/env.sh
+status=0
+step() {  # step NAME COMMAND...: run, log, remember a failure
+    local name=$1
+    shift
+    echo "== $name: $*" | tee -a "$out/band-$size-commands.log"
+    "$@" >"$out/$name.log" 2>&1 || { status=$?; echo "== $name failed ($status)" >&2; }
+}
+read -r -a mpirun_gpu <<<"$MPIRUN_GPU_STR"
+for mode in single naive pcpp distrifusion; do
+    step "band-$size-$mode" "${mpirun_gpu[@]}" -np "$ranks" python3 tools/bench_band_step.py \
+        --arch sdxl --size "$size" --modes "$mode" --profile --out "$out/band-$size/$mode"
+done
+step "band-$size" python3 tools/bench_band_step.py --merge "$out/band-$size"/*/band_steps.json \
+    --out "$out/band-$size"
+parts=()
+for path in "$out"/band-"$size"*.log "$out/band-$size"; do
+    [ -e "$path" ] && parts+=("${path#"$out"/}")
+done
+tar czf "$out/band-$size.tgz" -C "$out" "${parts[@]}" && (cd "$out" && rm -rf "${parts[@]}")
+exit $status
