@@ -291,15 +291,20 @@ def test_band_step_rejects_a_bad_job_setting_before_any_work(tmp_path) -> None:
     assert not out.exists()
 
 
+def _device_script(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``tools/device/NAME`` from the repository root (as on the GPU machine)."""
+    script = str(REPO / "tools" / "device" / name)
+    return subprocess.run(
+        ["bash", script, *args], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+
+
 def test_device_measure_script_checks_its_arguments_before_any_work(tmp_path) -> None:
     """tools/device/measure.sh (GPU machine only) refuses bad arguments and earlier results
     before it sources the device environment or runs anything."""
-    script = str(REPO / "tools" / "device" / "measure.sh")
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["bash", script, *args], cwd=REPO, capture_output=True, text=True, timeout=60
-        )
+        return _device_script("measure.sh", *args)
 
     for bad in ((), ("1024",), ("big", str(tmp_path)), ("1024", str(tmp_path), "two")):
         result = run(*bad)
@@ -316,12 +321,9 @@ def test_device_measure_script_checks_its_arguments_before_any_work(tmp_path) ->
 
 def test_device_band_steps_script_checks_its_arguments_before_any_work(tmp_path) -> None:
     """tools/device/band_steps.sh (GPU machine only): same refusals as measure.sh."""
-    script = str(REPO / "tools" / "device" / "band_steps.sh")
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["bash", script, *args], cwd=REPO, capture_output=True, text=True, timeout=60
-        )
+        return _device_script("band_steps.sh", *args)
 
     for bad in ((), ("1024",), ("big", str(tmp_path)), ("1024", str(tmp_path), "two")):
         result = run(*bad)

@@ -12,10 +12,9 @@
 # (0 if none). Everything is packed into OUT/band-SIZE.tgz (the device tool brings back at most
 # 8 files).
 set -u
-if [ $# -lt 2 ] || [[ ! $1 =~ ^[0-9]+$ ]] || { [ $# -ge 3 ] && [[ ! $3 =~ ^[0-9]+$ ]]; }; then
-    echo "usage: bash tools/device/band_steps.sh SIZE OUT [RANKS]" >&2
-    exit 2
-fi
+# shellcheck source=tools/device/common.sh
+source tools/device/common.sh
+usage_check band_steps.sh "$@"
 size=$1 out=$2 ranks=${3:-2}
 if [ -e "$out/band-$size.tgz" ] || [ -e "$out/band-$size" ]; then
     echo "band_steps.sh: $out already holds band steps for $size px; choose another OUT" >&2
@@ -25,12 +24,7 @@ mkdir -p "$out"
 # shellcheck source=tools/device/env.sh
 source tools/device/env.sh
 status=0
-step() {  # step NAME COMMAND...: run, log, remember a failure
-    local name=$1
-    shift
-    echo "== $name: $*" | tee -a "$out/band-$size-commands.log"
-    "$@" >"$out/$name.log" 2>&1 || { status=$?; echo "== $name failed ($status)" >&2; }
-}
+commands_log="$out/band-$size-commands.log"
 read -r -a mpirun_gpu <<<"$MPIRUN_GPU_STR"
 for mode in single naive pcpp distrifusion; do
     step "band-$size-$mode" "${mpirun_gpu[@]}" -np "$ranks" python3 tools/bench_band_step.py \

@@ -14,10 +14,9 @@
 # 8 files from its $OUT, so everything ends up in two archives: OUT/measure-SIZE.tgz (logs,
 # tables, JSON, HDF5) and OUT/traces-SIZE.tgz (the timed runs' rank files).
 set -u
-if [ $# -lt 2 ] || [[ ! $1 =~ ^[0-9]+$ ]] || { [ $# -ge 3 ] && [[ ! $3 =~ ^[0-9]+$ ]]; }; then
-    echo "usage: bash tools/device/measure.sh SIZE OUT [RANKS]" >&2
-    exit 2
-fi
+# shellcheck source=tools/device/common.sh
+source tools/device/common.sh
+usage_check measure.sh "$@"
 size=$1 out=$2 ranks=${3:-2}
 if [ -e "$out/measure-$size.tgz" ] || [ -e "$out/bench-$size" ]; then
     echo "measure.sh: $out already holds results for $size px; choose another OUT" >&2
@@ -27,12 +26,7 @@ mkdir -p "$out"
 # shellcheck source=tools/device/env.sh
 source tools/device/env.sh
 status=0
-step() {  # step NAME COMMAND...: run, log, remember a failure
-    local name=$1
-    shift
-    echo "== $name: $*" | tee -a "$out/commands.log"
-    "$@" >"$out/$name.log" 2>&1 || { status=$?; echo "== $name failed ($status)" >&2; }
-}
+commands_log="$out/commands.log"
 read -r -a mpirun_gpu <<<"$MPIRUN_GPU_STR"
 if [ "$size" = 1024 ]; then
     step check "${mpirun_gpu[@]}" -np "$ranks" python3 tools/gpu_check.py --arch sdxl --size 1024 \
