@@ -216,7 +216,7 @@ def _one_mode_report(mode: str, variants: dict[str, float], **changes) -> dict:
 
 
 def test_band_step_reports_of_one_mode_each_merge_with_their_bounds(tmp_path) -> None:
-    """measure.sh times each mode in its own process and joins the reports with --merge."""
+    """band_steps.sh times each mode in its own process and joins the reports with --merge."""
     module = _band_step_tool()
     local = {"local/None/0": 4.0, "local/local/1": 4.0, "local/local/0": 4.0}
     displaced = {"sync/None/0": 3.0, "sync/sync/1": 3.0, "displaced/sync/0": 2.0,

@@ -22,8 +22,8 @@ and ``single``'s image over each mode's. Output: ``band_steps.json`` and ``band_
     mpirun -np 2 python tools/bench_band_step.py --arch sdxl --size 1024 --out band-steps
 
 Modes measured in one process can disturb each other (a ``distrifusion`` step measured after
-three other modes once took 30.9 ms, 23.4 ms alone), so ``tools/device/measure.sh`` runs each
-mode in a process of its own and joins the reports, with the bounds, by ``--merge``::
+three other modes once took 30.9 ms, 23.4 ms alone), so ``tools/device/band_steps.sh`` runs
+each mode in a process of its own and joins the reports, with the bounds, by ``--merge``::
 
     python tools/bench_band_step.py --merge band-*/band_steps.json --out band-steps
 
