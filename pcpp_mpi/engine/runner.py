@@ -24,7 +24,7 @@ import torch
 
 from pcpp_mpi.comm.context import RankComm
 from pcpp_mpi.comm.failure import FailureChannel
-from pcpp_mpi.comm.mpi_info import cuda_aware, describe_world
+from pcpp_mpi.comm.mpi_info import WorldInfo, cuda_aware, describe_world
 from pcpp_mpi.config import JobConfig, job_to_yaml
 from pcpp_mpi.engine.decode import latent_to_image
 from pcpp_mpi.engine.denoise import BandContext, denoise_band
@@ -100,6 +100,17 @@ def compute_device(job: JobConfig, comm: RankComm) -> torch.device:
     return torch.device("cuda", comm.local_rank() % torch.cuda.device_count())
 
 
+@dataclass(frozen=True)
+class _AgreedStart:
+    """What every rank agreed on before loading anything heavy."""
+
+    config_yaml: str
+    layout: RunLayout
+    run_dir: Path
+    device: torch.device
+    norm_kernels: str
+
+
 def run_job(
     job: JobConfig,
     comm: RankComm,
@@ -119,9 +130,38 @@ def run_job(
     stops the run at its first step boundary); without them they are installed for the
     denoising only.
     """
-    rank = comm.world.Get_rank()
-    n_ranks = comm.world.Get_size()
+    start = _agree_on_start(job, comm, out_dir, overwrite)
+    _log_start(job, comm, start)
+    comm.barrier()
+    with compute_stream(start.device, job.runtime.compute_stream):
+        tracer = comm.tracer
+        tracer.enabled = job.runtime.trace
+        tracer.reset_epoch()
+        epoch_unix = time.time()
+        if bundle is None:
+            with tracer.phase("model_load"):
+                dtype = DTYPES[job.runtime.dtype]
+                bundle, error = _attempt(lambda: load_model(job.model, dtype, start.device))
+            agree(comm, error)
+        assert bundle is not None
+        with tracer.phase("setup"):
+            world_info = describe_world(comm.world)
+            ctx = prepare_band_context(
+                job, comm, bundle, start.device, start.layout, start.norm_kernels
+            )
+        rank_file = _create_rank_file(ctx, start, epoch_unix)
+        run_file = _create_run_file(comm, start, world_info)
+        _generate_and_record(ctx, start, rank_file, run_file, progress, signals)
+        return RunResult(start.run_dir / "run.h5", start.layout)
 
+
+def _agree_on_start(
+    job: JobConfig, comm: RankComm, out_dir: str | Path, overwrite: bool
+) -> _AgreedStart:
+    """The checks every rank makes before the model is loaded, each agreed on by all ranks
+    (the same :class:`JobError` everywhere): one configuration, a valid layout, the run
+    directory (prepared by rank 0), the device and the GroupNorm kernels."""
+    rank = comm.world.Get_rank()
     config_yaml = job_to_yaml(job)
     digests = comm.allgather(config_yaml)
     if any(d != digests[0] for d in digests):
@@ -130,7 +170,7 @@ def run_job(
             f"ranks {differing} loaded a different job configuration than rank 0; every rank "
             "must be given the same job file and --set options"
         )
-    layout, error = _attempt(lambda: _check_job(job, n_ranks))
+    layout, error = _attempt(lambda: _check_job(job, comm.world.Get_size()))
     agree(comm, error)
     assert isinstance(layout, RunLayout)
 
@@ -148,12 +188,17 @@ def run_job(
     norm_kernels, error = _attempt(lambda: resolve_norm_kernels(job.runtime.norm_kernels, device))
     agree(comm, error)
     assert norm_kernels in ("torch", "triton")
-    dtype = DTYPES[job.runtime.dtype]
+    return _AgreedStart(config_yaml, layout, run_dir, device, str(norm_kernels))
+
+
+def _log_start(job: JobConfig, comm: RankComm, start: _AgreedStart) -> None:
+    layout = start.layout
+    rank = comm.world.Get_rank()
     if layout.mode != job.parallel.mode and rank == 0:
         log.info("one band: running as 'single' (the job asks for %r)", job.parallel.mode)
     log.info(
         "%d rank(s): %d band(s) x %d CFG group(s), mode %s, latent %dx%d, bands %s",
-        n_ranks,
+        comm.world.Get_size(),
         layout.n_bands,
         layout.cfg_groups,
         layout.mode,
@@ -163,98 +208,107 @@ def run_job(
     )
     if rank == 0:
         log.info(
-            "GroupNorm: %s kernels; compute stream: %s", norm_kernels, job.runtime.compute_stream
+            "GroupNorm: %s kernels; compute stream: %s",
+            start.norm_kernels,
+            job.runtime.compute_stream,
         )
-    comm.barrier()
-    with compute_stream(device, job.runtime.compute_stream):
-        tracer = comm.tracer
-        tracer.enabled = job.runtime.trace
-        tracer.reset_epoch()
-        epoch_unix = time.time()
-        if bundle is None:
-            with tracer.phase("model_load"):
-                bundle, error = _attempt(lambda: load_model(job.model, dtype, device))
-            agree(comm, error)
-        assert bundle is not None
 
-        with tracer.phase("setup"):
-            world_info = describe_world(comm.world)
-            ctx = prepare_band_context(job, comm, bundle, device, layout, norm_kernels)
-        handle = ctx.handle
-        topology = comm.topology
-        rank_file = RankFile(
-            run_dir / rank_file_name(rank),
-            {
-                "rank": rank,
-                "n_ranks": n_ranks,
-                "band_index": topology.band_index,
-                "cfg_index": topology.cfg_index,
-                "band_start": ctx.band.start,
-                "band_stop": ctx.band.stop,
-                "mode": layout.mode,
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-                "device": _device_name(device),
-                "tracing": job.runtime.trace,
-                "epoch_unix": epoch_unix,
-            },
+
+def _create_rank_file(ctx: BandContext, start: _AgreedStart, epoch_unix: float) -> RankFile:
+    """This rank's file, with the attributes that describe its band."""
+    comm = ctx.comm
+    rank = comm.world.Get_rank()
+    return RankFile(
+        start.run_dir / rank_file_name(rank),
+        {
+            "rank": rank,
+            "n_ranks": comm.world.Get_size(),
+            "band_index": comm.topology.band_index,
+            "cfg_index": comm.topology.cfg_index,
+            "band_start": ctx.band.start,
+            "band_stop": ctx.band.stop,
+            "mode": start.layout.mode,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "device": _device_name(start.device),
+            "tracing": ctx.job.runtime.trace,
+            "epoch_unix": epoch_unix,
+        },
+    )
+
+
+def _create_run_file(comm: RankComm, start: _AgreedStart, world_info: WorldInfo) -> RunFile | None:
+    """Rank 0: the run file with the configuration and the provenance; None elsewhere."""
+    n_ranks = comm.world.Get_size()
+    if comm.world.Get_rank() != 0:
+        return None
+    provenance = {
+        "mpi": world_info.to_provenance(),
+        "cuda_aware": cuda_aware(),
+        "n_ranks": n_ranks,
+        "mode": start.layout.mode,
+        "bands": [[b.start, b.stop] for b in start.layout.bands],
+        "norm_kernels": start.norm_kernels,
+        "packages": collect_package_versions(),
+        "git_revision": git_revision() or "unknown",
+    }
+    return RunFile.create(
+        start.run_dir / "run.h5",
+        config_yaml=start.config_yaml,
+        provenance=provenance,
+        n_ranks=n_ranks,
+        rank_files=[rank_file_name(r) for r in range(n_ranks)],
+    )
+
+
+def _generate_and_record(
+    ctx: BandContext,
+    start: _AgreedStart,
+    rank_file: RankFile,
+    run_file: RunFile | None,
+    progress: bool,
+    signals: StopSignals | None,
+) -> None:
+    """Every image, then the final status in the files: ``complete``, ``interrupted`` (every
+    rank stopped at the same step boundary) or ``failed`` (the whole job is ended)."""
+    comm = ctx.comm
+    device = start.device
+    recorder = _FailureRecorder(run_file)
+    channel = FailureChannel(comm.world, recorder.record, _thread_preparation(device))
+    try:
+        with contextlib.nullcontext(signals) if signals else StopSignals() as active:
+            _generate_all(ctx, start.layout, run_file, rank_file, start.run_dir, progress, active)
+        rank_file.append(phases=comm.tracer.take_finished()[2])
+        rank_file.set_attrs(
+            status="complete",
+            peak_memory_bytes=_peak_memory(device),
+            graphs=ctx.graphs.backend,
+            graph_captures=ctx.graphs.captures,
+            graph_replays=ctx.graphs.replays,
         )
-        run_file = None
-        if rank == 0:
-            provenance = {
-                "mpi": world_info.to_provenance(),
-                "cuda_aware": cuda_aware(),
-                "n_ranks": n_ranks,
-                "mode": layout.mode,
-                "bands": [[b.start, b.stop] for b in layout.bands],
-                "norm_kernels": norm_kernels,
-                "packages": collect_package_versions(),
-                "git_revision": git_revision() or "unknown",
-            }
-            run_file = RunFile.create(
-                run_dir / "run.h5",
-                config_yaml=config_yaml,
-                provenance=provenance,
-                n_ranks=n_ranks,
-                rank_files=[rank_file_name(r) for r in range(n_ranks)],
-            )
-        recorder = _FailureRecorder(run_file)
-        channel = FailureChannel(comm.world, recorder.record, _thread_preparation(device))
-        try:
-            with contextlib.nullcontext(signals) if signals else StopSignals() as active:
-                _generate_all(ctx, layout, run_file, rank_file, run_dir, progress, active)
-            rank_file.append(phases=tracer.take_finished()[2])
-            rank_file.set_attrs(
-                status="complete",
-                peak_memory_bytes=_peak_memory(device),
-                graphs=ctx.graphs.backend,
-                graph_captures=ctx.graphs.captures,
-                graph_replays=ctx.graphs.replays,
-            )
-            if run_file is not None:
-                run_file.set_status("complete")
-        except RunInterrupted as exc:
-            handle.drain()  # the step's displaced sends and receives were posted, never waited
-            _finish_rank_file(rank_file, comm, "interrupted", str(exc), device)
-            if run_file is not None:
-                run_file.set_status("interrupted", error=str(exc))
-            log.warning("run interrupted: %s; finished steps are in %s", exc, run_dir)
-            # every rank agreed to stop here: none may exit (which makes the launcher kill the
-            # others) before rank 0 has recorded the interruption in the run file
-            comm.barrier()
-            raise
-        except BaseException as exc:
-            message = f"{type(exc).__name__}: {exc}"
-            _finish_rank_file(rank_file, comm, "failed", message, device)
-            _fail(comm, channel, recorder, message)
-            raise
-        finally:
-            channel.close()
-            rank_file.close()
-            if run_file is not None:
-                run_file.close()
-            handle.remove()
-        return RunResult(run_dir / "run.h5", layout)
+        if run_file is not None:
+            run_file.set_status("complete")
+    except RunInterrupted as exc:
+        ctx.handle.drain()  # the step's displaced sends and receives were posted, never waited
+        _finish_rank_file(rank_file, comm, "interrupted", str(exc), device)
+        if run_file is not None:
+            run_file.set_status("interrupted", error=str(exc))
+        log.warning("run interrupted: %s; finished steps are in %s", exc, start.run_dir)
+        # every rank agreed to stop here: none may exit (which makes the launcher kill the
+        # others) before rank 0 has recorded the interruption in the run file
+        comm.barrier()
+        raise
+    except BaseException as exc:
+        message = f"{type(exc).__name__}: {exc}"
+        _finish_rank_file(rank_file, comm, "failed", message, device)
+        _fail(comm, channel, recorder, message)
+        raise
+    finally:
+        channel.close()
+        rank_file.close()
+        if run_file is not None:
+            run_file.close()
+        ctx.handle.remove()
 
 
 def _thread_preparation(device: torch.device) -> Callable[[], None] | None:
