@@ -252,42 +252,65 @@ def test_band_step_reports_of_one_mode_each_merge_with_their_bounds(tmp_path) ->
 
 
 @pytest.mark.parametrize(
-    ("run", "size", "quoted"),
+    ("run", "report_name", "size", "quoted"),
     [
         # single and naive with PyTorch's GroupNorm, the displaced modes with the Triton one
         (
             "12-triton-group-norm-1xh200",
+            "band-1024",
             1024,
             {"pcpp": 1.675, "distrifusion": 1.613, "naive": 1.757, "sync": 1.605},
         ),
         # every mode with the Triton GroupNorm: the fair one-GPU baseline
-        ("13-fair-single-1xh200", 1024, {"pcpp": 1.555, "distrifusion": 1.499, "naive": 1.743}),
+        (
+            "13-fair-single-1xh200",
+            "band-1024",
+            1024,
+            {"pcpp": 1.555, "distrifusion": 1.499, "naive": 1.743},
+        ),
         # K/V frames and one statistics exchange per displaced step
         (
             "15-kv-frames-step-stats-1xh200",
+            "band-1024",
             1024,
             {"pcpp": 1.673, "distrifusion": 1.294, "naive": 1.765},
         ),
         # each mode in a process of its own (tools/device/band_steps.sh), own compute stream
         (
             "17-band-steps-apart-1xh200",
+            "band-1024",
             1024,
             {"pcpp": 1.681, "distrifusion": 1.652, "naive": 1.776},
         ),
         (
             "17-band-steps-apart-1xh200",
+            "band-2048",
             2048,
             {"pcpp": 2.156, "distrifusion": 1.956, "naive": 2.323},
+        ),
+        # the same commit, every mode in one process, with and without kernel profiles
+        (
+            "17-band-steps-apart-1xh200",
+            "one-process-profiled-1024",
+            1024,
+            {"pcpp": 1.684, "distrifusion": 1.652, "naive": 1.777},
+        ),
+        (
+            "17-band-steps-apart-1xh200",
+            "one-process-plain-1024",
+            1024,
+            {"pcpp": 1.691, "distrifusion": 1.657, "naive": 1.784},
         ),
     ],
 )
 def test_band_step_bounds_of_the_recorded_runs(
-    run: str, size: int, quoted: dict[str, float]
+    run: str, report_name: str, size: int, quoted: dict[str, float]
 ) -> None:
-    """The bounds quoted in docs/BENCHMARKS.md, recomputed from the raw timings."""
+    """The bounds quoted in docs/BENCHMARKS.md and the results' READMEs, recomputed from the
+    raw timings."""
     module = _band_step_tool()
     report = json.loads(
-        (REPO / "docs" / "benchmarks" / "results" / run / f"band-{size}.json").read_text()
+        (REPO / "docs" / "benchmarks" / "results" / run / f"{report_name}.json").read_text()
     )
     if "settings" in report:  # reports record their settings since results/16
         assert report["settings"]["size"] == size
