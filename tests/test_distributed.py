@@ -34,6 +34,9 @@ EXACT = 1e-4
 STEPS = 6
 
 SD_FOLDER = ["model.builtin=null", "model.path={sd}"]
+# torch.compile on the CPU without generating code (inductor needs minutes per model here):
+# the traced layers, the exchange operators and the compiled step's replay are all exercised
+COMPILED = ["runtime.compile=true", "runtime.compile_backend=aot_eager"]
 SDXL_FOLDER = ["model.builtin=null", "model.path={sdxl}"]
 
 RUNS: dict[int, dict[str, list[str]]] = {
@@ -74,6 +77,9 @@ RUNS: dict[int, dict[str, list[str]]] = {
         "pcpp_10": ["parallel.mode=pcpp", "generation.steps=10"],
         "pcpp_10_graphs": ["parallel.mode=pcpp", "generation.steps=10", "runtime.graphs=emulate"],
         "cfg_sync_graphs": ["parallel.cfg_parallel=true", "runtime.graphs=emulate"],
+        "sync_compiled": COMPILED,
+        "pcpp_compiled": ["parallel.mode=pcpp", *COMPILED],
+        "pcpp_compiled_graphs": ["parallel.mode=pcpp", *COMPILED, "runtime.graphs=emulate"],
     },
     3: {
         "sync": [],
@@ -175,6 +181,25 @@ def test_sync_equals_single(runs, n: int) -> None:
 def test_eight_ranks_sync_equals_single(runs) -> None:
     assert max_diff(runs(8) / "sync_256", runs(1) / "single_256") < EXACT
     assert max_diff(runs(8) / "cfg_pcpp_256", runs(1) / "single_256") > 1e-3
+
+
+def test_compiled_sync_equals_single(runs) -> None:
+    """``sync`` with every step's UNet call compiled (torch.compile, exchanges as custom
+    operators) equals one rank."""
+    assert max_diff(runs(2) / "sync_compiled", runs(1) / "single") <= EXACT
+    for rank in range(2):
+        attrs = read_rank_attrs(runs(2) / "sync_compiled" / f"rank-{rank:04d}.h5")
+        assert attrs["compiled_phases"] == "fresh"
+        assert attrs["compile_seconds"] > 0
+
+
+def test_compiled_pcpp_equals_uncompiled_pcpp(runs) -> None:
+    """The displaced steps compiled give the latent of the uncompiled layers (same arithmetic
+    up to rounding: the compiled GroupNorm applies its statistics as separate operations)."""
+    compiled = runs(2) / "pcpp_compiled"
+    assert max_diff(compiled, runs(2) / "pcpp") <= EXACT
+    for rank in range(2):
+        assert read_rank_attrs(compiled / f"rank-{rank:04d}.h5")["compiled_phases"] == "stale"
 
 
 @pytest.mark.parametrize("n", [2, 3])

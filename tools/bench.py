@@ -9,12 +9,16 @@ Cases (``--cases``):
 
 - ``plain-eager`` / ``plain-graph``: a plain diffusers loop on one GPU without pcpp-mpi (UNet on
   the CFG batch, guidance, DDIM step), eager and with each UNet call replayed as one CUDA
-  graph. The fastest single-GPU UNet loop is the reference of every speed-up.
+  graph; ``plain-compile``: the same after ``torch.compile(unet, fullgraph=True)`` (inductor),
+  then one CUDA graph per call. The fastest single-GPU UNet loop (``plain-compile``,
+  ``plain-graph`` or ``single``) is the reference of every speed-up.
   ``plain-graph-cl``: the same with the UNet's weights in channels-last memory format.
 - ``single``: pcpp-mpi's ``single`` mode on rank 0 alone (the other ranks wait).
 - ``sync``, ``distrifusion``, ``pcpp``, ``naive``: those modes on every rank; ``cfg``: ``sync``
   with ``cfg_parallel`` (two CFG groups).
-- a ``-eager`` suffix (e.g. ``pcpp-eager``) runs a case with ``runtime.graphs=eager``.
+- pcpp-mpi cases follow ``runtime.compile`` (compiled on a GPU); an ``-uncompiled`` suffix
+  (e.g. ``pcpp-uncompiled``) runs a case with ``runtime.compile=false``, an ``-eager`` suffix
+  with ``runtime.graphs=eager`` (and uncompiled).
 
 Every pcpp-mpi case is one ``run_job`` (the path of ``pcpp-mpi run``, with tracing on, PNG
 files off) over ``1 + --reps`` images of the same prompt and seed on a model loaded once: the
@@ -64,9 +68,12 @@ CASES = (
     "plain-eager",
     "plain-graph",
     "plain-graph-cl",
+    "plain-compile",
     *MODES,
+    *(f"{m}-uncompiled" for m in MODES),
     *(f"{m}-eager" for m in MODES),
 )
+SUFFIXES = ("-eager", "-uncompiled")
 
 
 @dataclass(frozen=True)
@@ -82,13 +89,24 @@ class Case:
         return "eager" if self.name.endswith("-eager") else "auto"
 
     @property
+    def compiled(self) -> bool | None:
+        """``False`` for an uncompiled case, ``None``: as ``runtime.compile`` says."""
+        return False if self.name.endswith(SUFFIXES) else None
+
+    @property
+    def base(self) -> str:
+        name = self.name
+        for suffix in SUFFIXES:
+            name = name.removesuffix(suffix)
+        return name
+
+    @property
     def mode(self) -> str:
-        base = self.name.removesuffix("-eager")
-        return "sync" if base == "cfg" else base
+        return "sync" if self.base == "cfg" else self.base
 
     @property
     def cfg(self) -> bool:
-        return self.name.removesuffix("-eager") == "cfg"
+        return self.base == "cfg"
 
     @property
     def one_gpu(self) -> bool:
@@ -159,6 +177,8 @@ def _job(args: argparse.Namespace, size: int, case: Case, images: int):
         node[leaf] = yaml.safe_load(value)
     if case.graphs == "eager":  # a "-eager" case stays eager whatever --set says
         settings["runtime"]["graphs"] = "eager"
+    if case.compiled is False:  # "-eager" and "-uncompiled" cases are never compiled
+        settings["runtime"]["compile"] = False
     return job_from_dict(settings)
 
 
@@ -253,10 +273,18 @@ def case_figures(run_dir: Path, n_ranks: int, timed: range) -> dict:
 
 
 def _time_plain(
-    args, size: int, bundle, device, graph: bool, channels_last: bool = False
-) -> list[float]:
+    args,
+    size: int,
+    bundle,
+    device,
+    graph: bool,
+    channels_last: bool = False,
+    compiled: bool = False,
+) -> tuple[list[float], float]:
     """A plain diffusers loop on one GPU: UNet on the CFG batch, guidance, DDIM step
-    (``channels_last``: UNet weights in channels-last memory format; activations follow)."""
+    (``channels_last``: UNet weights in channels-last memory format; activations follow;
+    ``compiled``: the UNet ``torch.compile``'d first). Returns the loop times and the seconds
+    the warm-up calls took (compiling, with ``compiled``)."""
     if channels_last:
         bundle.unet.to(memory_format=torch.channels_last)
         try:
@@ -274,12 +302,15 @@ def _time_plain(
     static_in = torch.randn(shape, device=device, dtype=dtype)
     static_t = torch.tensor(500, device=device)
 
+    model = torch.compile(bundle.unet, fullgraph=True, dynamic=False) if compiled else bundle.unet
+
     def unet_call() -> torch.Tensor:
-        return bundle.unet(
+        return model(
             static_in, static_t, encoder_hidden_states=hidden, added_cond_kwargs=added
         ).sample
 
     runner = unet_call
+    warm_started = time.perf_counter()
     if graph:
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
@@ -287,6 +318,7 @@ def _time_plain(
             for _ in range(2):
                 unet_call()
         torch.cuda.current_stream(device).wait_stream(stream)
+        _sync(device)
         cuda_graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(cuda_graph), torch.no_grad():
             static_out = unet_call()
@@ -294,6 +326,8 @@ def _time_plain(
         def runner() -> torch.Tensor:
             cuda_graph.replay()
             return static_out
+
+    warm_seconds = time.perf_counter() - warm_started
 
     times = []
     with torch.no_grad():
@@ -315,10 +349,11 @@ def _time_plain(
             _sync(device)
             if rep > 0:
                 times.append(time.perf_counter() - start)
-    return times
+    return times, warm_seconds
 
 
 def main() -> int:
+    torch._dynamo.config.recompile_limit = 64  # one process compiles many cases' models
     args = _args()
     world = MPI.COMM_WORLD
     rank, size = world.Get_rank(), world.Get_size()
@@ -338,15 +373,16 @@ def main() -> int:
             row: dict | None = None
             if case.plain:
                 if rank == 0 and (args.device == "cuda" or case.name == "plain-eager"):
-                    times = _time_plain(
+                    times, warm = _time_plain(
                         args,
                         size_px,
                         bundle,
                         device,
-                        graph=case.name.startswith("plain-graph"),
+                        graph=case.name.startswith(("plain-graph", "plain-compile")),
                         channels_last=case.name.endswith("-cl"),
+                        compiled=case.name == "plain-compile",
                     )
-                    row = {"times": times}
+                    row = {"times": times, "warmup_s": warm}
                 world.Barrier()
             elif case.one_gpu:
                 if rank == 0:

@@ -16,8 +16,12 @@ alone. Variants are named ``kind/previous kind/parity``; a displaced mode's stea
 (``local/local/0``, ``displaced/displaced/0``), the kernels of a few more replays under
 ``torch.profiler``: count, busy and idle time and time by category per step. The bounds: a
 ``--image-steps``-step image timed as the sum of the variants its steps replay (slowest rank),
-and ``single``'s image over each mode's. Output: ``band_steps.json`` and ``band_steps.md`` in
-``--out``.
+and the fastest one-GPU image's over each mode's. The one-GPU references are ``single`` and
+the plain diffusers UNet (no pcpp-mpi) replayed as one CUDA graph per call, uncompiled
+(``plain-graph``) and ``torch.compile``'d first (``plain-compile``: ``fullgraph``, inductor),
+timed on rank 0 like ``single``. Whether the pcpp-mpi modes are compiled follows
+``runtime.compile`` (``--set runtime.compile=false`` for the uncompiled path). Output:
+``band_steps.json`` and ``band_steps.md`` in ``--out``.
 
     mpirun -np 2 python tools/bench_band_step.py --arch sdxl --size 1024 --out band-steps
 
@@ -37,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import mpi4py
@@ -51,6 +56,7 @@ from pcpp_mpi.comm.context import RankComm  # noqa: E402
 from pcpp_mpi.comm.mpi_info import cuda_aware  # noqa: E402
 from pcpp_mpi.config import ConfigError, job_from_dict  # noqa: E402
 from pcpp_mpi.config.arguments import add_settings_argument  # noqa: E402
+from pcpp_mpi.engine.compile import compile_enabled  # noqa: E402
 from pcpp_mpi.engine.denoise import denoise_band  # noqa: E402
 from pcpp_mpi.engine.setup import DTYPES, prepare_band_context  # noqa: E402
 from pcpp_mpi.engine.streams import compute_stream  # noqa: E402
@@ -58,7 +64,8 @@ from pcpp_mpi.models import load_model  # noqa: E402
 from pcpp_mpi.models.random_arch import measurement_model  # noqa: E402
 from pcpp_mpi.parallel.band_norm import resolve_norm_kernels  # noqa: E402
 
-MODES = ("single", "naive", "pcpp", "distrifusion", "sync")
+MODES = ("single", "naive", "pcpp", "distrifusion", "sync", "plain-graph", "plain-compile")
+PLAIN = ("plain-graph", "plain-compile")  # one-GPU references: plain diffusers UNet calls
 PROFILED = ("local/local/0", "displaced/displaced/0")
 PROFILE_RANGE = "pcpp-mpi band step replays"
 PROFILE_REPLAYS = 5
@@ -183,10 +190,47 @@ def _measure(args, mode: str, comm: RankComm, bundle, device, world) -> dict[str
                     profiled = PROFILED if args.profile and turn == 0 else ()
                     captured = ctx.graphs.captured()
                     figures = _time_variants(captured, args.warmup, args.replays, profiled)
+                    for figure in figures.values():  # seconds this rank compiled, per phase
+                        figure["compile_s"] = dict(ctx.graphs.compile_times)
             world.Barrier()
             return figures
         finally:
             ctx.handle.remove()
+
+
+def _measure_plain(args, mode: str, bundle, device) -> dict[str, dict]:
+    """``plain-graph`` / ``plain-compile``: the plain diffusers UNet on the whole latent (CFG
+    batch 2) captured as one CUDA graph (after ``torch.compile`` for ``plain-compile``) and
+    replayed alone; the figure is given for every variant name a ``single`` image uses, so
+    the bounds treat it as a one-GPU image."""
+    size = args.size // bundle.vae_scale_factor
+    dtype = DTYPES[args.dtype]
+    sample = torch.randn((2, bundle.unet.config.in_channels, size, size), device=device).to(dtype)
+    timestep = torch.tensor(500, device=device)
+    embeddings = bundle.encoder.encode(["", PROMPT])
+    hidden = embeddings.hidden.to(device, dtype)
+    added = bundle.added_cond_kwargs(embeddings.pooled, args.size, args.size)
+    model = bundle.unet
+    if mode == "plain-compile":
+        model = torch.compile(bundle.unet, fullgraph=True, dynamic=False)
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.no_grad(), torch.cuda.stream(stream):
+        started = time.perf_counter()
+        for _ in range(2):  # compiles (plain-compile) and initialises the libraries
+            model(sample, timestep, encoder_hidden_states=hidden, added_cond_kwargs=added)
+        torch.cuda.synchronize(device)
+        first_calls = time.perf_counter() - started
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            model(sample, timestep, encoder_hidden_states=hidden, added_cond_kwargs=added)
+    torch.cuda.current_stream(device).wait_stream(stream)
+    figure = _time_variants({("local", None, 0): [graph]}, args.warmup, args.replays)
+    (only,) = figure.values()
+    only["first_calls_s"] = first_calls
+    del graph
+    torch.cuda.empty_cache()
+    return {name: only for name in image_variants("single", args.image_steps, 0)}
 
 
 def image_variants(mode: str, steps: int, warmup_steps: int) -> list[str]:
@@ -194,6 +238,7 @@ def image_variants(mode: str, steps: int, warmup_steps: int) -> list[str]:
     (``kind/previous kind/parity``, as the timed variants are named)."""
     names = []
     previous = None
+    mode = "single" if mode in PLAIN else mode
     for step in range(steps):
         kind = step_kind(step, steps, mode, warmup_steps)
         names.append(f"{kind}/{previous}/{step % 2}")
@@ -218,10 +263,15 @@ def image_bounds(report: dict, steps: int, warmup_steps: int) -> dict[str, dict]
             if per_rank:
                 totals[mode] = max(per_rank)
     single = totals.get("single")
-    return {
-        mode: {"image_ms": total, "vs_single": None if single is None else single / total}
-        for mode, total in totals.items()
-    }
+    references = {m: totals[m] for m in ("single", *PLAIN) if m in totals}
+    fastest = min(references, key=references.__getitem__) if references else None
+    bounds: dict[str, dict] = {}
+    for mode, total in totals.items():
+        bounds[mode] = {"image_ms": total, "vs_single": None if single is None else single / total}
+        if fastest is not None and fastest != "single":
+            bounds[mode]["vs_fastest"] = references[fastest] / total
+            bounds[mode]["fastest"] = fastest
+    return bounds
 
 
 def _markdown(args, report: dict) -> str:
@@ -248,13 +298,16 @@ def _markdown(args, report: dict) -> str:
             f"Compute-only bound of a {args.image_steps}-step image ({args.warmup_steps} `sync` "
             "warm-up steps): each step timed as the variant it replays, slowest rank:",
             "",
-            "| mode | image ms | `single` / mode |",
-            "|---|---|---|",
+            "| mode | image ms | `single` / mode | fastest one-GPU image / mode |",
+            "|---|---|---|---|",
         ]
         for mode, bound in bounds.items():
             ratio = bound["vs_single"]
             shown = "—" if ratio is None else f"{ratio:.3f}x"
-            lines.append(f"| {mode} | {bound['image_ms']:.1f} | {shown} |")
+            fastest = bound.get("fastest", "single")
+            best = bound.get("vs_fastest", ratio)
+            best_shown = "—" if best is None else f"{best:.3f}x (`{fastest}`)"
+            lines.append(f"| {mode} | {bound['image_ms']:.1f} | {shown} | {best_shown} |")
     profiled = [
         (mode, name, figure["profile"])
         for mode, ranks in report["modes"].items()
@@ -356,6 +409,7 @@ def _merge_main(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    torch._dynamo.config.recompile_limit = 64  # one process compiles many cases' models
     args = _args(argv)
     if args.merge:
         return _merge_main(args)
@@ -372,11 +426,20 @@ def main(argv: list[str] | None = None) -> int:
         "device": torch.cuda.get_device_name(device),
         "ranks": world.Get_size(),
         "overrides": args.overrides,
-        "norm_kernels": resolve_norm_kernels(_job(args, "pcpp").runtime.norm_kernels, device),
+        "norm_kernels": (
+            "inductor (compiled)"
+            if compile_enabled(_job(args, "pcpp").runtime, device)
+            else resolve_norm_kernels(_job(args, "pcpp").runtime.norm_kernels, device)
+        ),
         "settings": {key: getattr(args, key) for key in SETTINGS},
     }
     report["modes"] = {}
     for mode in args.modes:
+        if mode in PLAIN:
+            figures = _measure_plain(args, mode, bundle, device) if rank == 0 else None
+            world.Barrier()
+            report["modes"][mode] = [figures] if rank == 0 else None
+            continue
         if mode == "single":
             ranks_comm = MPI.COMM_SELF if rank == 0 else None
             figures = None

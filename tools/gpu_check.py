@@ -7,7 +7,9 @@ Run with one rank per GPU::
 For each mode the final latent (gathered to rank 0) is compared with a ``single`` run on
 rank 0, and every rank's bytes per step and kind with :class:`pcpp_mpi.planning.JobPlan`.
 ``sync`` (and the all-warm displaced modes) must match ``single`` within half-precision
-rounding; the measured difference is printed and written to ``check.json``.
+rounding; the measured difference is printed and written to ``check.json``. The runs follow
+``runtime.compile`` (compiled on a GPU; ``--set runtime.compile=false`` for the uncompiled
+path), ``single`` included.
 
 Every case runs twice, eagerly and with its UNet calls replayed as CUDA graphs
 (``runtime.graphs``), and the two latents are compared with each other too. ``--staged``
@@ -32,6 +34,7 @@ from pcpp_mpi.comm.context import RankComm  # noqa: E402
 from pcpp_mpi.comm.mpi_info import cuda_aware  # noqa: E402
 from pcpp_mpi.config import ConfigError, job_from_dict  # noqa: E402
 from pcpp_mpi.config.arguments import add_settings_argument  # noqa: E402
+from pcpp_mpi.engine.compile import compile_enabled  # noqa: E402
 from pcpp_mpi.engine.denoise import denoise_band  # noqa: E402
 from pcpp_mpi.engine.setup import DTYPES, prepare_band_context  # noqa: E402
 from pcpp_mpi.engine.streams import compute_stream  # noqa: E402
@@ -94,6 +97,7 @@ def _run(job, comm: RankComm, bundle, device) -> torch.Tensor | None:
 
 
 def main() -> int:
+    torch._dynamo.config.recompile_limit = 64  # one process compiles many cases' models
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="sdxl", choices=("tiny", "sd15", "sd21", "sdxl"))
     parser.add_argument("--size", type=int, default=1024)
@@ -101,6 +105,13 @@ def main() -> int:
     parser.add_argument("--staged", action="store_true", help="host buffers for MPI")
     parser.add_argument("--dtype", default="float16", choices=tuple(DTYPES))
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    parser.add_argument("--cases", nargs="+", choices=tuple(CASES), default=list(CASES))
+    parser.add_argument(
+        "--graphs",
+        choices=("both", "auto", "eager"),
+        default="both",
+        help="run each case eagerly and with CUDA graphs (both), or one of them",
+    )
     add_settings_argument(parser, "runtime.norm_kernels=torch (every case)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
@@ -135,11 +146,17 @@ def main() -> int:
         "dtype": args.dtype,
         "staged": args.staged,
         "overrides": args.overrides,
-        "norm_kernels": resolve_norm_kernels(base.runtime.norm_kernels, device),
+        "norm_kernels": (
+            "inductor (compiled)"
+            if compile_enabled(base.runtime, device)
+            else resolve_norm_kernels(base.runtime.norm_kernels, device)
+        ),
+        "compiled": compile_enabled(base.runtime, device),
         "cases": {},
     }
     eager_latents: dict[str, torch.Tensor] = {}
-    for name, settings, graphs in [(n, CASES[n], g) for n in CASES for g in ("eager", "auto")]:
+    variants = ("eager", "auto") if args.graphs == "both" else (args.graphs,)
+    for name, settings, graphs in [(n, CASES[n], g) for n in args.cases for g in variants]:
         job = _job(args, settings, graphs)
         groups = 2 if job.parallel.cfg_parallel else 1
         if size % groups:
@@ -172,7 +189,7 @@ def main() -> int:
             line = f"{label:25s} vs single: max|diff| {diff:.3e} rel {diff / scale:.2e}"
             if graphs == "eager":
                 eager_latents[name] = full
-            else:
+            elif name in eager_latents:
                 vs_eager = float((full - eager_latents[name]).abs().max())
                 entry["graphs_vs_eager_max_abs_diff"] = vs_eager
                 line += f"  vs eager: {vs_eager:.3e}"

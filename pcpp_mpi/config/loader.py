@@ -208,9 +208,11 @@ def _convert(key: str, value: Any, tp: Any) -> Any:
         return _convert(key, value, rest[0])
     if origin is Literal:
         allowed = get_args(tp)
-        if isinstance(value, str) and value in allowed:
+        if isinstance(value, str | bool) and any(
+            value == a and type(value) is type(a) for a in allowed
+        ):
             return value
-        listed = ", ".join(repr(a) for a in allowed)
+        listed = ", ".join(str(a).lower() if isinstance(a, bool) else repr(a) for a in allowed)
         raise ConfigError(f"{key}: must be one of {listed}, got {_show(value)}")
     if origin is tuple:
         args = get_args(tp)
@@ -384,6 +386,14 @@ def _check_runtime(r: RuntimeConfig) -> None:
             "runtime.norm_kernels: 'triton' needs runtime.device 'cuda' (the kernels run on a "
             f"GPU), got device {_show(r.device)}; use 'auto' or 'torch'"
         )
+    if r.norm_kernels == "triton" and r.compile is not False:
+        raise ConfigError(
+            "runtime.norm_kernels: 'triton' is for uncompiled runs (compiled, inductor "
+            "generates the GroupNorm kernels); set runtime.compile: false, or use 'auto', "
+            f"got runtime.compile {_show(r.compile)}"
+        )
+    if r.compile_cache is not None and not r.compile_cache.strip():
+        raise ConfigError("runtime.compile_cache: must be a directory path or null, got ''")
 
 
 def _check_job(job: JobConfig) -> None:

@@ -16,6 +16,8 @@ DeviceName = Literal["cpu", "cuda"]
 GraphsName = Literal["auto", "eager", "emulate"]
 NormKernelsName = Literal["auto", "torch", "triton"]
 ComputeStreamName = Literal["own", "default"]
+CompileName = Literal["auto", True, False]
+CompileBackendName = Literal["inductor", "aot_eager"]
 ArchName = Literal["sd15", "sd21", "sdxl"]
 BuiltinName = Literal["tiny"]
 
@@ -85,7 +87,11 @@ class RuntimeConfig:
     one per norm (same results). ``compute_stream``: on a GPU, ``own`` computes on a
     non-blocking CUDA stream, so a CUDA-aware MPI's copies (on blocking streams of its own) can
     run during the rank's kernels; ``default`` uses the CUDA default stream, with which those
-    copies serialise (for comparison).
+    copies serialise (for comparison). ``compile``: ``auto`` (on a GPU), ``true`` or ``false``:
+    the UNet call of a step is compiled by ``torch.compile`` (``compile_backend``: inductor,
+    or ``aot_eager`` to check tracing without generating code) and still replayed as CUDA
+    graphs with MPI between them; ``compile_cache``: the directory of inductor's on-disk
+    caches (default ``~/.cache/pcpp-mpi/torch-compile``), which make later jobs compile fast.
     """
 
     dtype: DtypeName = "float32"
@@ -98,6 +104,9 @@ class RuntimeConfig:
     kv_frames: bool = True
     stats_per_step: bool = True
     compute_stream: ComputeStreamName = "own"
+    compile: CompileName = "auto"
+    compile_backend: CompileBackendName = "inductor"
+    compile_cache: str | None = None
 
 
 @dataclass(frozen=True)

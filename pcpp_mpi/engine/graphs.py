@@ -28,6 +28,9 @@ replay logic in CI, where there is no GPU.
 from __future__ import annotations
 
 import contextlib
+import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -36,7 +39,10 @@ from torch import nn
 
 from pcpp_mpi.comm.capture import RecordedStep, StepRecorder
 from pcpp_mpi.comm.deferred import DeferredStarts, ReadyEvent
+from pcpp_mpi.logs import EVERY_RANK
 from pcpp_mpi.parallel.clock import StepClock
+
+every_rank = logging.getLogger(EVERY_RANK)
 
 VariantKey = tuple[str, str | None, int]
 
@@ -101,6 +107,13 @@ class StepGraphs:
     recorded MPI actions on any device (see the module docstring); ``eager`` never captures.
     ``deferred`` holds the MPI starts waiting for events: a variant's events are re-recorded by
     its next replay, so starts still waiting for them run first.
+
+    ``compiled`` (``runtime.compile``): ``unet`` compiled by ``torch.compile``, called instead
+    of it in the steps whose phase is in ``compiled_phases``. Its code depends on the step's
+    phase only; the first step of each such phase first runs it once with the exchanges
+    recording (a *dry run*: no MPI, result discarded), which compiles it, so compilation never
+    happens inside a CUDA graph capture nor while the other ranks wait for this one in MPI.
+    ``compile_times`` holds each phase's seconds.
     """
 
     def __init__(
@@ -110,10 +123,15 @@ class StepGraphs:
         device: torch.device,
         backend: Literal["cuda", "emulate", "eager"],
         deferred: DeferredStarts | None = None,
+        compiled: Callable[..., object] | None = None,
+        compiled_phases: frozenset[str] = frozenset(),
     ) -> None:
         if backend == "cuda" and device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device")
         self.unet = unet
+        self.compiled = compiled
+        self.compiled_phases = compiled_phases if compiled is not None else frozenset()
+        self.compile_times: dict[str, float] = {}
         self.recorder = recorder
         self.device = device
         self.backend = backend
@@ -127,35 +145,60 @@ class StepGraphs:
         self._pool = torch.cuda.graph_pool_handle() if backend == "cuda" else None
         self._stream = torch.cuda.Stream(device) if backend == "cuda" else None
 
-    def _eager(self, inputs: UNetInputs) -> torch.Tensor:
-        return self.unet(
+    def _eager(self, inputs: UNetInputs, phase: str) -> torch.Tensor:
+        model = self.compiled if phase in self.compiled_phases else self.unet
+        return model(  # type: ignore[operator, union-attr]
             inputs.sample,
             inputs.timestep,
             encoder_hidden_states=inputs.hidden,
             added_cond_kwargs=inputs.added,
         ).sample
 
+    def _compile_phase(self, clock: StepClock, inputs: UNetInputs) -> None:
+        """Compile the UNet for ``clock.phase`` by a dry run of this step (see the class)."""
+        phase = clock.phase
+        every_rank.info(
+            "compiling the UNet for %s steps (torch.compile; minutes the first time, less "
+            "with a warm cache)",
+            phase,
+        )
+        started = time.perf_counter()
+        self.recorder.start(clock.step)
+        try:
+            self._eager(inputs, phase)
+        finally:
+            self.recorder.stop()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.compile_times[phase] = time.perf_counter() - started
+        every_rank.info(
+            "compiled the UNet for %s steps in %.1f s", phase, self.compile_times[phase]
+        )
+
     def __call__(self, clock: StepClock, inputs: UNetInputs) -> torch.Tensor:
         """The UNet output ``(B, C, rows, W)`` for this band at step ``clock.step``."""
+        phase = clock.phase
+        if phase in self.compiled_phases and phase not in self.compile_times:
+            self._compile_phase(clock, inputs)
         if self.backend == "eager":
-            return self._eager(inputs)
+            return self._eager(inputs, phase)
         key: VariantKey = (clock.kind, clock.previous_kind, clock.step % 2)
         if not self._warm:
             # the first call initialises libraries eagerly; its variant is captured right
             # after it (capturing executes nothing), for the next image
             self._warm = True
-            output = self._eager(inputs)
+            output = self._eager(inputs, phase)
             if self.backend == "cuda":
                 self._static = inputs.clone()
-                self._cuda[key] = self._capture(clock.step, self._static)
+                self._cuda[key] = self._capture(clock.step, phase, self._static)
             return output
         if self.backend == "emulate":
-            return self._emulate(key, clock.step, inputs)
+            return self._emulate(key, clock.step, phase, inputs)
         variant = self._cuda.get(key)
         assert self._static is not None
         inputs.copy_into(self._static)
         if variant is None:
-            variant = self._capture(clock.step, self._static)
+            variant = self._capture(clock.step, phase, self._static)
             self._cuda[key] = variant
         self.replays += 1
         self.deferred.start_all_using(variant.events)
@@ -167,7 +210,7 @@ class StepGraphs:
         return {key: list(variant.graphs) for key, variant in self._cuda.items()}
 
     # ------------------------------------------------------------------ CUDA graphs
-    def _capture(self, step: int, static: UNetInputs) -> _CudaVariant:
+    def _capture(self, step: int, phase: str, static: UNetInputs) -> _CudaVariant:
         assert self._stream is not None
         torch.cuda.synchronize(self.device)
         graphs = [torch.cuda.CUDAGraph()]
@@ -191,7 +234,7 @@ class StepGraphs:
             begin(graphs[0])
             self.recorder.start(step, next_graph, ready_event)
             try:
-                output = self._eager(static)
+                output = self._eager(static, phase)
             except Exception as error:
                 self.recorder.stop()
                 with contextlib.suppress(Exception):  # the capture is broken anyway
@@ -207,12 +250,12 @@ class StepGraphs:
         return _CudaVariant(graphs=graphs, recorded=recorded, output=output)
 
     # ------------------------------------------------------------------ emulation (CPU tests)
-    def _emulate(self, key: VariantKey, step: int, inputs: UNetInputs) -> torch.Tensor:
+    def _emulate(self, key: VariantKey, step: int, phase: str, inputs: UNetInputs) -> torch.Tensor:
         recorded = self._emulated.get(key)
         if recorded is None:
             self.recorder.start(step)
             try:
-                self._eager(inputs)  # computes, but only the recording is kept
+                self._eager(inputs, phase)  # computes, but only the recording is kept
             finally:
                 recorded = self.recorder.stop()
             self._emulated[key] = recorded
@@ -229,7 +272,7 @@ class StepGraphs:
         recorded.before_segment(segment_index, step)
         self.recorder.start(step, after_segment)
         try:
-            output = self._eager(inputs)
+            output = self._eager(inputs, phase)
         finally:
             replayed = self.recorder.stop()
         if len(replayed.segments) != len(recorded.segments):

@@ -26,6 +26,7 @@ from pcpp_mpi.comm.context import RankComm
 from pcpp_mpi.comm.failure import FailureChannel
 from pcpp_mpi.comm.mpi_info import WorldInfo, cuda_aware, describe_world
 from pcpp_mpi.config import JobConfig, job_to_yaml
+from pcpp_mpi.engine.compile import compile_enabled
 from pcpp_mpi.engine.decode import latent_to_image
 from pcpp_mpi.engine.denoise import BandContext, denoise_band
 from pcpp_mpi.engine.finite import FiniteWatch
@@ -185,7 +186,11 @@ def _agree_on_start(
     agree(comm, error)
     assert isinstance(device, torch.device)
     # before the model is loaded: an explicit 'triton' that cannot be used stops here
-    norm_kernels, error = _attempt(lambda: resolve_norm_kernels(job.runtime.norm_kernels, device))
+    norm_kernels, error = "torch", None  # compiled: inductor generates the norms
+    if not compile_enabled(job.runtime, device):
+        norm_kernels, error = _attempt(
+            lambda: resolve_norm_kernels(job.runtime.norm_kernels, device)
+        )
     agree(comm, error)
     assert norm_kernels in ("torch", "triton")
     return _AgreedStart(config_yaml, layout, run_dir, device, str(norm_kernels))
@@ -208,9 +213,10 @@ def _log_start(job: JobConfig, comm: RankComm, start: _AgreedStart) -> None:
     )
     if rank == 0:
         log.info(
-            "GroupNorm: %s kernels; compute stream: %s",
+            "GroupNorm: %s kernels; compute stream: %s; compiled: %s",
             start.norm_kernels,
             job.runtime.compute_stream,
+            job.runtime.compile_backend if compile_enabled(job.runtime, start.device) else "no",
         )
 
 
@@ -285,6 +291,8 @@ def _generate_and_record(
             graphs=ctx.graphs.backend,
             graph_captures=ctx.graphs.captures,
             graph_replays=ctx.graphs.replays,
+            compiled_phases=",".join(sorted(ctx.graphs.compile_times)),
+            compile_seconds=sum(ctx.graphs.compile_times.values()),
         )
         if run_file is not None:
             run_file.set_status("complete")

@@ -8,6 +8,12 @@ import torch
 
 from pcpp_mpi.comm.context import RankComm
 from pcpp_mpi.config import JobConfig
+from pcpp_mpi.engine.compile import (
+    compile_enabled,
+    compile_unet,
+    compiled_phases,
+    use_cache_dir,
+)
 from pcpp_mpi.engine.denoise import BandContext
 from pcpp_mpi.engine.graphs import StepGraphs
 from pcpp_mpi.engine.layout import RunLayout, plan_layout
@@ -46,12 +52,16 @@ def prepare_band_context(
 ) -> BandContext:
     """Install the parallel layers for ``job`` on ``bundle.unet`` (undo with
     ``ctx.handle.remove()``) and return everything :func:`denoise_band` needs.
-    ``norm_kernels``: ``runtime.norm_kernels`` already resolved (resolved here if None)."""
+    ``norm_kernels``: ``runtime.norm_kernels`` already resolved (resolved here if None; a
+    compiled run always takes inductor's)."""
     if layout is None:
         n_ranks = comm.world.Get_size()
         layout = plan_layout(job, n_ranks, unet_config(job.model), vae_scale_factor(job.model))
     clock = StepClock(layout.mode, job.generation.steps, job.parallel.warmup_steps)
     inventory = inventory_of(bundle.unet, layout.latent_height, layout.latent_width)
+    traced = compile_enabled(job.runtime, device)
+    if traced:
+        norm_kernels = "torch"
     handle = parallelize(
         bundle.unet,
         inventory,
@@ -65,7 +75,12 @@ def prepare_band_context(
         kv_frames=job.runtime.kv_frames,
         stats_per_step=job.runtime.stats_per_step,
         norm_kernels=norm_kernels or resolve_norm_kernels(job.runtime.norm_kernels, device),
+        traced=traced,
     )
+    compiled = None
+    if traced:
+        use_cache_dir(job.runtime.compile_cache)
+        compiled = compile_unet(bundle.unet, job.runtime.compile_backend)
     return BandContext(
         job=job,
         comm=comm,
@@ -74,7 +89,13 @@ def prepare_band_context(
         clock=clock,
         handle=handle,
         graphs=StepGraphs(
-            bundle.unet, comm.recorder, device, graph_backend(job, device), comm.deferred
+            bundle.unet,
+            comm.recorder,
+            device,
+            graph_backend(job, device),
+            comm.deferred,
+            compiled=compiled,
+            compiled_phases=compiled_phases(layout.mode),
         ),
         device=device,
         dtype=DTYPES[job.runtime.dtype],

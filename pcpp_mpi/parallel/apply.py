@@ -23,6 +23,7 @@ from pcpp_mpi.parallel.band_attention import BandSelfAttnProcessor, KVRows
 from pcpp_mpi.parallel.band_norm import BandGroupNorm, NormKernels
 from pcpp_mpi.parallel.block_copies import BlockCopies
 from pcpp_mpi.parallel.clock import StepClock
+from pcpp_mpi.parallel.exchange_ops import ExchangeOps
 from pcpp_mpi.parallel.halo_conv import HaloConv2d
 from pcpp_mpi.parallel.inventory import LayerInventory
 
@@ -34,6 +35,7 @@ class ParallelHandle:
     replaced: list[tuple[nn.Module, str, nn.Module]] = field(default_factory=list)
     processors: list[tuple[Attention, object]] = field(default_factory=list)
     exchanges: list[object] = field(default_factory=list)
+    ops: ExchangeOps | None = None  # the exchanges' operators, for torch.compile
 
     def reset(self) -> None:
         """Prepare every exchange for a new image (step numbers restart at 0)."""
@@ -52,6 +54,12 @@ class ParallelHandle:
             attn.set_processor(processor)  # type: ignore[arg-type]
         self.replaced.clear()
         self.processors.clear()
+        if self.ops is not None:
+            # compiled code calls these operators: drop it with them (a later run's compiled
+            # code must not be looked up among graphs of operators that no longer exist)
+            torch.compiler.reset()
+            self.ops.close()
+            self.ops = None
 
 
 def _split(name: str) -> tuple[str, str]:
@@ -74,6 +82,7 @@ def parallelize(
     kv_frames: bool = True,
     stats_per_step: bool = True,
     block_copies: BlockCopies | None = None,
+    traced: bool = False,
 ) -> ParallelHandle:
     """Install band-parallel layers for this rank's band (``comm.topology.band_index``).
 
@@ -93,6 +102,9 @@ def parallelize(
     Triton :func:`~.copy_kernels.copy_blocks`); ``None``: concatenations and one copy per send
     buffer. Runs do not pass it: on an H200 the Triton block copies were slower than
     concatenations and copies (docs/benchmarks/results/14-block-copies-1xh200/).
+    ``traced``: the layers take their ``torch.compile`` path, each exchange behind a custom
+    operator of one :class:`~pcpp_mpi.parallel.exchange_ops.ExchangeOps` (``handle.ops``); a
+    one-band run then installs nothing (the plain model compiles as it is).
     """
     handle = ParallelHandle()
     modules = dict(unet.named_modules())
@@ -104,13 +116,15 @@ def parallelize(
         setattr(parent, child, wrapper)
 
     if len(bands) == 1 or mode == "single":
-        if norm_kernels != "torch":  # the one-GPU baseline gets the same GroupNorm kernels
+        # the one-GPU baseline gets the same GroupNorm kernels (compiled: inductor's)
+        if norm_kernels != "torch" and not traced:
             for spec in inventory.norms:
                 norm = modules[spec.name]
                 assert isinstance(norm, nn.GroupNorm)
                 replace(spec.name, BandGroupNorm(norm, None, clock, norm_kernels))
         return handle
     communicate = mode != "naive"
+    ops = handle.ops = ExchangeOps() if traced else None
     pattern: Literal["full", "pcpp"] = "pcpp" if mode == "pcpp" else "full"
     index = comm.topology.band_index
     band = bands[index]
@@ -140,7 +154,10 @@ def parallelize(
             handle.exchanges.append(exchange)
         conv = modules[spec.name]
         assert isinstance(conv, nn.Conv2d)
-        replace(spec.name, HaloConv2d(conv, halo, exchange, clock, spec.always_fresh, block_copies))
+        replace(
+            spec.name,
+            HaloConv2d(conv, halo, exchange, clock, spec.always_fresh, block_copies, ops),
+        )
 
     step_stats = None
     if communicate and stats_per_step and inventory.norms:
@@ -157,7 +174,10 @@ def parallelize(
             handle.exchanges.append(stats)
         norm = modules[spec.name]
         assert isinstance(norm, nn.GroupNorm)
-        replace(spec.name, BandGroupNorm(norm, stats, clock, norm_kernels, step_stats, position))
+        replace(
+            spec.name,
+            BandGroupNorm(norm, stats, clock, norm_kernels, step_stats, position, ops),
+        )
 
     for spec in inventory.attns:
         attn = modules[spec.name]
@@ -213,6 +233,8 @@ def parallelize(
                 blocks=blocks,
                 rows=rows,
                 kv_rows=kv_rows,
+                ops=ops,
+                attn=attn,
             )
         )
     return handle

@@ -6,6 +6,7 @@ module, its weights and cross-attention layers stay untouched.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
 from pcpp_mpi.parallel.clock import StepClock
+from pcpp_mpi.parallel.exchange_ops import ExchangeOps
 
 
 def _plain_linear(module: torch.nn.Module) -> bool:
@@ -78,6 +80,11 @@ class BandSelfAttnProcessor:
     compute device write the band's keys and values straight into the frame (that fills the
     send buffers) and attend to the frame in place; otherwise the context is concatenated and
     the send buffers are copies.
+
+    ``ops`` (for ``torch.compile``): projections and the output are traced; the context's
+    assembly and the attention itself run behind the ``attention`` operator
+    (:class:`~pcpp_mpi.parallel.exchange_ops.ExchangeOps`, :meth:`attend_exchanged`), which
+    copies the fresh keys and values into the frame or send buffers.
     """
 
     def __init__(
@@ -89,6 +96,8 @@ class BandSelfAttnProcessor:
         blocks: BlocksExchange | None,
         rows: RowExchange | None,
         kv_rows: KVRows | None,
+        ops: ExchangeOps | None = None,
+        attn: Attention | None = None,
     ) -> None:
         self.clock = clock
         self.band_index = band_index
@@ -98,6 +107,12 @@ class BandSelfAttnProcessor:
         self.kv_rows = kv_rows
         self._kv_key: tuple | None = None
         self._kv_weights: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self._ops = ops
+        self._op_index = -1
+        if ops is not None:
+            if attn is None:
+                raise ValueError("BandSelfAttnProcessor: ops need the attention module")
+            self._op_index = ops.add_attention(attn, self)
 
     # -------------------------------------------------------------- projections
     def _keys_values(
@@ -166,25 +181,23 @@ class BandSelfAttnProcessor:
         assert self.rows is not None
         self.rows.post(step, *self._rows_to_send(own))
 
-    def _fresh_in_frame(self, attn: Attention, hidden_states: torch.Tensor) -> torch.Tensor | None:
+    def _fresh_in_frame(self, write: Callable[[torch.Tensor], None]) -> torch.Tensor | None:
         """A ``sync`` step's context ``(B, N_total, 2*inner)``, read in place from the frame
         the other bands' fresh blocks arrive in, after sending this band's block from the
         other frame (and copying it next to theirs); ``None`` without frames on the compute
-        device."""
+        device. ``write(out)`` writes the band's keys and values ``(B, N, 2*inner)`` there."""
         assert self.blocks is not None
         placed = self.blocks.fresh_frame(self.clock.step)
         if placed is None:
             return None
         context, send, own = placed
-        self._keys_values(attn, hidden_states, out=send)
+        write(send)
         self.blocks.post_filled(self.clock.step)
         own.copy_(send)
         self.blocks.wait(self.clock.step)
         return context
 
-    def _displaced_in_frame(
-        self, attn: Attention, hidden_states: torch.Tensor
-    ) -> torch.Tensor | None:
+    def _displaced_in_frame(self, write: Callable[[torch.Tensor], None]) -> torch.Tensor | None:
         """A displaced step's context ``(B, N_ctx, 2*inner)``, read in place from the frame its
         exchange receives into, after writing this band's fresh keys and values there (and
         posting them for the next step); ``None`` when the exchange has no frames on the
@@ -203,7 +216,7 @@ class BandSelfAttnProcessor:
         if placed is None:
             return None
         context, own = placed
-        self._keys_values(attn, hidden_states, out=own)
+        write(own)
         if clock.posts_for_next:
             owner.post_filled(clock.step)
         source.wait(clock.step - 1)
@@ -247,21 +260,56 @@ class BandSelfAttnProcessor:
         if hidden_states.ndim != 3 or attn.spatial_norm is not None or attn.group_norm is not None:
             raise ValueError("BandSelfAttnProcessor expects (B, N, C) tokens without inner norms")
         residual = hidden_states
-        batch = hidden_states.shape[0]
         query = attn.to_q(hidden_states)
+        if self._ops is not None:
+            kv = torch.cat([attn.to_k(hidden_states), attn.to_v(hidden_states)], dim=-1)
+            if self.blocks is not None and self.clock.phase != "local":
+                out = self._ops.attention(query, kv, self._op_index)
+            else:
+                out = self._attend(attn, query, kv)
+            return self._output(attn, out, residual)
         clock = self.clock
         context = None
         if self.blocks is not None and clock.kind != "local":
+
+            def write(out: torch.Tensor) -> None:
+                self._keys_values(attn, hidden_states, out=out)
+
             if clock.fresh:
-                context = self._fresh_in_frame(attn, hidden_states)
+                context = self._fresh_in_frame(write)
             else:
-                context = self._displaced_in_frame(attn, hidden_states)
+                context = self._displaced_in_frame(write)
         if context is None:
             context = self.context(self._keys_values(attn, hidden_states))
+        return self._output(attn, self._attend(attn, query, context), residual)
+
+    def attend_exchanged(
+        self, attn: Attention, query: torch.Tensor, kv: torch.Tensor
+    ) -> torch.Tensor:
+        """Behind the ``attention`` operator: the band's queries ``(B, N, inner)`` attending
+        to this step's context (its fresh keys and values ``kv`` ``(B, N, 2*inner)``, posted
+        for the other bands, and the other bands' rows the mode gives); ``(B, N, inner)``."""
+
+        def write(out: torch.Tensor) -> None:
+            out.copy_(kv)
+
+        if self.clock.fresh:
+            context = self._fresh_in_frame(write)
+        else:
+            context = self._displaced_in_frame(write)
+        if context is None:
+            context = self.context(kv)
+        return self._attend(attn, query, context).contiguous()
+
+    @staticmethod
+    def _attend(attn: Attention, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Scaled dot-product attention of ``query`` ``(B, N, inner)`` over the keys and
+        values of ``context`` ``(B, N_ctx, 2*inner)``; ``(B, N, inner)``."""
+        batch = query.shape[0]
         inner = context.shape[-1] // 2
         key, value = context[..., :inner], context[..., inner:]
         head_dim = inner // attn.heads
-        query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        query = query.reshape(batch, -1, attn.heads, head_dim).transpose(1, 2)
         key = key.reshape(batch, -1, attn.heads, head_dim).transpose(1, 2)
         value = value.reshape(batch, -1, attn.heads, head_dim).transpose(1, 2)
         if attn.norm_q is not None:
@@ -269,7 +317,11 @@ class BandSelfAttnProcessor:
         if attn.norm_k is not None:
             key = attn.norm_k(key)
         out = F.scaled_dot_product_attention(query, key, value, scale=attn.scale)
-        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
+        return out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
+
+    @staticmethod
+    def _output(attn: Attention, out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """The output projection of the attention result ``out`` ``(B, N, inner)``."""
         out = attn.to_out[0](out)
         out = attn.to_out[1](out)
         if attn.residual_connection:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pcpp_mpi.parallel.clock import StepClock
+from pcpp_mpi.parallel.exchange_ops import ExchangeOps
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,40 @@ def local_group_stats(x: torch.Tensor, groups: int) -> torch.Tensor:
         stats[1].square_()
     stats[2].fill_(grouped.shape[-1])
     return stats
+
+
+def traced_group_stats(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """As :func:`local_group_stats`, written for ``torch.compile`` (no ``out=`` arguments;
+    inductor fuses the widening into the reductions): ``(3, B, G)`` float64 of a local band
+    ``x`` ``(B, C, h, W)``, summed in float64 on the CPU and in float32 on a GPU."""
+    batch = x.shape[0]
+    accumulate = torch.float64 if x.device.type == "cpu" else torch.float32
+    grouped = x.reshape(batch, groups, -1).to(accumulate)
+    sums = grouped.sum(dim=-1)
+    squares = (grouped * grouped).sum(dim=-1)
+    counts = torch.full_like(sums, grouped.shape[-1])
+    return torch.stack([sums, squares, counts]).to(torch.float64)
+
+
+def traced_normalize(x: torch.Tensor, stats: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
+    """The local band ``x`` ``(B, C, h, W)`` normalised with the group sums ``stats``
+    ``(3, B, G)`` float64 and ``norm``'s affine map, as plain operations for inductor to fuse
+    with what surrounds them (half-precision bands are computed in float32)."""
+    batch, channels = x.shape[:2]
+    groups = norm.num_groups
+    mean = stats[0] / stats[2]
+    variance = (stats[1] / stats[2] - mean * mean).clamp_min(0.0)
+    dtype = _parameter_dtype(x.dtype)
+    scale = torch.rsqrt(variance + norm.eps).to(dtype).unsqueeze(-1)  # (B, G, 1)
+    shift = (-mean).to(dtype).unsqueeze(-1) * scale
+    grouped = x.reshape(batch, groups, -1).to(dtype)
+    out = (grouped * scale + shift).view(x.shape)
+    if norm.affine:
+        affine_shape = (1, channels) + (1,) * (x.ndim - 2)
+        out = out * norm.weight.to(dtype).view(affine_shape) + norm.bias.to(dtype).view(
+            affine_shape
+        )
+    return out.to(x.dtype)
 
 
 NormKernels = Literal["torch", "triton"]
@@ -120,6 +155,7 @@ class BandGroupNorm(nn.Module):
         kernels: NormKernels = "torch",
         step_stats: StepStats | None = None,
         stats_index: int = 0,
+        ops: ExchangeOps | None = None,
     ) -> None:
         super().__init__()
         self.norm = norm
@@ -131,8 +167,12 @@ class BandGroupNorm(nn.Module):
         self._kernels = _kernel_module() if kernels == "triton" else None
         self._affine_key: tuple | None = None
         self._affine_cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._ops = ops
+        self._op_index = -1 if ops is None else ops.add_norm(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._ops is not None:
+            return self._traced_forward(x, self._ops)
         norm = self.norm
         clock = self.clock
         exchange = self.exchange
@@ -165,18 +205,53 @@ class BandGroupNorm(nn.Module):
         else:
             if clock.posts_for_next and step_stats is None:
                 exchange.post(clock.step, local)
-            # the other bands' stale share on the device (a CUDA graph of the step replays
-            # the copy from the host), and this band's fresh share
-            if step_stats is not None and clock.previous_kind != "sync":
-                stats = step_stats.others(clock.step - 1, self.stats_index)
-            else:
-                stats = exchange.wait_others(clock.step - 1).to(x.device, non_blocking=True)
+            stats = self._stale_others(x.device)
             fresh = local
         if kernels is not None:  # adds the two shares inside the kernel
             return kernels.normalize_with_stats(
                 x, stats, groups, norm.weight, norm.bias, norm.eps, more=fresh
             )
         return self._normalize(x, stats if fresh is None else stats + fresh)
+
+    def _stale_others(self, device: torch.device) -> torch.Tensor:
+        """The other bands' sums ``(3, B, G)`` of the previous step, on ``device`` (a CUDA
+        graph of the step replays the copy from the host)."""
+        clock = self.clock
+        assert self.exchange is not None
+        if self.step_stats is not None and clock.previous_kind != "sync":
+            return self.step_stats.others(clock.step - 1, self.stats_index)
+        return self.exchange.wait_others(clock.step - 1).to(device, non_blocking=True)
+
+    def _traced_forward(self, x: torch.Tensor, ops: ExchangeOps) -> torch.Tensor:
+        """The path ``torch.compile`` traces: statistics and normalisation as plain
+        operations, the exchange as one ``group_stats`` operator call."""
+        norm = self.norm
+        phase = self.clock.phase
+        if self.exchange is None or phase == "local":
+            return F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+        local = traced_group_stats(x, norm.num_groups)
+        stats = ops.group_stats(local, self._op_index)
+        if phase == "stale":  # the others' stale sums plus this band's fresh ones
+            stats = stats + local
+        return traced_normalize(x, stats, norm)
+
+    def exchange_stats(self, local: torch.Tensor) -> torch.Tensor:
+        """Behind the ``group_stats`` operator: post this band's sums ``local`` ``(3, B, G)``
+        float64 for this step; returns every band's fresh sums (``sync`` steps) or the other
+        bands' sums of the previous step (displaced steps), same shape, on the device."""
+        clock = self.clock
+        exchange = self.exchange
+        assert exchange is not None
+        if clock.fresh:
+            exchange.post(clock.step, local)
+            return exchange.wait(clock.step).to(local.device, non_blocking=True).contiguous()
+        if clock.posts_for_next:
+            if self.step_stats is not None:
+                self.step_stats.local(clock.step, self.stats_index).copy_(local)
+                self.step_stats.contributed(clock.step)
+            else:
+                exchange.post(clock.step, local)
+        return self._stale_others(local.device).contiguous()
 
     def _normalize(self, x: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
         """``x`` normalised with group statistics ``(3, B, G)`` (sums, squares, counts), then

@@ -3,8 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from pcpp_mpi.accounting import StepKind, step_kind
+
+StepPhase = Literal["local", "fresh", "stale"]
+
+
+def phase_of(kind: StepKind) -> StepPhase:
+    """What a step of ``kind`` computes: its band alone (``local``), with fresh data of the
+    other bands (``fresh``: ``sync``) or with the previous step's (``stale``: displaced)."""
+    if kind == "sync":
+        return "fresh"
+    if kind in ("displaced", "displaced_last"):
+        return "stale"
+    return "local"
 
 
 @dataclass
@@ -17,6 +30,11 @@ class StepClock:
     - ``sync``: post fresh data and wait for it at once (exact);
     - ``displaced``: use what the previous step sent, post this step's data for the next;
     - ``displaced_last``: as displaced, but post nothing (no step follows).
+
+    ``phase`` is what a step's *compiled* layer code may depend on (``local``, ``fresh`` or
+    ``stale``): ``torch.compile`` guards on every attribute the traced code reads, so the
+    compiled layers read only this one and the step-to-step details (step number, parity,
+    whether to post, the previous step's kind) stay inside the exchange operations.
     """
 
     mode: str
@@ -25,6 +43,7 @@ class StepClock:
     step: int = -1
     kind: StepKind = "local"
     previous_kind: StepKind | None = None
+    phase: StepPhase = "local"
 
     def begin(self, step: int) -> None:
         if step != self.step + 1:
@@ -32,6 +51,7 @@ class StepClock:
         self.previous_kind = self.kind if step > 0 else None
         self.step = step
         self.kind = step_kind(step, self.steps, self.mode, self.warmup_steps)
+        self.phase = phase_of(self.kind)
         if self.kind in ("displaced", "displaced_last") and self.previous_kind is None:
             raise RuntimeError("a displaced step needs a previous step")
 
@@ -40,6 +60,7 @@ class StepClock:
         self.step = -1
         self.kind = "local"
         self.previous_kind = None
+        self.phase = "local"
 
     @property
     def fresh(self) -> bool:

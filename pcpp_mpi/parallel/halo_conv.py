@@ -11,6 +11,7 @@ from torch import nn
 from pcpp_mpi.geometry import Halo
 from pcpp_mpi.parallel.block_copies import BlockCopies, CopyList, as_rows
 from pcpp_mpi.parallel.clock import StepClock
+from pcpp_mpi.parallel.exchange_ops import ExchangeOps
 
 Sends = tuple[torch.Tensor | None, torch.Tensor | None]
 
@@ -49,6 +50,7 @@ class HaloConv2d(nn.Module):
         clock: StepClock,
         always_fresh: bool = False,
         copies: BlockCopies | None = None,
+        ops: ExchangeOps | None = None,
     ) -> None:
         super().__init__()
         self.conv = conv
@@ -58,6 +60,8 @@ class HaloConv2d(nn.Module):
         self.always_fresh = always_fresh
         self.copies = copies
         self._zero_rows: dict[tuple, torch.Tensor] = {}
+        self._ops = ops
+        self._op_index = -1 if ops is None else ops.add_conv(self)
 
     def _zeros(self, x: torch.Tensor, rows: int) -> torch.Tensor:
         """Zero rows beyond the image edge, allocated once per shape (never written)."""
@@ -69,6 +73,8 @@ class HaloConv2d(nn.Module):
         return zeros
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._ops is not None:
+            return self._traced_forward(x, self._ops)
         above, below = self.halo.above, self.halo.below
         from_up = from_down = None
         clock = self.clock
@@ -81,15 +87,7 @@ class HaloConv2d(nn.Module):
                 sends = self._fillable_sends(x)
                 if sends is not None:
                     return self._conv(self._displaced_input(x, sends))
-            to_up = x[:, :, :below] if below else None
-            to_down = x[:, :, x.shape[2] - above :] if above else None
-            if clock.fresh or self.always_fresh:
-                self.exchange.post(clock.step, to_up, to_down)
-                from_up, from_down = self.exchange.wait(clock.step)
-            else:
-                if clock.posts_for_next:
-                    self.exchange.post(clock.step, to_up, to_down)
-                from_up, from_down = self.exchange.wait(clock.step - 1)
+            from_up, from_down = self._exchange(x)
         parts = []
         if above:
             parts.append(from_up if from_up is not None else self._zeros(x, above))
@@ -97,6 +95,62 @@ class HaloConv2d(nn.Module):
         if below:
             parts.append(from_down if from_down is not None else self._zeros(x, below))
         return self._conv(torch.cat(parts, dim=2) if len(parts) > 1 else x)
+
+    def _traced_forward(self, x: torch.Tensor, ops: ExchangeOps) -> torch.Tensor:
+        """The path ``torch.compile`` traces: the exchange is one ``halo`` operator call
+        (:meth:`exchange_halo` behind it) whose rows are concatenated around the band."""
+        above, below = self.halo.above, self.halo.below
+        conv = self.conv
+        if self.exchange is not None and self.clock.phase != "local":
+            rows = ops.halo(x, self._op_index)
+            parts = [*rows[:1], x, *rows[1:]] if above else [x, *rows]
+            return self._conv(torch.cat(parts, dim=2))
+        if above == below == conv.padding[0]:
+            return conv(x)
+        batch, channels, _, width = x.shape
+        parts = [x.new_zeros((batch, channels, n, width)) for n in (above,) if n]
+        parts.append(x)
+        parts.extend(x.new_zeros((batch, channels, n, width)) for n in (below,) if n)
+        return self._conv(torch.cat(parts, dim=2) if len(parts) > 1 else x)
+
+    def exchange_halo(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Behind the ``halo`` operator: post the edge rows of the local band ``x``
+        ``(B, C, h, W)`` for this step and return the rows this step reads around it (fresh,
+        or the previous step's): ``(B, C, above, W)`` from the band above if ``above``, then
+        ``(B, C, below, W)`` from the band below if ``below``; new zero rows at an image edge.
+
+        Every call returns at least one tensor, which the convolution reads: an operator
+        whose outputs nobody used would be removed from the compiled graph, and with it the
+        rows this band sends."""
+        from_up, from_down = self._exchange(x)
+        batch, channels, _, width = x.shape
+        rows = []
+        for received, n in ((from_up, self.halo.above), (from_down, self.halo.below)):
+            if n:
+                rows.append(
+                    x.new_zeros((batch, channels, n, width)) if received is None else received
+                )
+        return rows
+
+    def _exchange(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Post the edge rows of ``x`` for this step; the neighbours' rows it reads (``None``
+        at an image edge)."""
+        assert self.exchange is not None
+        above, below = self.halo.above, self.halo.below
+        clock = self.clock
+        to_up = x[:, :, :below] if below else None
+        to_down = x[:, :, x.shape[2] - above :] if above else None
+        if clock.fresh or self.always_fresh:
+            self.exchange.post(clock.step, to_up, to_down)
+            return self.exchange.wait(clock.step)
+        if clock.posts_for_next:
+            self.exchange.post(clock.step, to_up, to_down)
+        return self.exchange.wait(clock.step - 1)
+
+    def received_halo_shapes(self, x: torch.Tensor) -> list[tuple[int, ...]]:
+        """Shapes of what :meth:`exchange_halo` returns for a band shaped like ``x``."""
+        batch, channels, _, width = x.shape
+        return [(batch, channels, n, width) for n in (self.halo.above, self.halo.below) if n]
 
     def _fillable_sends(self, x: torch.Tensor) -> Sends | None:
         """The send buffers a displaced step writes itself (``(None, None)`` when it posts

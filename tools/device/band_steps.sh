@@ -5,7 +5,9 @@
 #   bash tools/device/band_steps.sh SIZE OUT [RANKS]      (RANKS: default 2)
 #
 # Sources tools/device/env.sh, then runs tools/bench_band_step.py --profile once per mode
-# (single, naive, pcpp, distrifusion), each in a process of its own (modes measured in one
+# (plain-graph, plain-compile, single, naive, pcpp, distrifusion; BAND_MODES="..." picks
+# others; extra bench_band_step.py options in BAND_OPTIONS, e.g. "--set runtime.compile=false"
+# for the uncompiled path), each in a process of its own (modes measured in one
 # process disturbed each other once: docs/benchmarks/results/15-*), and joins the reports with
 # the bounds (bench_band_step.py --merge) into OUT/band-SIZE. Logs go to OUT/band-SIZE*.log; a
 # failing command does not stop the later ones, and the exit status is that of the last failure
@@ -26,9 +28,10 @@ source tools/device/env.sh
 status=0
 commands_log="$out/band-$size-commands.log"
 read -r -a mpirun_gpu <<<"$MPIRUN_GPU_STR"
-for mode in single naive pcpp distrifusion; do
+for mode in ${BAND_MODES:-plain-graph plain-compile single naive pcpp distrifusion}; do
     step "band-$size-$mode" "${mpirun_gpu[@]}" -np "$ranks" python3 tools/bench_band_step.py \
-        --arch sdxl --size "$size" --modes "$mode" --profile --out "$out/band-$size/$mode"
+        --arch sdxl --size "$size" --modes "$mode" --profile --out "$out/band-$size/$mode" \
+        ${BAND_OPTIONS:-}
 done
 step "band-$size" python3 tools/bench_band_step.py --merge "$out/band-$size"/*/band_steps.json \
     --out "$out/band-$size"
