@@ -1057,9 +1057,9 @@ def test_frames_and_step_stats_match_separate_exchanges_in_a_displaced_run(
 def test_conv_in_is_fresh_in_displaced_steps(
     tiny_unet: tuple[UNet2DConditionModel, LayerInventory],
 ) -> None:
-    """DESIGN.md table: the first conv (conv_in) takes fresh halo rows of x_t, also in displaced
-    steps. Step 0 is sync on x0, step 1 displaced on x1: conv_in's output must match the full
-    conv_in of x1."""
+    """The first conv (conv_in) takes fresh halo rows of x_t, also in displaced steps (its
+    halo is one latent row, too small to be worth displacing). Step 0 is sync on x0, step 1
+    displaced on x1: conv_in's output must match the full conv_in of x1."""
     x0, text = unet_inputs(seed=11)
     x1 = x0 + torch.randn_like(x0)
     unets, clocks, bands = parallel_unets(tiny_unet, 2, "pcpp", 3, 1)
