@@ -45,7 +45,9 @@ def test_tools_md_cites_only_what_pcpp_mpi_analysis_exports() -> None:
     assert exported and set(exported) <= set(pcpp_mpi.analysis.__all__)
     for name in exported:
         assert getattr(pcpp_mpi.analysis, name) is not None
-    for dotted in re.findall(r"`(pcpp_mpi\.analysis\.\w+\.\w+)`", paragraph):
+    functions = re.findall(r"`(pcpp_mpi\.analysis\.\w+\.\w+)`", paragraph)
+    assert len(functions) == 5
+    for dotted in functions:
         assert callable(_resolve(dotted)), dotted
 
 
