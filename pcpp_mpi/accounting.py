@@ -17,10 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pcpp_mpi.geometry import Band, conv_halo, pcpp_rows
-from pcpp_mpi.parallel.inventory import LayerInventory
+
+if TYPE_CHECKING:  # annotations only: the byte model needs no torch
+    from pcpp_mpi.parallel.inventory import LayerInventory
 
 StepKind = Literal["local", "sync", "displaced", "displaced_last"]
 TrafficKind = Literal["halo", "kv", "norm"]

@@ -1,23 +1,22 @@
-"""The ``pcpp-mpi`` command: ``run``, ``plan`` and ``info``.
+"""The ``pcpp-mpi`` command: ``run`` here; ``plan``, ``info``, ``summary``, ``timeline``,
+``perfetto``, ``compare`` and ``sweep`` from :mod:`pcpp_mpi.commands`.
 
-Exit codes: 0 success; 1 the run failed while generating; 2 the job was rejected before any
-model was loaded (configuration, geometry, output directory, model folder); 3 the run was
-interrupted by SIGTERM, SIGINT or SIGUSR1 and stopped cleanly at a step boundary.
+Exit codes of ``run``: 0 success; 1 the run failed while generating; 2 the job was rejected
+before any model was loaded (configuration, geometry, output directory, model folder); 3 the
+run was interrupted by SIGTERM, SIGINT or SIGUSR1 and stopped cleanly at a step boundary.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 
+from pcpp_mpi.commands import analysis, info, plan, sweep
+from pcpp_mpi.commands.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_REJECTED
 from pcpp_mpi.config.arguments import add_settings_argument
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_REJECTED = 2
-EXIT_INTERRUPTED = 3
+__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_REJECTED", "main"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,29 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--verbose", action="store_true", help="debug logging on every rank")
 
-    plan = sub.add_parser("plan", help="bands, halos and bytes per step, without MPI or weights")
-    plan.add_argument("job", help="job YAML file")
-    plan.add_argument("--ranks", type=int, required=True, help="number of ranks")
-    add_settings_argument(plan, "parallel.ratio=0.5")
-    plan.add_argument("--json", action="store_true", help="machine-readable output")
+    run.set_defaults(handler=_run)
 
-    sub.add_parser("info", help="MPI library, CUDA-awareness, thread level, ranks and devices")
+    for commands in (plan, info, analysis, sweep):
+        commands.register(sub)
     return parser
-
-
-def _plan(args: argparse.Namespace) -> int:
-    from pcpp_mpi.config import ConfigError, load_job
-    from pcpp_mpi.models import ModelError
-    from pcpp_mpi.planning import format_plan, make_plan
-
-    try:
-        job = load_job(args.job, args.overrides)
-        plan = make_plan(job, args.ranks)
-    except (ConfigError, ModelError) as exc:
-        print(f"pcpp-mpi plan: error: {exc}", file=sys.stderr)
-        return EXIT_REJECTED
-    print(json.dumps(plan.as_dict(), indent=1) if args.json else format_plan(plan))
-    return EXIT_OK
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -127,14 +108,9 @@ def _run_with(args: argparse.Namespace, signals) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default: the process's arguments), run the subcommand, return its code."""
     args = _parser().parse_args(argv)
-    if args.command == "plan":
-        return _plan(args)
-    if args.command == "info":
-        from pcpp_mpi.info_command import run_info_command
-
-        return run_info_command()
-    return _run(args)
+    return args.handler(args)
 
 
 if __name__ == "__main__":

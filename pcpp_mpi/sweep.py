@@ -21,13 +21,12 @@ The sweep directory holds ``sweep.json`` (the expanded points, written by the fi
 starts), ``points/point-NNNN.json`` (each point's Slurm ids, start time, exit code and wall time)
 and the run directories. :func:`collect` turns it into one table, whatever has finished.
 
-``python -m pcpp_mpi.sweep`` is the helper ``slurm/sweep.sbatch`` calls (``list``, ``array``,
-``start``, ``finish``); ``tools/collect_sweep.py`` prints the table.
+``pcpp-mpi sweep`` (:mod:`pcpp_mpi.commands.sweep`) is the command line: ``list``, ``array``,
+``start`` and ``finish`` (what ``slurm/sweep.sbatch`` calls) and ``collect`` (the table).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import io
@@ -35,7 +34,6 @@ import itertools
 import json
 import os
 import socket
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -553,64 +551,3 @@ def format_json(keys: Sequence[str], results: Sequence[PointResult]) -> str:
 
 
 FORMATTERS = {"markdown": format_markdown, "csv": format_csv, "json": format_json}
-
-
-# -- the helper slurm/sweep.sbatch calls --------------------------------------------------------
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m pcpp_mpi.sweep",
-        description="Sweep helper for slurm/sweep.sbatch (collect results with "
-        "tools/collect_sweep.py).",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    show = sub.add_parser("list", help="check every point's configuration and list the points")
-    show.add_argument("sweep", help="sweep file (YAML)")
-    show.add_argument("--json", action="store_true", help="machine-readable output")
-    array = sub.add_parser("array", help="print the sbatch --array value that runs every point")
-    array.add_argument("sweep", help="sweep file (YAML)")
-    start = sub.add_parser("start", help="record a point's start; print its launch lines")
-    start.add_argument("sweep", help="sweep file (YAML)")
-    start.add_argument("index", type=int, help="point index (SLURM_ARRAY_TASK_ID)")
-    start.add_argument("--dir", required=True, type=Path, help="sweep directory")
-    start.add_argument("--available", type=int, required=True, help="tasks in the allocation")
-    finish = sub.add_parser("finish", help="record a point's exit code and wall time")
-    finish.add_argument("dir", type=Path, help="sweep directory")
-    finish.add_argument("index", type=int, help="point index")
-    finish.add_argument("--exit-code", type=int, required=True)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        if args.command == "finish":
-            finish_point(args.dir, args.index, args.exit_code)
-            return 0
-        sweep = load_sweep(args.sweep)
-        if args.command == "array":
-            print(array_spec(sweep))
-            return 0
-        if args.command == "start":
-            launch = start_point(sweep, args.index, args.dir, args.available)
-            print("\n".join(launch.lines()))
-            return 0
-        problems = check_points(sweep)
-        if args.json:
-            print(json.dumps({**sweep.as_dict(), "problems": problems}, indent=1))
-        else:
-            for point in sweep.points:
-                print(f"{point.index:4d}  " + " ".join(sweep.overrides(point)), end="")
-                print(f"  ntasks={point.ntasks}" if point.ntasks is not None else "")
-            print(f"{len(sweep.points)} points: sbatch --array={array_spec(sweep)} ...")
-        for problem in problems:
-            print(f"error: {problem}", file=sys.stderr)
-        return 2 if problems else 0
-    except SweepError as exc:
-        print(f"pcpp_mpi.sweep: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 import pytest
 import yaml
+from synthetic_run import write_synthetic_run
 
 from pcpp_mpi.analysis.clock import rank_offsets
 from pcpp_mpi.analysis.compare import compare_runs, load_run_images
@@ -37,7 +38,6 @@ from pcpp_mpi.analysis.perfetto import trace_events
 from pcpp_mpi.analysis.report import format_text, to_csv, to_json
 from pcpp_mpi.analysis.stats import group_exchanges
 from pcpp_mpi.analysis.summary import summarize_run, with_baseline
-from pcpp_mpi.analysis.synthetic import write_synthetic_run
 from pcpp_mpi.analysis.timeline import Window, pack_rows, plot_timeline
 from pcpp_mpi.output import RunFile, SchemaError
 from pcpp_mpi.output.rank_file import TABLES, RankFile, rank_file_name

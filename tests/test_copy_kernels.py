@@ -1,6 +1,6 @@
 """The Triton block copies (displaced steps assemble layer inputs and fill send buffers with
 them), run by Triton's interpreter on CPU tensors. The layers using them are tested in
-``test_parallel_layers.py``."""
+``test_halo_conv.py``, ``test_band_attention.py`` and ``test_parallel_unet.py``."""
 
 from __future__ import annotations
 

@@ -193,7 +193,7 @@ def test_describe_world_on_comm_self(mpi: ModuleType, monkeypatch: pytest.Monkey
 
 
 def test_info_command_single_process(capsys: pytest.CaptureFixture[str], mpi: ModuleType) -> None:
-    from pcpp_mpi.info_command import run_info_command
+    from pcpp_mpi.commands.info import run_info_command
 
     assert run_info_command() == 0
     out = capsys.readouterr().out
@@ -205,7 +205,7 @@ def test_info_command_single_process(capsys: pytest.CaptureFixture[str], mpi: Mo
 
 def test_info_command_without_launcher() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "pcpp_mpi.info_command"],
+        [sys.executable, "-m", "pcpp_mpi.cli", "info"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -225,7 +225,7 @@ def test_info_command_under_mpirun_two_ranks() -> None:
     if mpirun is None:
         pytest.skip("mpirun not found")
     result = subprocess.run(
-        [mpirun, "-np", "2", "--oversubscribe", sys.executable, "-m", "pcpp_mpi.info_command"],
+        [mpirun, "-np", "2", "--oversubscribe", sys.executable, "-m", "pcpp_mpi.cli", "info"],
         capture_output=True,
         text=True,
         timeout=60,

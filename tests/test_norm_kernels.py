@@ -3,7 +3,7 @@ on CPU tensors (``tests/conftest.py`` sets ``TRITON_INTERPRET=1``).
 
 The interpreter keeps global state while a kernel runs, so bands run one after the other here,
 with exchanges that hand out statistics computed beforehand, instead of the threads of
-``test_parallel_layers.py``. On a GPU the same kernels are checked by ``tools/gpu_check.py``.
+``test_band_norm.py``. On a GPU the same kernels are checked by ``tools/gpu_check.py``.
 """
 
 from __future__ import annotations

@@ -6,6 +6,16 @@ import numpy as np
 import pytest
 import torch
 
+from pcpp_mpi.models.tiny_text import SEQ_LEN, TextEncoderConfig, TinyTextEncoder, WordTokenizer
+from pcpp_mpi.models.tiny_vocab import (
+    COLOUR_NAMES,
+    COLOURS,
+    KINDS,
+    MIN_CONTRAST,
+    SIZE_NAMES,
+    vocab_fingerprint,
+    words,
+)
 from pcpp_mpi.shapes.checker import accuracy, check_caption, nearest_colour, read_image
 from pcpp_mpi.shapes.render import render_scenes, to_uint8
 from pcpp_mpi.shapes.scenes import (
@@ -16,16 +26,6 @@ from pcpp_mpi.shapes.scenes import (
     parse_caption,
     sample_scenes,
     training_captions,
-)
-from pcpp_mpi.shapes.text import SEQ_LEN, TextEncoderConfig, TinyTextEncoder, WordTokenizer
-from pcpp_mpi.shapes.vocab import (
-    COLOUR_NAMES,
-    COLOURS,
-    KINDS,
-    MIN_CONTRAST,
-    SIZE_NAMES,
-    vocab_fingerprint,
-    words,
 )
 
 

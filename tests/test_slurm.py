@@ -1,4 +1,4 @@
-"""Slurm job scripts (slurm/), the sweep helper and tools/collect_sweep.py.
+"""Slurm job scripts (slurm/) and ``pcpp-mpi sweep`` (list, array, start, finish, collect).
 
 The first part needs no cluster: sweep files, collecting a hand-made sweep directory, and
 static checks of the job scripts. The second part submits the scripts to a real Slurm cluster
@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import yaml
 
+from pcpp_mpi.cli import main as cli_main
 from pcpp_mpi.config import load_job
 from pcpp_mpi.output import RunFile, read_run, write_png
 from pcpp_mpi.output.rank_file import (
@@ -40,16 +41,15 @@ from pcpp_mpi.sweep import (
     start_point,
     write_sweep_json,
 )
-from pcpp_mpi.sweep import (
-    main as sweep_main,
-)
 from pcpp_mpi.trace.recorder import StepRow
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "jobs" / "tiny.yaml"
 PCPP_SBATCH = REPO / "slurm" / "pcpp.sbatch"
 SWEEP_SBATCH = REPO / "slurm" / "sweep.sbatch"
-COLLECT = REPO / "tools" / "collect_sweep.py"
+#: The installed entry point (console script) next to this Python.
+PCPP_MPI = str(Path(sys.executable).parent / "pcpp-mpi")
+COLLECT = [PCPP_MPI, "sweep", "collect"]
 CLUSTER_SH = REPO / "tests" / "slurm" / "cluster.sh"
 SCRIPTS = (PCPP_SBATCH, SWEEP_SBATCH, CLUSTER_SH)
 
@@ -149,6 +149,10 @@ def test_every_point_loads_as_a_job(tmp_path: Path) -> None:
         ("pcpp", 0.6),
     ]
     assert all(j.generation.steps == 6 for j in jobs)
+
+
+def sweep_main(argv: list[str]) -> int:
+    return cli_main(["sweep", *argv])
 
 
 def test_sweep_helper_list_and_array(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -276,7 +280,7 @@ def test_collect_reports_every_point(sweep_dir: Path) -> None:
 
 def test_collect_sweep_tool_formats(sweep_dir: Path) -> None:
     def tool(*args: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, str(COLLECT), *args]
+        command = [*COLLECT, *args]
         return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
     assert tool("--help").returncode == 0
@@ -521,7 +525,7 @@ def test_sweep_array_job_and_collected_table(slurm: None, tmp_path: Path) -> Non
 
     sweep_dir = tmp_path / "runs" / f"sweep-{job_id}"
     result = subprocess.run(
-        [sys.executable, str(COLLECT), str(sweep_dir), "--format", "json"],
+        [*COLLECT, str(sweep_dir), "--format", "json"],
         capture_output=True,
         text=True,
         cwd=tmp_path,

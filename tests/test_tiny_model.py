@@ -27,11 +27,11 @@ from pcpp_mpi.models.tiny import (
     tiny_vae_config,
     tiny_vae_scale_factor,
 )
+from pcpp_mpi.models.tiny_vocab import vocab_fingerprint
 from pcpp_mpi.parallel.inventory import is_self_attention
 from pcpp_mpi.shapes.checker import accuracy, check_caption
 from pcpp_mpi.shapes.sampling import generate
 from pcpp_mpi.shapes.scenes import evaluation_prompts
-from pcpp_mpi.shapes.vocab import vocab_fingerprint
 
 REPO = Path(__file__).resolve().parent.parent
 CPU = torch.device("cpu")
@@ -189,8 +189,9 @@ def test_training_script_runs_three_cpu_steps(tmp_path: Path) -> None:
 
 
 def test_training_token_ids_equal_the_tokenized_captions() -> None:
+    from pcpp_mpi.models.tiny_text import WordTokenizer
     from pcpp_mpi.shapes.scenes import sample_scenes, training_captions
-    from pcpp_mpi.shapes.text import WordTokenizer, training_token_ids
+    from pcpp_mpi.shapes.training_tokens import training_token_ids
 
     tokenizer = WordTokenizer()
     scenes = sample_scenes(500, np.random.default_rng(0))

@@ -23,12 +23,13 @@ import h5py
 import numpy as np
 import pytest
 from mpi_launch import REPO, mpi_env, mpirun, mpirun_path
+from synthetic_run import write_synthetic_run
 from test_analysis import validate_trace_events
 
 from pcpp_mpi.accounting import step_kind
 from pcpp_mpi.analysis.files import load_run
 from pcpp_mpi.analysis.stats import group_exchanges
-from pcpp_mpi.analysis.synthetic import write_synthetic_run
+from pcpp_mpi.cli import main
 from pcpp_mpi.config import load_job
 from pcpp_mpi.planning import make_plan
 
@@ -46,15 +47,35 @@ RUNS = {
         "killed": ["parallel.mode=pcpp", "generation.steps=200"],
     },
 }
-TOOLS = ("summary", "timeline", "perfetto", "compare", "bench_tracing", "quality_study")
+#: Every ``pcpp-mpi`` subcommand, and the sweep's own subcommands.
+SUBCOMMANDS = (
+    ["run"],
+    ["plan"],
+    ["info"],
+    ["summary"],
+    ["timeline"],
+    ["perfetto"],
+    ["compare"],
+    ["sweep"],
+    *(["sweep", step] for step in ("list", "array", "start", "finish", "collect")),
+)
+#: The scripts left in tools/ that the tests run here (benchmarks and the quality study).
+SCRIPTS = ("bench_tracing", "quality_study")
+#: The installed entry point (console script) next to this Python.
+PCPP_MPI = Path(sys.executable).parent / "pcpp-mpi"
 
 
-def tool(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", REPO / "tools" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def command(name: str, argv: list[str]) -> int:
+    """``pcpp-mpi NAME ARGV...`` in this process (its exit code)."""
+    return main([name, *argv])
+
+
+def installed(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``pcpp-mpi ARGV...`` through the installed entry point, from ``cwd``, without PYTHONPATH."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run(
+        [str(PCPP_MPI), *argv], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+    )
 
 
 def _spec(root: Path, n: int, runs: dict[str, list[str]]) -> Path:
@@ -163,9 +184,8 @@ def test_every_step_is_traced(real: Path, n: int, name: str) -> None:
 
 # ----------------------------------------------------------------------------- the tools
 def test_summary_on_real_runs(real: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    summary = tool("summary")
     runs = [str(real / "np2" / "pcpp"), str(real / "np3" / "pcpp")]
-    assert summary.main([*runs, "--baseline", str(real / "np2" / "sync"), "--json"]) == 0
+    assert command("summary", [*runs, "--baseline", str(real / "np2" / "sync"), "--json"]) == 0
     captured = capsys.readouterr()
     document = json.loads(captured.out)
     assert "is a 'sync' run, not 'single'" in captured.err
@@ -182,32 +202,30 @@ def test_summary_on_real_runs(real: Path, capsys: pytest.CaptureFixture[str]) ->
             )
             assert by_kind == rank["sent_per_step_bytes"]
             assert by_kind == pytest.approx((sent - gather) / STEPS, abs=1)
-    assert summary.main([*runs]) == 0
+    assert command("summary", [*runs]) == 0
     text = capsys.readouterr().out
     assert "first step excluded" in text and "runs side by side" in text
-    assert summary.main([runs[0], "--csv"]) == 0
+    assert command("summary", [runs[0], "--csv"]) == 0
     assert capsys.readouterr().out.startswith("run,mode,run_status,rank,")
 
 
 def test_timeline_on_real_runs(real: Path, tmp_path: Path) -> None:
     from PIL import Image
 
-    timeline = tool("timeline")
     for n in (2, 3):
         out = tmp_path / f"np{n}.png"
-        assert timeline.main([str(real / f"np{n}" / "pcpp"), "-o", str(out), "--phases"]) == 0
+        assert command("timeline", [str(real / f"np{n}" / "pcpp"), "-o", str(out), "--phases"]) == 0
         with Image.open(out) as image:
             assert image.format == "PNG"
     zoom = tmp_path / "zoom.png"
-    assert timeline.main([str(real / "np2" / "pcpp"), "-o", str(zoom), "--steps", "2:4"]) == 0
-    assert timeline.main([str(real / "np2" / "pcpp"), "-o", str(zoom), "--steps", "9:"]) == 1
+    assert command("timeline", [str(real / "np2" / "pcpp"), "-o", str(zoom), "--steps", "2:4"]) == 0
+    assert command("timeline", [str(real / "np2" / "pcpp"), "-o", str(zoom), "--steps", "9:"]) == 1
 
 
 def test_perfetto_on_real_runs(real: Path, tmp_path: Path) -> None:
-    perfetto = tool("perfetto")
     for n in (2, 3):
         out = tmp_path / f"np{n}.json"
-        assert perfetto.main([str(real / f"np{n}" / "pcpp"), "-o", str(out)]) == 0
+        assert command("perfetto", [str(real / f"np{n}" / "pcpp"), "-o", str(out)]) == 0
         document = json.loads(out.read_text())
         counts = validate_trace_events(document)
         info = document["otherData"]
@@ -219,14 +237,13 @@ def test_perfetto_on_real_runs(real: Path, tmp_path: Path) -> None:
 def test_compare_on_real_runs(
     real: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    compare = tool("compare")
     png = tmp_path / "diff.png"
     a, b = str(real / "np2" / "pcpp"), str(real / "np3" / "pcpp")
-    assert compare.main([a, b, "--png", str(png), "--json"]) == 0
+    assert command("compare", [a, b, "--png", str(png), "--json"]) == 0
     image = json.loads(capsys.readouterr().out)["images"][0]
     assert image["height"] == 160 and image["width"] == 128 and png.exists()
     assert 0.0 < image["ssim"] <= 1.0 and image["latent_max_abs_diff"] is not None
-    assert compare.main([a, str(real / "np2" / "pcpp"), "--no-png"]) == 0
+    assert command("compare", [a, str(real / "np2" / "pcpp"), "--no-png"]) == 0
     assert "inf (identical)" in capsys.readouterr().out
     other = tmp_path / "other"
     write_synthetic_run(other, 1, 2)
@@ -235,7 +252,7 @@ def test_compare_on_real_runs(
     with h5py.File(other / "run.h5", "r+") as file:
         file["images"].create_dataset("image-0000", data=np.zeros((64, 48, 3), np.uint8))
     assert RunFile  # the synthetic run file was written by RunFile
-    assert compare.main([a, str(other), "--no-png"]) == 1
+    assert command("compare", [a, str(other), "--no-png"]) == 1
     assert "A is 160x128 (H x W), B is 64x48 (H x W)" in capsys.readouterr().err
 
 
@@ -258,17 +275,17 @@ def test_killed_job_leaves_a_readable_partial_trace(
         planned = _planned_bytes(3, "killed", rank, range(finished - 1))
         assert {k: v for k, v in traced.items() if k[0] < finished - 1} == planned
 
-    assert tool("summary").main([str(killed)]) == 0
+    assert command("summary", [str(killed)]) == 0
     text = capsys.readouterr().out
     assert "status running" in text and "NOTE: run status is 'running'" in text
     assert "of 200 expected" in text
     png = tmp_path / "killed.png"
-    assert tool("timeline").main([str(killed), "-o", str(png)]) == 0
+    assert command("timeline", [str(killed), "-o", str(png)]) == 0
     assert "status running" in capsys.readouterr().out and png.exists()
     trace_json = tmp_path / "killed.json"
-    assert tool("perfetto").main([str(killed), "-o", str(trace_json)]) == 0
+    assert command("perfetto", [str(killed), "-o", str(trace_json)]) == 0
     validate_trace_events(json.loads(trace_json.read_text()))
-    assert tool("compare").main([str(killed), str(real / "np3" / "pcpp")]) == 1
+    assert command("compare", [str(killed), str(real / "np3" / "pcpp")]) == 1
     assert "holds 0 image(s)" in capsys.readouterr().err
 
 
@@ -287,13 +304,42 @@ def test_every_tool_refuses_an_unknown_schema_version(
         "compare": [str(future), str(real / "np2" / "pcpp")],
     }
     for name, argv in calls.items():
-        assert tool(name).main(argv) == 1, name
+        assert command(name, argv) == 1, name
         err = capsys.readouterr().err
         assert "unsupported file" in err and "schema version 99" in err, name
 
 
-@pytest.mark.parametrize("name", TOOLS)
-def test_every_tool_has_help(name: str) -> None:
+@pytest.mark.parametrize("argv", SUBCOMMANDS, ids=" ".join)
+def test_every_subcommand_has_help_through_the_installed_entry_point(
+    argv: list[str], tmp_path: Path
+) -> None:
+    """Run from outside the checkout: nothing may depend on tools/ or the repository layout."""
+    done = installed(*argv, "--help", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"usage: pcpp-mpi {' '.join(argv)}")
+
+
+def test_summary_and_compare_through_the_installed_entry_point(real: Path, tmp_path: Path) -> None:
+    a, b = real / "np2" / "pcpp", real / "np3" / "pcpp"
+    done = installed("summary", str(a), str(b), "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert [r["n_ranks"] for r in json.loads(done.stdout)["runs"]] == [2, 3]
+    done = installed("compare", str(a), str(b), "--png", "diff.png", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "image-0000 (160x128): PSNR" in done.stdout and (tmp_path / "diff.png").is_file()
+    done = installed("summary", str(tmp_path / "nothing"), cwd=tmp_path)
+    assert done.returncode == 1 and done.stderr.startswith("pcpp-mpi summary: error:")
+
+
+def test_the_timeline_parser_repeats_the_timeline_constant() -> None:
+    from pcpp_mpi.analysis import timeline
+    from pcpp_mpi.commands import analysis
+
+    assert analysis.DETAIL_MAX_RANKS == timeline.DETAIL_MAX_RANKS
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_every_script_has_help(name: str) -> None:
     done = subprocess.run(
         [sys.executable, str(REPO / "tools" / f"{name}.py"), "--help"],
         capture_output=True,

@@ -59,12 +59,13 @@ from pcpp_mpi.models.tiny import (  # noqa: E402
     save_tiny_weights,
     tiny_vae_scale_factor,
 )
+from pcpp_mpi.models.tiny_text import SEQ_LEN, WordTokenizer  # noqa: E402
+from pcpp_mpi.models.tiny_vocab import UNKNOWN_BUCKETS  # noqa: E402
 from pcpp_mpi.shapes.checker import accuracy, check_caption  # noqa: E402
 from pcpp_mpi.shapes.render import render_scenes, to_uint8  # noqa: E402
 from pcpp_mpi.shapes.sampling import generate, image_grid  # noqa: E402
 from pcpp_mpi.shapes.scenes import evaluation_prompts, sample_scenes  # noqa: E402
-from pcpp_mpi.shapes.text import SEQ_LEN, WordTokenizer, training_token_ids  # noqa: E402
-from pcpp_mpi.shapes.vocab import UNKNOWN_BUCKETS  # noqa: E402
+from pcpp_mpi.shapes.training_tokens import training_token_ids  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -8,7 +8,8 @@
 - :mod:`~pcpp_mpi.analysis.images` and :mod:`~pcpp_mpi.analysis.compare`: PSNR, SSIM, max
   difference and heat maps of two runs' images.
 
-The commands in ``tools/`` (summary, timeline, perfetto, compare) are thin wrappers.
+The ``pcpp-mpi`` subcommands summary, timeline, perfetto and compare
+(:mod:`pcpp_mpi.commands.analysis`) are thin wrappers.
 """
 
 from pcpp_mpi.analysis.files import RankTrace, RunTrace, load_run

@@ -1,4 +1,4 @@
-"""The figures of ``tools/summary.py``: per rank and per run, from the rank files' tables.
+"""The figures of ``pcpp-mpi summary``: per rank and per run, from the rank files' tables.
 
 Every time is in seconds, every byte count in bytes. Which steps count:
 

@@ -4,7 +4,7 @@ Three trained parts, all in one committed safetensors file
 (``pcpp_mpi/models/weights/tiny.safetensors``, written by ``tools/train_tiny.py``):
 
 - a word-level tokenizer over the scene generator's vocabulary and a small transformer text
-  encoder (:mod:`pcpp_mpi.shapes.text`), giving ``(B, 16, 32)`` hidden states;
+  encoder (:mod:`pcpp_mpi.models.tiny_text`), giving ``(B, 16, 32)`` hidden states;
 - a diffusers ``UNet2DConditionModel`` with 3 resolution levels (32, 64, 128 channels),
   cross- and self-attention in levels 0-1 and the mid block, GroupNorm everywhere;
 - a small ``AutoencoderKL`` (8 pixels per latent element, 4 latent channels, no attention)
@@ -40,8 +40,8 @@ from pcpp_mpi.models.bundle import (
 )
 from pcpp_mpi.models.configs import complete_config
 from pcpp_mpi.models.errors import ModelError
-from pcpp_mpi.shapes.text import SEQ_LEN, TextEncoderConfig, TinyTextEncoder, WordTokenizer
-from pcpp_mpi.shapes.vocab import vocab_fingerprint
+from pcpp_mpi.models.tiny_text import SEQ_LEN, TextEncoderConfig, TinyTextEncoder, WordTokenizer
+from pcpp_mpi.models.tiny_vocab import vocab_fingerprint
 
 WEIGHTS_PATH = Path(__file__).with_name("weights") / "tiny.safetensors"
 WEIGHTS_FORMAT = "pcpp-mpi-tiny/1"

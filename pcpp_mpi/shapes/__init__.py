@@ -1,5 +1,8 @@
-"""Procedural shapes scenes for the built-in tiny model: vocabulary, scene generator and
-captions, renderer, tokenizer and text encoder, a caption checker and a plain sampler.
+"""The tiny model's data set and its evaluation: scene generator and captions, renderer,
+training token ids, a caption checker, the evaluation job and a plain sampler.
 
-See docs/TINY_MODEL.md.
+Used by training (tools/train_tiny.py), evaluation (tools/quality_study.py,
+tools/check_captions.py) and tests; a run never imports it. What the model itself needs at
+run time (vocabulary, tokenizer, text encoder) is in :mod:`pcpp_mpi.models`
+(``tiny_vocab``, ``tiny_text``). See docs/TINY_MODEL.md.
 """

@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from pcpp_mpi.models.tiny_vocab import COLOUR_NAMES, COLOURS, MIN_CONTRAST
 from pcpp_mpi.shapes.scenes import CaptionFacts, parse_caption
-from pcpp_mpi.shapes.vocab import COLOUR_NAMES, COLOURS, MIN_CONTRAST
 
 ANALYSIS_SIZE = 128  # larger images are block-averaged down to about this size first
 FOREGROUND_THRESHOLD = MIN_CONTRAST / 2  # RGB distance from the row's background

@@ -12,8 +12,8 @@ import math
 import numpy as np
 import torch
 
+from pcpp_mpi.models.tiny_vocab import COLOUR_NAMES, COLOURS, KINDS
 from pcpp_mpi.shapes.scenes import SceneBatch
-from pcpp_mpi.shapes.vocab import COLOUR_NAMES, COLOURS, KINDS
 
 _PALETTE = torch.tensor([COLOURS[name] for name in COLOUR_NAMES], dtype=torch.float32)
 

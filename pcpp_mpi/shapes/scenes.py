@@ -5,20 +5,19 @@ and its size a fraction of ``min(height, width)``, so the same scene renders sen
 or at 1024 px (:func:`pcpp_mpi.shapes.render.render_scenes`). Scenes are drawn in batches as
 numpy arrays from a seeded :class:`numpy.random.Generator`, so a seed fixes the data exactly.
 
-Captions are produced by the same tables (:mod:`pcpp_mpi.shapes.vocab`) and can be parsed back
+Captions are produced by the same tables (:mod:`pcpp_mpi.models.tiny_vocab`) and can be parsed back
 (:func:`parse_caption`), which is what the caption checker compares against.
 """
 
 from __future__ import annotations
 
 import itertools
-import re
 from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
 
-from pcpp_mpi.shapes.vocab import (
+from pcpp_mpi.models.tiny_vocab import (
     CELL_CENTRES,
     CENTRE_JITTER,
     COLOUR_NAMES,
@@ -28,6 +27,7 @@ from pcpp_mpi.shapes.vocab import (
     POSITIONS,
     SIZE_NAMES,
     SIZES,
+    split_words,
 )
 
 GRADIENT_PROBABILITY = 0.3
@@ -191,11 +191,6 @@ class CaptionFacts:
     @property
     def cell(self) -> tuple[int, int] | None:
         return None if self.row is None or self.col is None else (self.row, self.col)
-
-
-def split_words(text: str) -> list[str]:
-    """Lower-case words of ``text`` (letters only; digits and punctuation separate words)."""
-    return re.findall(r"[a-z]+", text.lower())
 
 
 def parse_caption(text: str) -> CaptionFacts:

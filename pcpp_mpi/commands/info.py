@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 REQUESTED_THREAD_LEVEL = "multiple"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``info`` to the top-level subparsers."""
+    info = sub.add_parser(
+        "info", help="MPI library, CUDA-awareness, thread level, ranks and devices"
+    )
+    info.set_defaults(handler=lambda _args: run_info_command())
 
 
 def run_info_command() -> int:
@@ -38,7 +47,3 @@ def run_info_command() -> int:
     lines.append(f"Source revision: {git_revision() or 'unknown (not a git checkout)'}")
     print("\n".join(lines), flush=True)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(run_info_command())

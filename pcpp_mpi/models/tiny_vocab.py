@@ -9,6 +9,7 @@ so the committed tiny-model weights must be retrained after an edit (the weights
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 
 # Named colours, (R, G, B) in 0..255. Chosen far apart in RGB so that the checker can name a
@@ -56,6 +57,11 @@ MIN_CONTRAST = 120.0
 
 SPECIAL_TOKENS: tuple[str, ...] = ("<pad>",)
 UNKNOWN_BUCKETS = 8  # unknown words hash into <unk0> .. <unk7>
+
+
+def split_words(text: str) -> list[str]:
+    """Lower-case words of ``text`` (letters only; digits and punctuation separate words)."""
+    return re.findall(r"[a-z]+", text.lower())
 
 
 def words() -> tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""Synthetic run directories with a regular, known timing pattern (tests and demos).
+"""Synthetic run directories with a regular, known timing pattern (a test fixture).
 
 :func:`write_synthetic_run` writes ``run.h5`` and one rank file per rank through the same
 writers a real run uses (:class:`~pcpp_mpi.output.rank_file.RankFile`,

@@ -1,7 +1,7 @@
 """The tiny model's tokenizer and text encoder.
 
 **Tokenizer.** Word level, built from the scene generator's vocabulary
-(:func:`pcpp_mpi.shapes.vocab.token_strings`): lower-cased letter runs are words; a known word
+(:func:`pcpp_mpi.models.tiny_vocab.token_strings`): lower-cased letter runs are words; a known word
 is its own token, an unknown word goes to one of ``UNKNOWN_BUCKETS`` ``<unkK>`` tokens chosen by
 a CRC-32 of the word (deterministic on every platform), so different unknown words usually
 differ but carry no trained meaning; prompts are cut or padded with ``<pad>`` (id 0) to
@@ -18,19 +18,10 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
-from pcpp_mpi.shapes.scenes import SceneBatch, split_words
-from pcpp_mpi.shapes.vocab import (
-    COLOUR_NAMES,
-    KINDS,
-    POSITIONS,
-    SIZE_NAMES,
-    UNKNOWN_BUCKETS,
-    token_strings,
-)
+from pcpp_mpi.models.tiny_vocab import UNKNOWN_BUCKETS, split_words, token_strings
 
 SEQ_LEN = 16
 PAD_ID = 0
@@ -134,60 +125,3 @@ class TinyTextEncoder(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.out(self.norm(x))
-
-
-def training_token_ids(
-    scenes: SceneBatch,
-    rng: np.random.Generator,
-    tokenizer: WordTokenizer,
-    *,
-    drop_size: float = 0.3,
-    drop_background: float = 0.1,
-    drop_all: float = 0.1,
-) -> torch.Tensor:
-    """``tokenizer(training_captions(scenes, rng, ...))``, computed from the scene arrays
-    without building strings (fast enough for a training loop), drawing the same random
-    numbers in the same order, so the two give identical ids and leave ``rng`` in the same
-    state."""
-    n = len(scenes)
-    keep_size = rng.random(n) >= drop_size
-    keep_background = rng.random(n) >= drop_background
-    empty = rng.random(n) < drop_all
-    ids = tokenizer.ids
-
-    def table(names: Sequence[str]) -> np.ndarray:
-        return np.asarray([ids[name] for name in names], dtype=np.int64)
-
-    phrases = np.full((3, 3, 4), -1, dtype=np.int64)
-    for (row, col), phrase in POSITIONS.items():
-        words = phrase.split()
-        phrases[row, col, : len(words)] = table(words)
-    colours = table(COLOUR_NAMES)
-    top, bottom = colours[scenes.bg_top], colours[scenes.bg_bottom]
-    gradient = scenes.bg_top != scenes.bg_bottom
-    column = np.full(n, 0, dtype=np.int64)
-    grid = np.stack(
-        [
-            column + ids["a"],
-            np.where(keep_size, table(SIZE_NAMES)[scenes.size_word], -1),
-            colours[scenes.colour],
-            table(KINDS)[scenes.kind],
-            *phrases[scenes.row, scenes.col].T,
-            np.where(keep_background, ids["on"], -1),
-            np.where(keep_background, ids["a"], -1),
-            np.where(keep_background, top, -1),
-            np.where(keep_background & gradient, ids["to"], -1),
-            np.where(keep_background & gradient, bottom, -1),
-            np.where(keep_background, np.where(gradient, ids["gradient"], ids["background"]), -1),
-        ],
-        axis=1,
-    )
-    grid[empty] = -1
-    # Move the words left (stable), then pad with <pad> and cut to seq_len.
-    order = np.argsort(grid < 0, axis=1, kind="stable")
-    packed = np.take_along_axis(grid, order, axis=1)
-    packed[packed < 0] = PAD_ID
-    width = tokenizer.seq_len
-    if packed.shape[1] < width:
-        packed = np.pad(packed, ((0, 0), (0, width - packed.shape[1])))
-    return torch.from_numpy(packed[:, :width].copy())
