@@ -135,3 +135,25 @@ def test_info_alone() -> None:
     result = run_alone("info", timeout=120)
     assert result.returncode == 0, result.stderr
     assert "Open MPI" in result.stdout
+
+
+def test_truncated_prompt_is_warned_once(tmp_path: Path) -> None:
+    """The tiny tokenizer reads 16 words: a longer prompt gets one warning, from rank 0."""
+    long_prompt = " ".join(["a red circle at the top left on a blue background"] * 30)
+    result = mpirun(
+        2,
+        [
+            *CLI, "run", "jobs/tiny.yaml", "--out", str(tmp_path / "r"), "--no-progress",
+            "--set", "generation.steps=2", "--set", "parallel.mode=sync",
+            "--set", "generation.height=64", "--set", "generation.width=32",
+            "--set", f"generation.prompts=[{long_prompt}]",
+        ],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    warnings = [line for line in result.stderr.splitlines() if "truncated" in line]
+    assert len(warnings) == 1, result.stderr[-3000:]
+    assert "[rank 0]" in warnings[0]
+    assert (
+        "image 0: the prompt is truncated (330 words, the tiny model reads the first 16)"
+        in (warnings[0])
+    )

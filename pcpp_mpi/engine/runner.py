@@ -425,6 +425,8 @@ def _generate_all(
         negatives = generation.negative_prompts
         negative = negatives[index] if len(negatives) > 1 else negatives[0]
         seed = generation.seed + index
+        if comm.world.Get_rank() == 0:
+            _warn_if_truncated(ctx.bundle, index, prompt, negative)
         comm.counter.begin_image(index)
         bar = _progress_bar(generation.steps, f"image {index + 1}/{len(generation.prompts)}", show)
         hooks = _StepHooks(ctx, rank_file, bar, signals, index)
@@ -449,6 +451,15 @@ def _generate_all(
                 if job.output.png:
                     write_png(run_dir / f"image-{index:04d}.png", image)
             log.info("image %d written (seed %d)", index, seed)
+
+
+def _warn_if_truncated(bundle: ModelBundle, index: int, prompt: str, negative: str) -> None:
+    """One warning per prompt (and negative prompt) of image ``index`` that the text encoder
+    does not read whole."""
+    for what, text in (("prompt", prompt), ("negative prompt", negative)):
+        cut = bundle.encoder.truncation(text)
+        if cut is not None:
+            log.warning("image %d: the %s is truncated (%s): %.60r...", index, what, cut, text)
 
 
 def _progress_bar(total: int, description: str, show: bool):
