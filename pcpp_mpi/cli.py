@@ -32,7 +32,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", required=True, help="run directory (created; must be empty)")
     add_settings_argument(run, "parallel.ratio=0.5")
     run.add_argument(
-        "--overwrite", action="store_true", help="replace the files a previous run wrote in --out"
+        "--overwrite",
+        action="store_true",
+        help="replace the files a finished run wrote in --out (never a running job's)",
+    )
+    run.add_argument(
+        "--break-lock",
+        action="store_true",
+        help="take over --out from a job on another host that holds it but no longer runs",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--verbose", action="store_true", help="debug logging on every rank")
@@ -111,6 +118,7 @@ def _run_with(args: argparse.Namespace, signals) -> int:
             overwrite=args.overwrite,
             progress=not args.no_progress,
             signals=signals,
+            break_lock=args.break_lock,
         )
     except JobError as exc:
         if rank == 0:

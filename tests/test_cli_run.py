@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from mpi_launch import REPO, mpi_env, mpirun
+from mpi_launch import REPO, mpi_env, mpirun, mpirun_path
 
 from pcpp_mpi.output import read_run
 
@@ -157,3 +159,50 @@ def test_truncated_prompt_is_warned_once(tmp_path: Path) -> None:
         "image 0: the prompt is truncated (330 words, the tiny model reads the first 16)"
         in (warnings[0])
     )
+
+
+def _launch(out: Path, *extra: str) -> subprocess.Popen[str]:
+    command = [mpirun_path(), "-np", "2", "--oversubscribe", "--bind-to", "none", *CLI, "run",
+               "jobs/tiny.yaml", "--out", str(out), "--no-progress", "--set", "parallel.mode=sync",
+               "--set", "generation.height=64", "--set", "generation.width=32", *extra]  # fmt: skip
+    return subprocess.Popen(
+        command, env=mpi_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def test_second_job_into_a_running_jobs_directory_is_refused(tmp_path: Path) -> None:
+    """A running job owns its directory: a second one, --overwrite or not, exits 2 before
+    loading a model, with one message naming the holder, and deletes nothing."""
+    out = tmp_path / "run"
+    first = _launch(out, "--set", "generation.steps=60", "--set", "generation.seed=1")
+    deadline = time.monotonic() + 240
+    while not (out / "rank-0001.h5").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    holder = json.loads((out / ".pcpp-mpi.lock").read_text())
+    second = _launch(
+        out, "--overwrite", "--set", "generation.steps=2", "--set", "generation.seed=2"
+    )
+    _, stderr = second.communicate(timeout=240)
+    assert second.returncode == 2, stderr[-3000:]
+    assert stderr.count("error:") == 1, stderr[-3000:]
+    assert f"in use by another pcpp-mpi job (host {holder['host']}, pid {holder['pid']}" in stderr
+    assert "model" not in stderr.lower()
+    first_out, first_err = first.communicate(timeout=600)
+    assert first.returncode == 0, first_err[-3000:]
+    assert "wrote" in first_out
+    info = read_run(out / "run.h5")
+    assert info.status == "complete" and info.images[0].seed == 1
+    assert not (out / ".pcpp-mpi.lock").exists()  # released at the end
+
+
+def test_two_jobs_started_together_one_is_refused_up_front(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    jobs = [_launch(out, "--set", "generation.steps=4", "--set", f"generation.seed={s}")
+            for s in (1, 2)]  # fmt: skip
+    results = [(job.wait(timeout=600), job.stderr.read() if job.stderr else "") for job in jobs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], [err[-2000:] for _, err in results]
+    refused = next(err for code, err in results if code == 2)
+    assert refused.count("error:") == 1 and "in use by another pcpp-mpi job" in refused
+    assert "File exists" not in refused
+    assert read_run(out / "run.h5").status == "complete"

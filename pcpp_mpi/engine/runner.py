@@ -45,6 +45,7 @@ from pcpp_mpi.models import (
 from pcpp_mpi.output import RunFile, prepare_run_dir, write_png
 from pcpp_mpi.output.provenance import collect_package_versions, git_revision
 from pcpp_mpi.output.rank_file import RankFile, rank_file_name
+from pcpp_mpi.output.run_lock import RunLock
 from pcpp_mpi.output.space import check_free_space
 from pcpp_mpi.parallel.band_norm import resolve_norm_kernels
 
@@ -86,10 +87,15 @@ def _check_job(job: JobConfig, n_ranks: int) -> RunLayout:
     return plan_layout(job, n_ranks, unet_config(job.model), vae_scale_factor(job.model))
 
 
-def _prepare_output(out_dir: str | Path, overwrite: bool) -> Path:
-    run_dir = prepare_run_dir(out_dir, overwrite)
-    check_free_space(run_dir)
-    return run_dir
+def _prepare_output(out_dir: str | Path, overwrite: bool, break_lock: bool) -> RunLock:
+    """Rank 0: the run directory, locked for this job and cleared; released on any error."""
+    lock = prepare_run_dir(out_dir, overwrite, break_lock=break_lock)
+    try:
+        check_free_space(lock.run_dir)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def compute_device(job: JobConfig, comm: RankComm) -> torch.device:
@@ -109,6 +115,7 @@ class _AgreedStart:
     run_dir: Path
     device: torch.device
     norm_kernels: str
+    lock: RunLock | None  # rank 0: this job's lock on run_dir; None on the other ranks
 
 
 def run_job(
@@ -120,6 +127,7 @@ def run_job(
     progress: bool = True,
     signals: StopSignals | None = None,
     bundle: ModelBundle | None = None,
+    break_lock: bool = False,
 ) -> RunResult:
     """Run ``job`` on this rank; every rank of ``comm.world`` calls it together.
 
@@ -129,8 +137,27 @@ def run_job(
     ``signals``: stop-signal handlers the caller installed early (so a signal during start-up
     stops the run at its first step boundary); without them they are installed for the
     denoising only.
+
+    ``break_lock``: take over the run directory's lock from a job on another host (see
+    :mod:`pcpp_mpi.output.run_lock`); rank 0 holds the lock until this returns or raises.
     """
-    start = _agree_on_start(job, comm, out_dir, overwrite)
+    start = _agree_on_start(job, comm, out_dir, overwrite, break_lock)
+    try:
+        return _run_started(job, comm, start, progress, signals, bundle)
+    finally:
+        if start.lock is not None:
+            start.lock.release()
+
+
+def _run_started(
+    job: JobConfig,
+    comm: RankComm,
+    start: _AgreedStart,
+    progress: bool,
+    signals: StopSignals | None,
+    bundle: ModelBundle | None,
+) -> RunResult:
+    """Everything after the agreed start: model, parallel layers, files, images."""
     _log_start(job, comm, start)
     comm.barrier()
     with compute_stream(start.device, job.runtime.compute_stream):
@@ -156,11 +183,12 @@ def run_job(
 
 
 def _agree_on_start(
-    job: JobConfig, comm: RankComm, out_dir: str | Path, overwrite: bool
+    job: JobConfig, comm: RankComm, out_dir: str | Path, overwrite: bool, break_lock: bool
 ) -> _AgreedStart:
     """The checks every rank makes before the model is loaded, each agreed on by all ranks
     (the same :class:`JobError` everywhere): one configuration, a valid layout, the run
-    directory (prepared by rank 0), the device and the GroupNorm kernels."""
+    directory (locked and prepared by rank 0), the device and the GroupNorm kernels.
+    Rank 0 releases the lock again when a later check fails."""
     rank = comm.world.Get_rank()
     config_yaml = job_to_yaml(job)
     digests = comm.allgather(config_yaml)
@@ -174,13 +202,24 @@ def _agree_on_start(
     agree(comm, error)
     assert isinstance(layout, RunLayout)
 
-    run_dir = None
+    lock = None
     error = None
     if rank == 0:
-        run_dir, error = _attempt(lambda: _prepare_output(out_dir, overwrite))
+        lock, error = _attempt(lambda: _prepare_output(out_dir, overwrite, break_lock))
     agree(comm, error)
-    run_dir = Path(comm.bcast(str(run_dir) if rank == 0 else None))
+    assert lock is None or isinstance(lock, RunLock)
+    run_dir = Path(comm.bcast(str(lock.run_dir) if lock is not None else None))
+    try:
+        device, norm_kernels = _agree_on_device(job, comm)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return _AgreedStart(config_yaml, layout, run_dir, device, norm_kernels, lock)
 
+
+def _agree_on_device(job: JobConfig, comm: RankComm) -> tuple[torch.device, str]:
+    """This rank's compute device and the resolved GroupNorm kernels, agreed on by all."""
     device, error = _attempt(lambda: compute_device(job, comm))
     agree(comm, error)
     assert isinstance(device, torch.device)
@@ -188,7 +227,7 @@ def _agree_on_start(
     norm_kernels, error = _attempt(lambda: resolve_norm_kernels(job.runtime.norm_kernels, device))
     agree(comm, error)
     assert norm_kernels in ("torch", "triton")
-    return _AgreedStart(config_yaml, layout, run_dir, device, str(norm_kernels))
+    return device, str(norm_kernels)
 
 
 def _log_start(job: JobConfig, comm: RankComm, start: _AgreedStart) -> None:
@@ -273,7 +312,7 @@ def _generate_and_record(
     rank stopped at the same step boundary) or ``failed`` (the whole job is ended)."""
     comm = ctx.comm
     device = start.device
-    recorder = _FailureRecorder(run_file)
+    recorder = _FailureRecorder(run_file, start.lock)
     channel = FailureChannel(comm.world, recorder.record, _thread_preparation(device))
     try:
         with contextlib.nullcontext(signals) if signals else StopSignals() as active:
@@ -469,10 +508,16 @@ def _progress_bar(total: int, description: str, show: bool):
 
 
 class _FailureRecorder:
-    """Rank 0's record of the first failure (from its own thread or the failure channel)."""
+    """Rank 0's record of the first failure (from its own thread or the failure channel).
 
-    def __init__(self, run_file: RunFile | None) -> None:
+    Once ``failed`` is recorded the job is about to be aborted (``MPI_Abort`` ends rank 0 too,
+    so no ``finally`` runs): the run directory's lock is released right after the record, so
+    the next job into the directory is not refused by a stale lock.
+    """
+
+    def __init__(self, run_file: RunFile | None, lock: RunLock | None) -> None:
         self.run_file = run_file
+        self.lock = lock
         self.recorded = False
 
     def record(self, rank: int, message: str) -> None:
@@ -481,6 +526,8 @@ class _FailureRecorder:
         self.recorded = True
         with contextlib.suppress(Exception):
             self.run_file.set_status("failed", error=f"rank {rank}: {message}")
+        if self.lock is not None:
+            self.lock.release()
 
 
 def _fail(
