@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from mpi_launch import REPO, mpi_env, mpirun, mpirun_path
 
+from pcpp_mpi.analysis.files import load_run
 from pcpp_mpi.output import read_run
+from pcpp_mpi.output.rank_file import read_table
 
 pytestmark = pytest.mark.mpi
 
@@ -44,6 +46,9 @@ def test_main_job_on_two_ranks_writes_run_file_and_png(tmp_path: Path) -> None:
     assert (out / "image-0000.png").exists()
     assert (out / "rank-0000.h5").exists() and (out / "rank-0001.h5").exists()
     assert info.provenance["mode"] == "pcpp"
+    # on the CPU there are no GPU step times: the table is empty and the tools use host times
+    assert len(read_table(out / "rank-0000.h5", "gpu_steps")) == 0
+    assert load_run(out).step_clock == "host"
     # log lines from rank 0 only, tagged with the rank
     assert "[rank 1]" not in result.stderr
     assert "[rank 0] INFO" in result.stderr

@@ -48,6 +48,7 @@ from pcpp_mpi.output.rank_file import RankFile, rank_file_name
 from pcpp_mpi.output.run_lock import RunLock
 from pcpp_mpi.output.space import check_free_space
 from pcpp_mpi.parallel.band_norm import resolve_norm_kernels
+from pcpp_mpi.trace.gpu_timer import GpuStepTimer
 
 log = logging.getLogger("pcpp_mpi")
 
@@ -386,14 +387,18 @@ def _finish_rank_file(
 
 
 class _StepHooks:
-    """Per step: trace, flush the rank file, progress bar, finiteness and stop checks."""
+    """Per step: trace (host times, and GPU times with ``gpu_timer``), flush the rank file,
+    progress bar, finiteness and stop checks."""
 
-    def __init__(self, ctx, rank_file, bar, signals, image: int) -> None:
+    def __init__(
+        self, ctx, rank_file, bar, signals, image: int, gpu_timer: GpuStepTimer | None
+    ) -> None:
         self.ctx = ctx
         self.rank_file = rank_file
         self.bar = bar
         self.signals = signals
         self.image = image
+        self.gpu_timer = gpu_timer
         self.finite = (
             FiniteWatch(ctx.device, self._not_finite) if ctx.job.runtime.check_finite else None
         )
@@ -405,14 +410,26 @@ class _StepHooks:
         )
 
     def begin(self, step: int, kind: str) -> None:
+        if self.gpu_timer is not None:
+            if step == 0:
+                self.gpu_timer.start_image(self.image)
+            self.gpu_timer.begin_step(self.image, step)
         self.ctx.comm.tracer.begin_step(self.image, step, kind)
 
     def end(self, step: int, latent: torch.Tensor) -> None:
         comm = self.ctx.comm
         comm.tracer.end_step()
+        gpu_steps = []
+        if self.gpu_timer is not None:
+            self.gpu_timer.end_step()  # reads the earlier steps the GPU has finished
+            gpu_steps = self.gpu_timer.take_ready()
         steps, exchanges, phases = comm.tracer.take_finished()
         self.rank_file.append(
-            steps=steps, exchanges=exchanges, phases=phases, traffic=comm.counter.drain()
+            steps=steps,
+            exchanges=exchanges,
+            phases=phases,
+            traffic=comm.counter.drain(),
+            gpu_steps=gpu_steps,
         )
         self.bar.update(1)
         if self.finite is not None:  # on a GPU: reads the previous step's verdict
@@ -427,9 +444,20 @@ class _StepHooks:
             )
 
     def finish(self) -> None:
-        """After the image's last step: the verdicts not read yet."""
+        """After the image's last step (and the synchronize that ends it): the finiteness
+        verdicts and GPU step times not read yet."""
         if self.finite is not None:
             self.finite.finish()
+        if self.gpu_timer is not None:
+            self.gpu_timer.finish_image()
+            self.rank_file.append(gpu_steps=self.gpu_timer.take_ready())
+
+
+def _gpu_timer(ctx: BandContext) -> GpuStepTimer | None:
+    """GPU-side step times when tracing on a GPU; None on the CPU (host times are exact)."""
+    if ctx.device.type != "cuda" or not ctx.job.runtime.trace:
+        return None
+    return GpuStepTimer(ctx.device, ctx.comm.tracer.now)
 
 
 def _injected_fault(rank: int) -> int | None:
@@ -460,6 +488,7 @@ def _generate_all(
     comm = ctx.comm
     tracer = comm.tracer
     show = progress and comm.world.Get_rank() == 0
+    gpu_timer = _gpu_timer(ctx)
     for index, prompt in enumerate(generation.prompts):
         negatives = generation.negative_prompts
         negative = negatives[index] if len(negatives) > 1 else negatives[0]
@@ -468,7 +497,7 @@ def _generate_all(
             _warn_if_truncated(ctx.bundle, index, prompt, negative)
         comm.counter.begin_image(index)
         bar = _progress_bar(generation.steps, f"image {index + 1}/{len(generation.prompts)}", show)
-        hooks = _StepHooks(ctx, rank_file, bar, signals, index)
+        hooks = _StepHooks(ctx, rank_file, bar, signals, index, gpu_timer)
         with tracer.phase("denoise", index), torch.profiler.record_function(DENOISE_RANGE):
             latent = denoise_band(ctx, prompt, negative, seed, hooks)
             hooks.finish()
