@@ -8,6 +8,7 @@ private TMPDIR): other MPI jobs on the machine come and go meanwhile.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import subprocess
 import sys
@@ -27,6 +28,9 @@ JOBS = 10
 MODES = ("pcpp", "distrifusion", "sync", "naive")
 RANKS = 4
 TOKEN_VARIABLE = "PCPP_SOAK_TOKEN"
+#: Temporary-directory entries that are caches kept across processes by design, not leaks:
+#: torch's per-user compile cache (``torchinductor_USER``), made by the first job and reused.
+KEPT_CACHES = ("torchinductor_*",)
 
 
 def _processes_carrying(token: str) -> set[int]:
@@ -47,8 +51,14 @@ def _processes_carrying(token: str) -> set[int]:
 
 
 def _leftovers(token: str, temp_dir: Path) -> tuple[set[int], list[str]]:
-    """What the test's own processes left: live processes, and entries in their TMPDIR."""
-    return _processes_carrying(token), sorted(p.name for p in temp_dir.iterdir())
+    """What the test's own processes left: live processes, and entries in their TMPDIR other
+    than the per-user caches that are made once and kept by design (:data:`KEPT_CACHES`)."""
+    files = [
+        p.name
+        for p in temp_dir.iterdir()
+        if not any(fnmatch.fnmatchcase(p.name, pattern) for pattern in KEPT_CACHES)
+    ]
+    return _processes_carrying(token), sorted(files)
 
 
 def _soak_env(token: str, temp_dir: Path) -> dict[str, str]:
