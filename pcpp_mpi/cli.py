@@ -1,8 +1,10 @@
 """The ``pcpp-mpi`` command: ``run``, ``plan`` and ``info``.
 
 Exit codes: 0 success; 1 the run failed while generating; 2 the job was rejected before any
-model was loaded (configuration, geometry, output directory, model folder); 3 the run was
-interrupted by SIGTERM, SIGINT or SIGUSR1 and stopped cleanly at a step boundary.
+model was loaded (configuration, geometry, output directory or one another job holds, model
+folder); 3 the run was interrupted by SIGTERM, SIGINT or SIGUSR1 and stopped cleanly at a step
+boundary. These are the ranks' codes; Open MPI's ``mpirun`` that itself gets SIGTERM or SIGINT
+exits 1 although the ranks exit 3 (docs/RELIABILITY.md has each launcher's codes).
 """
 
 from __future__ import annotations
