@@ -11,7 +11,8 @@ leaves a *stale* lock:
   process, told apart by its start time) is stale and the new job takes the lock over;
 - on another host the pid cannot be checked; the message names the holder, and
   ``--break-lock`` takes the lock over once the user has made sure that job is gone (a holder on
-  this host that still runs is never taken over, ``--break-lock`` or not).
+  this host that still runs is never taken over, ``--break-lock`` or not). An unreadable lock
+  file (a job killed while writing it) is treated like a holder on another host.
 
 Taking over is itself exclusive: the job that creates ``DIR/.pcpp-mpi.lock.break`` (again with
 ``O_EXCL``) re-reads the lock, checks it is still the stale one, replaces it and removes the
