@@ -2,8 +2,11 @@
 ``perfetto``, ``compare`` and ``sweep`` from :mod:`pcpp_mpi.commands`.
 
 Exit codes of ``run``: 0 success; 1 the run failed while generating; 2 the job was rejected
-before any model was loaded (configuration, geometry, output directory, model folder); 3 the
-run was interrupted by SIGTERM, SIGINT or SIGUSR1 and stopped cleanly at a step boundary.
+before any model was loaded (configuration, geometry, output directory or one another job
+holds, model folder); 3 the run was interrupted by SIGTERM, SIGINT or SIGUSR1 and stopped
+cleanly at a step boundary. These are the ranks' codes; Open MPI's ``mpirun`` that itself gets
+SIGTERM or SIGINT exits 1 although the ranks exit 3 (docs/RELIABILITY.md has each launcher's
+codes).
 """
 
 from __future__ import annotations
@@ -31,7 +34,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", required=True, help="run directory (created; must be empty)")
     add_settings_argument(run, "parallel.ratio=0.5")
     run.add_argument(
-        "--overwrite", action="store_true", help="replace the files a previous run wrote in --out"
+        "--overwrite",
+        action="store_true",
+        help="replace the files a finished run wrote in --out (never a running job's)",
+    )
+    run.add_argument(
+        "--break-lock",
+        action="store_true",
+        help="take over --out from a job on another host that holds it but no longer runs",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--verbose", action="store_true", help="debug logging on every rank")
@@ -92,6 +102,7 @@ def _run_with(args: argparse.Namespace, signals) -> int:
             overwrite=args.overwrite,
             progress=not args.no_progress,
             signals=signals,
+            break_lock=args.break_lock,
         )
     except JobError as exc:
         if rank == 0:

@@ -13,8 +13,7 @@ from pcpp_mpi.accounting import (
     step_traffic,
 )
 from pcpp_mpi.config import JobConfig
-from pcpp_mpi.engine.layout import RunLayout, plan_layout
-from pcpp_mpi.engine.setup import unet_batch
+from pcpp_mpi.engine.layout import RunLayout, plan_layout, unet_batch
 from pcpp_mpi.geometry import conv_halo, pcpp_rows
 from pcpp_mpi.models import unet_config, vae_scale_factor
 from pcpp_mpi.parallel.inventory import LayerInventory, trace_inventory

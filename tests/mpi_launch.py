@@ -35,10 +35,21 @@ def mpi_env() -> dict[str, str]:
 
 
 def mpirun(
-    n: int, args: Sequence[str], *, timeout: float = 600, cwd: Path | None = None
+    n: int,
+    args: Sequence[str],
+    *,
+    timeout: float = 600,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``args`` on ``n`` ranks; returns the completed process (stdout and stderr text)."""
+    """Run ``args`` on ``n`` ranks; returns the completed process (stdout and stderr text).
+    ``env``: the environment (default :func:`mpi_env`)."""
     command = [mpirun_path(), "-np", str(n), "--oversubscribe", "--bind-to", "none", *args]
     return subprocess.run(
-        command, env=mpi_env(), cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout
+        command,
+        env=env or mpi_env(),
+        cwd=cwd or REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )

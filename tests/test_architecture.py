@@ -22,7 +22,6 @@ HEAVY = ("torch", "diffusers", "transformers", "mpi4py", "triton")
 #: moves them out of engine/); engine.setup imports comm/ and so mpi4py.
 KNOWN_EXCEPTIONS = {
     ("pcpp_mpi.planning", "pcpp_mpi.engine.layout"),
-    ("pcpp_mpi.planning", "pcpp_mpi.engine.setup"),
 }
 
 

@@ -462,6 +462,25 @@ def test_size_multiple_of_eight(key: str, size: int) -> None:
     assert message.endswith(f"got {size}")
 
 
+@pytest.mark.parametrize("steps", [10_001, 10**7, 10**9])
+def test_absurd_step_counts_are_refused(steps: int) -> None:
+    """A typo such as 10**9 steps must not allocate gigabytes of scheduler tables per rank."""
+    message = error_of({"generation": {"steps": steps}})
+    assert message == f"generation.steps: must be <= 10000, got {steps}"
+
+
+def test_largest_step_count_is_accepted() -> None:
+    job = with_(generation={"steps": 10_000}, parallel={"warmup_steps": 4})
+    assert job.generation.steps == 10_000
+
+
+@pytest.mark.parametrize("key", ["height", "width"])
+def test_absurd_sizes_are_refused(key: str) -> None:
+    message = error_of({"generation": {key: 16_392}})
+    assert message == f"generation.{key}: must be <= 16384 px, got 16392"
+    assert with_(generation={key: 16_384}).generation.height > 0
+
+
 @pytest.mark.parametrize("size", [8, 64, 136, 4096])
 def test_size_accepted(size: int) -> None:
     job = with_(generation={"height": size, "width": size})

@@ -56,14 +56,18 @@ def _create(run_dir: Path, n_ranks: int = 2) -> RunFile:
 
 def test_prepare_creates_missing_dir_with_parents(tmp_path: Path) -> None:
     target = tmp_path / "a" / "b" / "run"
-    result = prepare_run_dir(target, overwrite=False)
-    assert result == target.absolute()
+    lock = prepare_run_dir(target, overwrite=False)
+    assert lock.run_dir == target.absolute()
     assert target.is_dir()
-    assert list(target.iterdir()) == []  # the writability probe is gone
+    assert [p.name for p in target.iterdir()] == [".pcpp-mpi.lock"]  # the probe is gone
+    lock.release()
+    assert list(target.iterdir()) == []
 
 
 def test_prepare_accepts_existing_empty_dir(tmp_path: Path) -> None:
-    assert prepare_run_dir(tmp_path, overwrite=False) == tmp_path.absolute()
+    lock = prepare_run_dir(tmp_path, overwrite=False)
+    assert lock.run_dir == tmp_path.absolute()
+    lock.release()
 
 
 def test_prepare_refuses_non_empty_dir(tmp_path: Path) -> None:
@@ -101,7 +105,7 @@ def test_overwrite_removes_only_our_files(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "run.h5").write_text("nested")
 
-    prepare_run_dir(tmp_path, overwrite=True)
+    prepare_run_dir(tmp_path, overwrite=True).release()
 
     remaining = sorted(p.name for p in tmp_path.iterdir())
     assert remaining == sorted([*theirs, "sub"])
@@ -116,7 +120,7 @@ def test_overwrite_does_not_follow_symlinked_files(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "run.h5").symlink_to(outside)
-    prepare_run_dir(run_dir, overwrite=True)
+    prepare_run_dir(run_dir, overwrite=True).release()
     assert not (run_dir / "run.h5").exists()
     assert outside.read_text() == "precious"
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -125,3 +128,42 @@ def test_plan_height_not_multiple_of_pixel_unit(capsys: pytest.CaptureFixture[st
     err = capsys.readouterr().err
     assert "generation.height" in err
     assert "32 px" in err
+    assert "use 192 or 224" in err
+
+
+def test_plan_height_below_pixel_unit_suggests_the_smallest_size(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # 16 px passes the loader (a multiple of 8) but is below the tiny model's 32 px unit
+    code = main(["plan", TINY_JOB, "--ranks", "1", "--set", "generation.height=16"])
+    assert code == EXIT_REJECTED
+    err = capsys.readouterr().err
+    assert "use 32 (the smallest size) or more" in err
+    assert "use 32 or 32" not in err
+
+
+def test_plan_absurd_step_count_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["plan", TINY_JOB, "--ranks", "2", "--set", "generation.steps=1000000000"])
+    assert code == EXIT_REJECTED
+    assert "generation.steps: must be <= 10000, got 1000000000" in capsys.readouterr().err
+
+
+def test_plan_needs_no_mpi_library(tmp_path: Path) -> None:
+    """On a login node without ``libmpi`` mpi4py cannot be imported: ``plan`` still works."""
+    shim = tmp_path / "shim" / "mpi4py"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text(
+        'raise ImportError("libmpi.so.40: cannot open shared object file (test shim)")\n'
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(shim.parent), str(REPO_ROOT)]))
+    result = subprocess.run(
+        [sys.executable, "-m", "pcpp_mpi.cli", "plan", TINY_JOB, "--ranks", "2", "--json"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == EXIT_OK, result.stderr[-3000:]
+    assert json.loads(result.stdout)["bands"] == [[0, 16], [16, 32]]
+    # the shim really hides mpi4py from that interpreter
+    probe = subprocess.run(
+        [sys.executable, "-c", "import mpi4py"], env=env, capture_output=True, text=True
+    )
+    assert probe.returncode != 0 and "test shim" in probe.stderr

@@ -87,7 +87,14 @@ def empty_table(name: str) -> np.ndarray:
 
 @dataclass(frozen=True)
 class RankTrace:
-    """One rank file read into memory. Times are seconds since the rank's epoch."""
+    """One rank file read into memory. Times are seconds since the rank's epoch.
+
+    ``steps`` is the ``/steps`` table with, for every step that has a row in ``/gpu_steps``
+    (GPU runs), the GPU's ``t_start``, ``t_end`` and ``wall`` in place of the host's, and
+    ``compute = max(wall - exposed_comm, 0)``; ``host_steps`` is ``/steps`` as written (what
+    the host measured) and ``gpu_step_count`` how many steps got GPU times. Every tool reads
+    ``steps``.
+    """
 
     path: Path
     attrs: dict[str, Any]
@@ -95,6 +102,9 @@ class RankTrace:
     exchanges: np.ndarray
     phases: np.ndarray
     traffic: np.ndarray
+    gpu_steps: np.ndarray
+    host_steps: np.ndarray
+    gpu_step_count: int
 
     @property
     def rank(self) -> int:
@@ -140,15 +150,45 @@ class RankTrace:
         return None if value is None else int(value)
 
 
-def read_rank_trace(path: str | Path) -> RankTrace:
-    """Read one rank file (attributes and the four tables); missing tables read as empty."""
+def with_gpu_times(steps: np.ndarray, gpu_steps: np.ndarray) -> tuple[np.ndarray, int]:
+    """A copy of the ``/steps`` rows ``steps`` where each step (same image and step) that has
+    a ``/gpu_steps`` row takes its GPU ``t_start``, ``t_end`` and ``wall``, and ``compute``
+    becomes ``max(wall - exposed_comm, 0)``; also how many steps were replaced."""
+    out = steps.copy()
+    gpu = {
+        (int(i), int(s)): row
+        for i, s, row in zip(gpu_steps["image"], gpu_steps["step"], gpu_steps, strict=True)
+        if np.isfinite(row["wall"])
+    }
+    replaced = 0
+    for index, (image, step) in enumerate(zip(out["image"], out["step"], strict=True)):
+        row = gpu.get((int(image), int(step)))
+        if row is None:
+            continue
+        out["t_start"][index], out["t_end"][index] = row["t_start"], row["t_end"]
+        out["wall"][index] = row["wall"]
+        out["compute"][index] = max(float(row["wall"]) - float(out["exposed_comm"][index]), 0.0)
+        replaced += 1
+    return out, replaced
+
+
+def read_rank_trace(path: str | Path, *, gpu_times: bool = True) -> RankTrace:
+    """Read one rank file (attributes and tables; missing tables read as empty). With
+    ``gpu_times`` (the default) ``steps`` carries the GPU step times where there are any;
+    without, the host's."""
     path = Path(path)
     with open_h5(path) as file:
         attrs = {key: plain_value(value) for key, value in file.attrs.items()}
         tables = {}
         for name in TABLES:
             tables[name] = decode_table(file[name][()]) if name in file else empty_table(name)
-    return RankTrace(path=path, attrs=attrs, **tables)
+    host_steps = tables["steps"]
+    replaced = 0
+    if gpu_times:
+        tables["steps"], replaced = with_gpu_times(host_steps, tables["gpu_steps"])
+    return RankTrace(
+        path=path, attrs=attrs, host_steps=host_steps, gpu_step_count=replaced, **tables
+    )
 
 
 @dataclass(frozen=True)
@@ -310,6 +350,30 @@ class RunTrace:
     def complete(self) -> bool:
         return self.status == "complete" and not self.missing_ranks
 
+    @property
+    def step_clock(self) -> str:
+        """Whose step times ``steps`` holds: ``gpu`` (every traced step has a GPU time),
+        ``host`` (none has: CPU runs, older files) or ``mixed``."""
+        traced = [r for r in self.ranks if len(r.steps)]
+        with_gpu = sum(r.gpu_step_count for r in traced)
+        if with_gpu == 0:
+            return "host"
+        return "gpu" if with_gpu == sum(len(r.steps) for r in traced) else "mixed"
+
+    def _step_clock_notes(self) -> list[str]:
+        clock = self.step_clock
+        if clock == "host":
+            return []
+        notes = ["step times are GPU times (CUDA events on the compute stream); "
+                 "exposed communication is what the host waited"]  # fmt: skip
+        for rank in self.ranks:
+            missing = len(rank.steps) - rank.gpu_step_count
+            if missing:
+                notes.append(
+                    f"rank {rank.rank}: {missing} step(s) without a GPU time use host times"
+                )
+        return notes
+
     def notes(self) -> list[str]:
         """Plain-language warnings about the state of the run (empty for a clean run)."""
         notes = []
@@ -336,6 +400,7 @@ class RunTrace:
                 notes.append(
                     f"rank {rank.rank} ran with runtime.trace=false: no timings, bytes only"
                 )
+        notes.extend(self._step_clock_notes())
         counts = {r.rank: len(r.steps) for r in self.ranks if r.tracing}
         expected = self.expected_steps
         if counts:

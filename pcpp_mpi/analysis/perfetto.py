@@ -222,6 +222,7 @@ def trace_events(run: RunTrace, clock: Clock = "barrier") -> dict[str, Any]:
             "status": run.status,
             "n_ranks": run.n_ranks,
             "clock": clock,
+            "step_times": run.step_clock,
             "notes": " | ".join(run.notes()),
             **{k: str(v) for k, v in flow_stats.items()},
         },

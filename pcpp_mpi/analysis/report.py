@@ -18,6 +18,9 @@ from pcpp_mpi.analysis.summary import GATHER_KIND, RankSummary, RunSummary
 #: What each reported figure means (also in the JSON output and docs/TOOLS.md).
 DEFINITIONS: MappingProxyType[str, str] = MappingProxyType(
     {
+        "step_clock": "whose step times every step figure uses: gpu (CUDA events around each "
+        "step on the compute stream, GPU runs), host (perf_counter on the host: CPU runs, files "
+        "without /gpu_steps) or mixed (some steps had no GPU time)",
         "first_step_s": "wall time of the run's first step (image 0, step 0), seconds; left out "
         "of every step statistic unless include_first",
         "step_median_s": "median step wall time, seconds (run: of the slowest rank's wall time "
@@ -337,6 +340,7 @@ def run_record(run: RunSummary) -> dict[str, Any]:
         "expected_steps": run.expected_steps,
         "steps_common": run.steps_common,
         "steps_counted": run.steps_counted,
+        "step_clock": run.step_clock,
         "first_step_s": run.first_step_s,
         "step_median_s": run.step_median_s,
         "step_p95_s": run.step_p95_s,

@@ -133,6 +133,7 @@ class RunSummary:
     baseline: str | None = None
     speedup_step: float | None = None
     speedup_denoise: float | None = None
+    step_clock: str = "host"  # whose step times: gpu, host or mixed (RunTrace.step_clock)
 
     @property
     def overlap_efficiency(self) -> float | None:
@@ -316,6 +317,7 @@ def summarize_run(run: RunTrace, *, include_first: bool = False) -> RunSummary:
         denoise_s=max(denoise) if denoise else None,
         ranks=ranks,
         notes=notes,
+        step_clock=run.step_clock,
     )
 
 

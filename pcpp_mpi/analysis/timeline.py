@@ -206,6 +206,15 @@ def _step_labels(axes, trace: RankTrace, window: Window, shift: float, t0: float
             axes.text(centre, -0.05, label, ha="center", va="bottom", fontsize=7)
 
 
+def timeline_title(run: RunTrace) -> str:
+    """The figure's title: run, mode, ranks, status and whose step times are drawn (``gpu``:
+    CUDA events; ``host``; waits and messages are always host times)."""
+    return (
+        f"{run.directory}  —  mode {run.mode}, {run.n_ranks} rank(s), status {run.status}, "
+        f"step times: {run.step_clock}"
+    )
+
+
 def plot_timeline(
     run: RunTrace,
     path: str | Path,
@@ -249,7 +258,7 @@ def plot_timeline(
     axes.set_yticklabels([f"rank {ranks[t].rank}" for t in ticks], fontsize=8)
     axes.tick_params(axis="y", length=0)
     status = run.status
-    title = f"{run.directory}  —  mode {run.mode}, {run.n_ranks} rank(s), status {status}"
+    title = timeline_title(run)
     figure.suptitle(
         title, fontsize=10, x=0.01, ha="left", color="black" if status == "complete" else "#b00000"
     )

@@ -41,6 +41,10 @@ __all__ = [
 
 _MAX_SEED = 2**64 - 1
 _LATENT_SCALE = 8  # pixels per latent row/column of the SD-family VAEs
+#: Far beyond any real job (samplers use 10 to 1000 steps; the largest SDXL images are a few
+#: thousand pixels), small enough that a typo is refused before anything is allocated.
+MAX_STEPS = 10_000
+MAX_SIZE = 16_384
 _REPR_LIMIT = 80
 
 
@@ -318,6 +322,8 @@ def _check_model(m: ModelConfig) -> None:
 def _check_generation(g: GenerationConfig) -> None:
     if g.steps < 1:
         raise ConfigError(f"generation.steps: must be >= 1, got {g.steps}")
+    if g.steps > MAX_STEPS:
+        raise ConfigError(f"generation.steps: must be <= {MAX_STEPS}, got {g.steps}")
     for name in ("height", "width"):
         size = getattr(g, name)
         if size < _LATENT_SCALE or size % _LATENT_SCALE:
@@ -325,6 +331,8 @@ def _check_generation(g: GenerationConfig) -> None:
                 f"generation.{name}: must be a multiple of {_LATENT_SCALE} px and at least "
                 f"{_LATENT_SCALE} (the latent scale), got {size}"
             )
+        if size > MAX_SIZE:
+            raise ConfigError(f"generation.{name}: must be <= {MAX_SIZE} px, got {size}")
     if g.guidance_scale < 0:
         raise ConfigError(f"generation.guidance_scale: must be >= 0, got {g.guidance_scale}")
     if not g.prompts:

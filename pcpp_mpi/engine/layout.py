@@ -1,4 +1,7 @@
-"""A job's band layout for a rank count, from the model's configuration alone (no weights)."""
+"""A job's band layout for a rank count, from the model's configuration alone (no weights).
+
+Pure: no MPI and no weights (``pcpp-mpi plan`` uses it on machines without an MPI library).
+"""
 
 from __future__ import annotations
 
@@ -30,9 +33,23 @@ class RunLayout:
         return len(self.bands)
 
 
+def unet_batch(job: JobConfig, layout: RunLayout) -> int:
+    """UNet batch on one rank: 2 with in-rank CFG, 1 with cfg_parallel or no guidance."""
+    guided = job.generation.guidance_scale > 1.0
+    return 2 if guided and layout.cfg_groups == 1 else 1
+
+
 def effective_mode(job: JobConfig, n_bands: int) -> str:
     """``single`` when there is one band, the job's mode otherwise."""
     return "single" if n_bands == 1 else job.parallel.mode
+
+
+def _nearest_sizes(size: int, pixels: int) -> str:
+    """The valid sizes next to ``size`` (not a multiple of ``pixels``), as advice."""
+    below = size // pixels * pixels
+    if below == 0:
+        return f"use {pixels} (the smallest size) or more"
+    return f"use {below} or {below + pixels}"
 
 
 def plan_layout(
@@ -48,7 +65,7 @@ def plan_layout(
             raise ConfigError(
                 f"generation.{key}: {size} px is not a multiple of {pixels} px (VAE scale "
                 f"{vae_scale_factor} x 2**{levels - 1} for a UNet with {levels} levels); "
-                f"use {size // pixels * pixels or pixels} or {(size // pixels + 1) * pixels}"
+                f"{_nearest_sizes(size, pixels)}"
             )
     latent_height = generation.height // vae_scale_factor
     latent_width = generation.width // vae_scale_factor

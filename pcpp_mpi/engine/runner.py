@@ -30,6 +30,7 @@ from pcpp_mpi.engine.compile import compile_enabled
 from pcpp_mpi.engine.decode import latent_to_image
 from pcpp_mpi.engine.denoise import BandContext, denoise_band
 from pcpp_mpi.engine.finite import FiniteWatch
+from pcpp_mpi.engine.gpu_timer import GpuStepTimer
 from pcpp_mpi.engine.layout import RunLayout, plan_layout
 from pcpp_mpi.engine.schedulers import check_schedule
 from pcpp_mpi.engine.setup import DTYPES, prepare_band_context
@@ -46,6 +47,7 @@ from pcpp_mpi.models import (
 from pcpp_mpi.output import RunFile, prepare_run_dir, write_png
 from pcpp_mpi.output.provenance import collect_package_versions, git_revision
 from pcpp_mpi.output.rank_file import RankFile, rank_file_name
+from pcpp_mpi.output.run_lock import RunLock
 from pcpp_mpi.output.space import check_free_space
 from pcpp_mpi.parallel.band_norm import resolve_norm_kernels
 
@@ -87,10 +89,15 @@ def _check_job(job: JobConfig, n_ranks: int) -> RunLayout:
     return plan_layout(job, n_ranks, unet_config(job.model), vae_scale_factor(job.model))
 
 
-def _prepare_output(out_dir: str | Path, overwrite: bool) -> Path:
-    run_dir = prepare_run_dir(out_dir, overwrite)
-    check_free_space(run_dir)
-    return run_dir
+def _prepare_output(out_dir: str | Path, overwrite: bool, break_lock: bool) -> RunLock:
+    """Rank 0: the run directory, locked for this job and cleared; released on any error."""
+    lock = prepare_run_dir(out_dir, overwrite, break_lock=break_lock)
+    try:
+        check_free_space(lock.run_dir)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def compute_device(job: JobConfig, comm: RankComm) -> torch.device:
@@ -110,6 +117,7 @@ class _AgreedStart:
     run_dir: Path
     device: torch.device
     norm_kernels: str
+    lock: RunLock | None  # rank 0: this job's lock on run_dir; None on the other ranks
 
 
 def run_job(
@@ -121,6 +129,7 @@ def run_job(
     progress: bool = True,
     signals: StopSignals | None = None,
     bundle: ModelBundle | None = None,
+    break_lock: bool = False,
 ) -> RunResult:
     """Run ``job`` on this rank; every rank of ``comm.world`` calls it together.
 
@@ -130,8 +139,27 @@ def run_job(
     ``signals``: stop-signal handlers the caller installed early (so a signal during start-up
     stops the run at its first step boundary); without them they are installed for the
     denoising only.
+
+    ``break_lock``: take over the run directory's lock from a job on another host (see
+    :mod:`pcpp_mpi.output.run_lock`); rank 0 holds the lock until this returns or raises.
     """
-    start = _agree_on_start(job, comm, out_dir, overwrite)
+    start = _agree_on_start(job, comm, out_dir, overwrite, break_lock)
+    try:
+        return _run_started(job, comm, start, progress, signals, bundle)
+    finally:
+        if start.lock is not None:
+            start.lock.release()
+
+
+def _run_started(
+    job: JobConfig,
+    comm: RankComm,
+    start: _AgreedStart,
+    progress: bool,
+    signals: StopSignals | None,
+    bundle: ModelBundle | None,
+) -> RunResult:
+    """Everything after the agreed start: model, parallel layers, files, images."""
     _log_start(job, comm, start)
     comm.barrier()
     with compute_stream(start.device, job.runtime.compute_stream):
@@ -157,11 +185,12 @@ def run_job(
 
 
 def _agree_on_start(
-    job: JobConfig, comm: RankComm, out_dir: str | Path, overwrite: bool
+    job: JobConfig, comm: RankComm, out_dir: str | Path, overwrite: bool, break_lock: bool
 ) -> _AgreedStart:
     """The checks every rank makes before the model is loaded, each agreed on by all ranks
     (the same :class:`JobError` everywhere): one configuration, a valid layout, the run
-    directory (prepared by rank 0), the device and the GroupNorm kernels."""
+    directory (locked and prepared by rank 0), the device and the GroupNorm kernels.
+    Rank 0 releases the lock again when a later check fails."""
     rank = comm.world.Get_rank()
     config_yaml = job_to_yaml(job)
     digests = comm.allgather(config_yaml)
@@ -175,13 +204,24 @@ def _agree_on_start(
     agree(comm, error)
     assert isinstance(layout, RunLayout)
 
-    run_dir = None
+    lock = None
     error = None
     if rank == 0:
-        run_dir, error = _attempt(lambda: _prepare_output(out_dir, overwrite))
+        lock, error = _attempt(lambda: _prepare_output(out_dir, overwrite, break_lock))
     agree(comm, error)
-    run_dir = Path(comm.bcast(str(run_dir) if rank == 0 else None))
+    assert lock is None or isinstance(lock, RunLock)
+    run_dir = Path(comm.bcast(str(lock.run_dir) if lock is not None else None))
+    try:
+        device, norm_kernels = _agree_on_device(job, comm)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return _AgreedStart(config_yaml, layout, run_dir, device, norm_kernels, lock)
 
+
+def _agree_on_device(job: JobConfig, comm: RankComm) -> tuple[torch.device, str]:
+    """This rank's compute device and the resolved GroupNorm kernels, agreed on by all."""
     device, error = _attempt(lambda: compute_device(job, comm))
     agree(comm, error)
     assert isinstance(device, torch.device)
@@ -193,7 +233,7 @@ def _agree_on_start(
         )
     agree(comm, error)
     assert norm_kernels in ("torch", "triton")
-    return _AgreedStart(config_yaml, layout, run_dir, device, str(norm_kernels))
+    return device, str(norm_kernels)
 
 
 def _log_start(job: JobConfig, comm: RankComm, start: _AgreedStart) -> None:
@@ -279,7 +319,7 @@ def _generate_and_record(
     rank stopped at the same step boundary) or ``failed`` (the whole job is ended)."""
     comm = ctx.comm
     device = start.device
-    recorder = _FailureRecorder(run_file)
+    recorder = _FailureRecorder(run_file, start.lock)
     channel = FailureChannel(comm.world, recorder.record, _thread_preparation(device))
     try:
         with contextlib.nullcontext(signals) if signals else StopSignals() as active:
@@ -355,14 +395,18 @@ def _finish_rank_file(
 
 
 class _StepHooks:
-    """Per step: trace, flush the rank file, progress bar, finiteness and stop checks."""
+    """Per step: trace (host times, and GPU times with ``gpu_timer``), flush the rank file,
+    progress bar, finiteness and stop checks."""
 
-    def __init__(self, ctx, rank_file, bar, signals, image: int) -> None:
+    def __init__(
+        self, ctx, rank_file, bar, signals, image: int, gpu_timer: GpuStepTimer | None
+    ) -> None:
         self.ctx = ctx
         self.rank_file = rank_file
         self.bar = bar
         self.signals = signals
         self.image = image
+        self.gpu_timer = gpu_timer
         self.finite = (
             FiniteWatch(ctx.device, self._not_finite) if ctx.job.runtime.check_finite else None
         )
@@ -374,14 +418,26 @@ class _StepHooks:
         )
 
     def begin(self, step: int, kind: str) -> None:
+        if self.gpu_timer is not None:
+            if step == 0:
+                self.gpu_timer.start_image(self.image)
+            self.gpu_timer.begin_step(self.image, step)
         self.ctx.comm.tracer.begin_step(self.image, step, kind)
 
     def end(self, step: int, latent: torch.Tensor) -> None:
         comm = self.ctx.comm
         comm.tracer.end_step()
+        gpu_steps = []
+        if self.gpu_timer is not None:
+            self.gpu_timer.end_step()  # reads the earlier steps the GPU has finished
+            gpu_steps = self.gpu_timer.take_ready()
         steps, exchanges, phases = comm.tracer.take_finished()
         self.rank_file.append(
-            steps=steps, exchanges=exchanges, phases=phases, traffic=comm.counter.drain()
+            steps=steps,
+            exchanges=exchanges,
+            phases=phases,
+            traffic=comm.counter.drain(),
+            gpu_steps=gpu_steps,
         )
         self.bar.update(1)
         if self.finite is not None:  # on a GPU: reads the previous step's verdict
@@ -396,9 +452,20 @@ class _StepHooks:
             )
 
     def finish(self) -> None:
-        """After the image's last step: the verdicts not read yet."""
+        """After the image's last step (and the synchronize that ends it): the finiteness
+        verdicts and GPU step times not read yet."""
         if self.finite is not None:
             self.finite.finish()
+        if self.gpu_timer is not None:
+            self.gpu_timer.finish_image()
+            self.rank_file.append(gpu_steps=self.gpu_timer.take_ready())
+
+
+def _gpu_timer(ctx: BandContext) -> GpuStepTimer | None:
+    """GPU-side step times when tracing on a GPU; None on the CPU (host times are exact)."""
+    if ctx.device.type != "cuda" or not ctx.job.runtime.trace:
+        return None
+    return GpuStepTimer(ctx.device, ctx.comm.tracer.now)
 
 
 def _injected_fault(rank: int) -> int | None:
@@ -429,13 +496,16 @@ def _generate_all(
     comm = ctx.comm
     tracer = comm.tracer
     show = progress and comm.world.Get_rank() == 0
+    gpu_timer = _gpu_timer(ctx)
     for index, prompt in enumerate(generation.prompts):
         negatives = generation.negative_prompts
         negative = negatives[index] if len(negatives) > 1 else negatives[0]
         seed = generation.seed + index
+        if comm.world.Get_rank() == 0:
+            _warn_if_truncated(ctx.bundle, index, prompt, negative)
         comm.counter.begin_image(index)
         bar = _progress_bar(generation.steps, f"image {index + 1}/{len(generation.prompts)}", show)
-        hooks = _StepHooks(ctx, rank_file, bar, signals, index)
+        hooks = _StepHooks(ctx, rank_file, bar, signals, index, gpu_timer)
         with tracer.phase("denoise", index), torch.profiler.record_function(DENOISE_RANGE):
             latent = denoise_band(ctx, prompt, negative, seed, hooks)
             hooks.finish()
@@ -459,6 +529,15 @@ def _generate_all(
             log.info("image %d written (seed %d)", index, seed)
 
 
+def _warn_if_truncated(bundle: ModelBundle, index: int, prompt: str, negative: str) -> None:
+    """One warning per prompt (and negative prompt) of image ``index`` that the text encoder
+    does not read whole."""
+    for what, text in (("prompt", prompt), ("negative prompt", negative)):
+        cut = bundle.encoder.truncation(text)
+        if cut is not None:
+            log.warning("image %d: the %s is truncated (%s): %.60r...", index, what, cut, text)
+
+
 def _progress_bar(total: int, description: str, show: bool):
     from tqdm import tqdm
 
@@ -466,10 +545,16 @@ def _progress_bar(total: int, description: str, show: bool):
 
 
 class _FailureRecorder:
-    """Rank 0's record of the first failure (from its own thread or the failure channel)."""
+    """Rank 0's record of the first failure (from its own thread or the failure channel).
 
-    def __init__(self, run_file: RunFile | None) -> None:
+    Once ``failed`` is recorded the job is about to be aborted (``MPI_Abort`` ends rank 0 too,
+    so no ``finally`` runs): the run directory's lock is released right after the record, so
+    the next job into the directory is not refused by a stale lock.
+    """
+
+    def __init__(self, run_file: RunFile | None, lock: RunLock | None) -> None:
         self.run_file = run_file
+        self.lock = lock
         self.recorded = False
 
     def record(self, rank: int, message: str) -> None:
@@ -478,6 +563,8 @@ class _FailureRecorder:
         self.recorded = True
         with contextlib.suppress(Exception):
             self.run_file.set_status("failed", error=f"rank {rank}: {message}")
+        if self.lock is not None:
+            self.lock.release()
 
 
 def _fail(

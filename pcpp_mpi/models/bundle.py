@@ -30,6 +30,11 @@ class PromptEncoder(Protocol):
 
     def encode(self, prompts: Sequence[str]) -> PromptEmbeddings: ...
 
+    def truncation(self, prompt: str) -> str | None:
+        """How ``prompt`` is cut to the encoder's context (e.g. ``"90 tokens, reads 77"``),
+        or ``None`` when it is read whole."""
+        ...
+
 
 def default_scheduler_config() -> dict[str, Any]:
     """The Stable Diffusion noise schedule, for models that ship without a ``scheduler/``."""
@@ -84,6 +89,10 @@ class HashPromptEncoder:
         text = f"{self.namespace}\x00{self.seed}\x00{prompt}".encode()
         digest = hashlib.sha256(text).digest()
         return torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:8], "little"))
+
+    def truncation(self, prompt: str) -> str | None:
+        """Never: the whole text goes into the hash."""
+        return None
 
     def encode(self, prompts: Sequence[str]) -> PromptEmbeddings:
         """Embed B prompts: hidden (B, seq_len, dim), pooled (B, pooled_dim) or None."""

@@ -203,6 +203,15 @@ class FolderPromptEncoder:
             return_tensors="pt",
         )
 
+    def truncation(self, prompt: str) -> str | None:
+        """Whether a tokenizer cuts ``prompt`` to its encoder's context (77 tokens for CLIP)."""
+        for tokenizer, encoder in zip(self.tokenizers, self.text_encoders, strict=True):
+            max_length = min(tokenizer.model_max_length, encoder.config.max_position_embeddings)
+            length = len(tokenizer(prompt, truncation=False, verbose=False).input_ids)
+            if length > max_length:
+                return f"{length} tokens, the text encoder reads the first {max_length}"
+        return None
+
     @torch.no_grad()
     def encode(self, prompts: Sequence[str]) -> PromptEmbeddings:
         """Embed B prompts; float32 CPU tensors (shapes in the class docstring)."""

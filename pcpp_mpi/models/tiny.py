@@ -41,7 +41,7 @@ from pcpp_mpi.models.bundle import (
 from pcpp_mpi.models.configs import complete_config
 from pcpp_mpi.models.errors import ModelError
 from pcpp_mpi.models.tiny_text import SEQ_LEN, TextEncoderConfig, TinyTextEncoder, WordTokenizer
-from pcpp_mpi.models.tiny_vocab import vocab_fingerprint
+from pcpp_mpi.models.tiny_vocab import split_words, vocab_fingerprint
 
 WEIGHTS_PATH = Path(__file__).with_name("weights") / "tiny.safetensors"
 WEIGHTS_FORMAT = "pcpp-mpi-tiny/1"
@@ -124,6 +124,13 @@ class TinyPromptEncoder:
     def __init__(self, tokenizer: WordTokenizer, encoder: TinyTextEncoder) -> None:
         self.tokenizer = tokenizer
         self.encoder = encoder.to(device="cpu", dtype=torch.float32).eval().requires_grad_(False)
+
+    def truncation(self, prompt: str) -> str | None:
+        """Whether the word-level tokenizer cuts ``prompt`` to its ``seq_len`` words."""
+        words = len(split_words(prompt))
+        if words <= self.tokenizer.seq_len:
+            return None
+        return f"{words} words, the tiny model reads the first {self.tokenizer.seq_len}"
 
     @torch.no_grad()
     def encode(self, prompts: Sequence[str]) -> PromptEmbeddings:

@@ -10,6 +10,8 @@ Layout (schema version :data:`pcpp_mpi.SCHEMA_VERSION`; full reference in docs/F
                  t_wait_end, waited_in_step
     /phases      name, image, t_start, t_end
     /traffic     image, step, kind, sent, received   (bytes handed to MPI, per step and kind)
+    /gpu_steps   image, step, t_start, t_end, wall   (seconds; GPU-side step times, CUDA
+                 events; empty on the CPU)
 
 Each rank writes only its own file and flushes after every step, so a killed job keeps every
 finished step readable. Files are opened without HDF5 file locking, so a running job's files
@@ -29,7 +31,7 @@ from pcpp_mpi import SCHEMA_VERSION
 from pcpp_mpi.output.errors import OutputError
 from pcpp_mpi.output.run_file import check_schema_version
 from pcpp_mpi.output.space import check_free_space
-from pcpp_mpi.trace.recorder import ExchangeRow, PhaseRow, StepRow
+from pcpp_mpi.trace.recorder import ExchangeRow, GpuStepRow, PhaseRow, StepRow
 
 _STR = h5py.string_dtype()
 
@@ -73,7 +75,18 @@ TABLES: dict[str, np.dtype] = {
             ("received", np.int64),
         ]
     ),
+    "gpu_steps": np.dtype(
+        [
+            ("image", np.int32),
+            ("step", np.int32),
+            ("t_start", np.float64),
+            ("t_end", np.float64),
+            ("wall", np.float64),
+        ]
+    ),
 }
+#: Tables a file of schema version 1 written before they existed may lack (read as empty).
+OPTIONAL_TABLES: frozenset[str] = frozenset({"gpu_steps"})
 
 
 def rank_file_name(rank: int) -> str:
@@ -113,6 +126,10 @@ def _phase_tuple(row: PhaseRow) -> tuple:
     return (row.name, row.image, row.t_start, row.t_end)
 
 
+def _gpu_step_tuple(row: GpuStepRow) -> tuple:
+    return (row.image, row.step, row.t_start, row.t_end, row.wall)
+
+
 class RankFile:
     """Writer of one rank's file; every ``append`` flushes."""
 
@@ -147,6 +164,7 @@ class RankFile:
         exchanges: Sequence[ExchangeRow] = (),
         phases: Sequence[PhaseRow] = (),
         traffic: Sequence[tuple[int, int, str, int, int]] = (),
+        gpu_steps: Sequence[GpuStepRow] = (),
     ) -> None:
         """Append rows to the tables and flush (refused when the disk is nearly full)."""
         check_free_space(self.path.parent)
@@ -155,6 +173,7 @@ class RankFile:
             self._append("exchanges", [_exchange_tuple(r) for r in exchanges])
             self._append("phases", [_phase_tuple(r) for r in phases])
             self._append("traffic", list(traffic))
+            self._append("gpu_steps", [_gpu_step_tuple(r) for r in gpu_steps])
             self._file.flush()
         except (OSError, RuntimeError) as exc:
             raise OutputError(
@@ -191,11 +210,14 @@ def _decoded(table: np.ndarray) -> np.ndarray:
 
 
 def read_table(path: str | Path, name: str) -> np.ndarray:
-    """One table of a rank file (``steps``, ``exchanges``, ``phases``, ``traffic``)."""
+    """One table of a rank file (``steps``, ``exchanges``, ``phases``, ``traffic``,
+    ``gpu_steps``; an optional table a file lacks reads as empty)."""
     if name not in TABLES:
         raise ValueError(f"unknown rank-file table {name!r} (known: {', '.join(TABLES)})")
     with h5py.File(path, "r", locking=False) as file:
         check_schema_version(file, path)
+        if name in OPTIONAL_TABLES and name not in file:
+            return _decoded(np.empty(0, dtype=TABLES[name]))
         return _decoded(file[name][()])
 
 

@@ -1,4 +1,5 @@
-"""Preparing the run directory (called on one rank, before any model is loaded)."""
+"""Preparing the run directory (called on one rank, before any model is loaded): create it,
+lock it for this job (:mod:`pcpp_mpi.output.run_lock`), then clear it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from pcpp_mpi.output.errors import OutputError
+from pcpp_mpi.output.run_lock import BREAK_NAME, LOCK_NAME, RunLock
 
 #: Names of the files pcpp-mpi writes into a run directory; ``--overwrite`` removes only these.
 OUR_FILE_PATTERNS: tuple[str, ...] = ("run.h5", "rank-*.h5", "image-*.png")
@@ -32,12 +34,10 @@ def _check_writable(path: Path) -> None:
         ) from exc
 
 
-def prepare_run_dir(path: str | Path, overwrite: bool) -> Path:
-    """Create the run directory ``path`` (with parents) and return its absolute path.
+def create_run_dir(path: str | Path) -> Path:
+    """Create the directory ``path`` (with parents) if needed and return its absolute path.
 
-    An existing non-empty directory is refused unless ``overwrite``; with ``overwrite`` only
-    the files pcpp-mpi writes (:data:`OUR_FILE_PATTERNS`) are removed and nothing else is
-    deleted. Raises :class:`OutputError` naming the path when the directory cannot be used.
+    Raises :class:`OutputError` naming the path when it is a file or cannot be written.
     """
     path = Path(path).expanduser().absolute()
     if path.exists() and not path.is_dir():
@@ -47,10 +47,20 @@ def prepare_run_dir(path: str | Path, overwrite: bool) -> Path:
     except OSError as exc:
         raise OutputError(f"cannot create output directory {path}: {exc.strerror or exc}") from exc
     _check_writable(path)
+    return path
 
-    entries = sorted(os.listdir(path))
+
+def clear_run_dir(path: Path, overwrite: bool) -> None:
+    """Make the locked run directory ``path`` ready for a new run.
+
+    An existing non-empty directory (the lock files aside) is refused unless ``overwrite``;
+    with ``overwrite`` only the files pcpp-mpi writes (:data:`OUR_FILE_PATTERNS`) are removed
+    and nothing else is deleted. The caller holds the directory's lock, so no running job's
+    files are ever removed.
+    """
+    entries = sorted(set(os.listdir(path)) - {LOCK_NAME, BREAK_NAME})
     if not entries:
-        return path
+        return
     if not overwrite:
         raise OutputError(
             f"output directory {path} is not empty; pass --overwrite to replace the files "
@@ -72,4 +82,22 @@ def prepare_run_dir(path: str | Path, overwrite: bool) -> Path:
             pass
         except OSError as exc:
             raise OutputError(f"cannot remove {entry}: {exc.strerror or exc}") from exc
-    return path
+
+
+def prepare_run_dir(path: str | Path, overwrite: bool, *, break_lock: bool = False) -> RunLock:
+    """Create the run directory ``path``, lock it for this job and clear it; returns the lock
+    (``lock.run_dir`` is the absolute path; ``lock.release()`` when the run ends).
+
+    Raises :class:`~pcpp_mpi.output.run_lock.RunDirLocked` naming the holder when another job
+    holds the directory (``break_lock``: see :meth:`RunLock.acquire`), and
+    :class:`OutputError` naming the path when the directory cannot be used (the lock is
+    released again then).
+    """
+    run_dir = create_run_dir(path)
+    lock = RunLock.acquire(run_dir, break_lock=break_lock)
+    try:
+        clear_run_dir(run_dir, overwrite)
+    except BaseException:
+        lock.release()
+        raise
+    return lock

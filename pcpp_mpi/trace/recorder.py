@@ -34,6 +34,24 @@ class StepRow:
 
 
 @dataclass
+class GpuStepRow:
+    """One step's time on the GPU (CUDA events on the compute stream), on the host's clock.
+
+    ``t_start``/``t_end``: when the GPU began and finished the step's work, in seconds since
+    the rank's epoch (placed through an anchor event, see :mod:`pcpp_mpi.engine.gpu_timer`).
+    """
+
+    image: int
+    step: int
+    t_start: float
+    t_end: float
+
+    @property
+    def wall(self) -> float:
+        return self.t_end - self.t_start
+
+
+@dataclass
 class ExchangeRow:
     """One message (or one collective) of one exchange, posted in step ``step``.
 
