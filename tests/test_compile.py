@@ -44,11 +44,15 @@ def test_compile_backend_is_checked() -> None:
         job_from_dict({"runtime": {"compile_backend": "cudagraphs"}})
 
 
-@pytest.mark.parametrize("compile_value", ["auto", True])
-def test_triton_norms_need_compile_off(compile_value: object) -> None:
-    runtime = {"device": "cuda", "norm_kernels": "triton", "compile": compile_value}
+def test_triton_norms_are_for_the_uncompiled_path() -> None:
+    """Explicit ``triton`` GroupNorms and ``compile: true`` contradict each other; with
+    ``compile: auto`` the Triton kernels win and the run is not compiled."""
+    runtime = {"device": "cuda", "norm_kernels": "triton", "compile": True}
     with pytest.raises(ConfigError, match=r"runtime\.norm_kernels: 'triton' is for uncompiled"):
         job_from_dict({"runtime": runtime})
+    runtime["compile"] = "auto"
+    auto = job_from_dict({"runtime": runtime}).runtime
+    assert not compile_enabled(auto, torch.device("cuda", 0))
     runtime["compile"] = False
     assert job_from_dict({"runtime": runtime}).runtime.norm_kernels == "triton"
 

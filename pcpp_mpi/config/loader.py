@@ -394,11 +394,11 @@ def _check_runtime(r: RuntimeConfig) -> None:
             "runtime.norm_kernels: 'triton' needs runtime.device 'cuda' (the kernels run on a "
             f"GPU), got device {_show(r.device)}; use 'auto' or 'torch'"
         )
-    if r.norm_kernels == "triton" and r.compile is not False:
+    if r.norm_kernels == "triton" and r.compile is True:
         raise ConfigError(
             "runtime.norm_kernels: 'triton' is for uncompiled runs (compiled, inductor "
-            "generates the GroupNorm kernels); set runtime.compile: false, or use 'auto', "
-            f"got runtime.compile {_show(r.compile)}"
+            "generates the GroupNorm kernels); set runtime.compile: false or auto, or "
+            f"norm_kernels: auto, got runtime.compile {_show(r.compile)}"
         )
     if r.compile_cache is not None and not r.compile_cache.strip():
         raise ConfigError("runtime.compile_cache: must be a directory path or null, got ''")

@@ -33,9 +33,10 @@ CACHE_VARIABLE = "TORCHINDUCTOR_CACHE_DIR"
 
 def compile_enabled(runtime: RuntimeConfig, device: torch.device) -> bool:
     """Whether UNet calls are compiled: ``runtime.compile`` ``auto`` compiles on a GPU only
-    (on the CPU inductor needs a C++ compiler and compiling costs more than it saves)."""
+    (on the CPU inductor needs a C++ compiler and compiling costs more than it saves), and not
+    when ``runtime.norm_kernels: triton`` asks for the uncompiled path's GroupNorm kernels."""
     if runtime.compile == "auto":
-        return device.type == "cuda"
+        return device.type == "cuda" and runtime.norm_kernels != "triton"
     return bool(runtime.compile)
 
 
