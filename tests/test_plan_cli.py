@@ -5,6 +5,9 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -125,3 +128,22 @@ def test_plan_height_not_multiple_of_pixel_unit(capsys: pytest.CaptureFixture[st
     err = capsys.readouterr().err
     assert "generation.height" in err
     assert "32 px" in err
+
+
+def test_plan_needs_no_mpi4py() -> None:
+    """``plan`` works where mpi4py cannot be imported and starts no MPI (torch is fine: it
+    traces the layer inventory)."""
+    code = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["mpi4py"] = None  # any import of mpi4py now raises ImportError
+        from pcpp_mpi.cli import main
+        code = main(["plan", {TINY_JOB!r}, "--ranks", "4", "--json"])
+        above = [["pcpp_mpi", "comm"], ["pcpp_mpi", "engine"]]
+        loaded = [m for m in sys.modules if m.split(".")[:2] in above]
+        assert code == 0 and not loaded, (code, loaded)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["ranks"] == 4

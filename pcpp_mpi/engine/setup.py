@@ -16,20 +16,14 @@ from pcpp_mpi.engine.compile import (
 )
 from pcpp_mpi.engine.denoise import BandContext
 from pcpp_mpi.engine.graphs import StepGraphs
-from pcpp_mpi.engine.layout import RunLayout, plan_layout
 from pcpp_mpi.models import ModelBundle, unet_config, vae_scale_factor
 from pcpp_mpi.parallel.apply import parallelize
 from pcpp_mpi.parallel.band_norm import NormKernels, resolve_norm_kernels
 from pcpp_mpi.parallel.clock import StepClock
 from pcpp_mpi.parallel.inventory import inventory_of
+from pcpp_mpi.plan.layout import RunLayout, plan_layout, unet_batch
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def unet_batch(job: JobConfig, layout: RunLayout) -> int:
-    """UNet batch on one rank: 2 with in-rank CFG, 1 with cfg_parallel or no guidance."""
-    guided = job.generation.guidance_scale > 1.0
-    return 2 if guided and layout.cfg_groups == 1 else 1
 
 
 def graph_backend(job: JobConfig, device: torch.device) -> Literal["cuda", "emulate", "eager"]:

@@ -1,4 +1,5 @@
-"""A job's band layout for a rank count, from the model's configuration alone (no weights)."""
+"""A job's band layout for a rank count, from the model's configuration alone (no weights),
+and the UNet batch a rank computes in it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from typing import Any
 
 from pcpp_mpi.config import ConfigError, JobConfig, check_ranks
 from pcpp_mpi.geometry import Band, level_unit, split_bands
+from pcpp_mpi.plan.inventory import unet_levels
+from pcpp_mpi.plan.schedule import effective_mode
+from pcpp_mpi.plan.topology import cfg_group_count
 
 
 @dataclass(frozen=True)
@@ -30,17 +34,12 @@ class RunLayout:
         return len(self.bands)
 
 
-def effective_mode(job: JobConfig, n_bands: int) -> str:
-    """``single`` when there is one band, the job's mode otherwise."""
-    return "single" if n_bands == 1 else job.parallel.mode
-
-
 def plan_layout(
     job: JobConfig, n_ranks: int, unet_config: Mapping[str, Any], vae_scale_factor: int
 ) -> RunLayout:
     """Check the job against the model and the rank count; raise ConfigError naming the key."""
     generation = job.generation
-    levels = len(unet_config["block_out_channels"])
+    levels = unet_levels(unet_config)
     unit = level_unit(levels)
     pixels = vae_scale_factor * unit
     for key, size in (("height", generation.height), ("width", generation.width)):
@@ -53,7 +52,7 @@ def plan_layout(
     latent_height = generation.height // vae_scale_factor
     latent_width = generation.width // vae_scale_factor
     check_ranks(job, n_ranks, latent_height, unit)
-    cfg_groups = 2 if job.parallel.cfg_parallel and n_ranks > 1 else 1
+    cfg_groups = cfg_group_count(job.parallel.cfg_parallel, n_ranks)
     bands = split_bands(latent_height, n_ranks // cfg_groups, unit)
     return RunLayout(
         n_ranks=n_ranks,
@@ -65,5 +64,11 @@ def plan_layout(
         vae_scale_factor=vae_scale_factor,
         cfg_groups=cfg_groups,
         bands=bands,
-        mode=effective_mode(job, len(bands)),
+        mode=effective_mode(job.parallel.mode, len(bands)),
     )
+
+
+def unet_batch(job: JobConfig, layout: RunLayout) -> int:
+    """UNet batch on one rank: 2 with in-rank CFG, 1 with cfg_parallel or no guidance."""
+    guided = job.generation.guidance_scale > 1.0
+    return 2 if guided and layout.cfg_groups == 1 else 1
