@@ -68,13 +68,14 @@ class JobPlan:
     def gather(self, rank: int) -> Traffic:
         """Bytes of the final latent gather to rank 0 (only the first CFG group gathers)."""
         traffic = Traffic()
-        if self.topology(rank).cfg_index > 0 or self.layout.n_bands == 1:
+        place = self.topology(rank)
+        if place.cfg_index > 0 or self.layout.n_bands == 1:
             return traffic
         bands = self.layout.bands
-        if rank == 0:
+        if place.is_output_rank:
             traffic.received["gather"] = sum(gather_bytes(self.inventory, b) for b in bands[1:])
         else:
-            traffic.sent["gather"] = gather_bytes(self.inventory, bands[rank])
+            traffic.sent["gather"] = gather_bytes(self.inventory, bands[place.band_index])
         return traffic
 
     def run_totals(self, rank: int, mode: str) -> tuple[int, int]:
