@@ -83,9 +83,10 @@ def run(
     from pcpp_mpi.comm.context import RankComm
     from pcpp_mpi.comm.mpi_info import cuda_aware
     from pcpp_mpi.engine.runner import run_job
+    from pcpp_mpi.plan.topology import cfg_group_count
 
     size = world.Get_size()
-    cfg_groups = 2 if job.parallel.cfg_parallel and size % 2 == 0 else 1
+    cfg_groups = cfg_group_count(job.parallel.cfg_parallel, size)
     comm = RankComm(world, cfg_groups, cuda_aware=bool(cuda_aware()))
     result = run_job(job, comm, out, overwrite=overwrite, progress=progress)
     world.Barrier()

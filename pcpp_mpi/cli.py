@@ -74,6 +74,7 @@ def _run_with(args: argparse.Namespace, signals) -> int:
     from pcpp_mpi.engine.runner import JobError, run_job
     from pcpp_mpi.engine.stopping import RunInterrupted
     from pcpp_mpi.logs import setup_logging
+    from pcpp_mpi.plan.topology import cfg_group_count
 
     world = MPI.COMM_WORLD
     rank, size = world.Get_rank(), world.Get_size()
@@ -92,7 +93,7 @@ def _run_with(args: argparse.Namespace, signals) -> int:
             print(f"pcpp-mpi run: error: {where}{errors[first]}", file=sys.stderr)
         return EXIT_REJECTED
     assert job is not None
-    cfg_groups = 2 if job.parallel.cfg_parallel and size % 2 == 0 else 1
+    cfg_groups = cfg_group_count(job.parallel.cfg_parallel, size)
     comm = RankComm(world, cfg_groups, cuda_aware=bool(cuda_aware()))
     try:
         result = run_job(

@@ -20,8 +20,8 @@ from diffusers.models.attention_processor import Attention
 
 from pcpp_mpi.comm.exchanges import WireSpec
 from pcpp_mpi.comm.frames import TokenFrames
-from pcpp_mpi.comm.topology import Topology
 from pcpp_mpi.parallel.band_attention import BandSelfAttnProcessor
+from pcpp_mpi.plan.topology import Topology
 
 TIMEOUT_S = 20.0
 CPU = torch.device("cpu")

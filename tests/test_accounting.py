@@ -1,20 +1,20 @@
-"""The analytic byte model (pcpp_mpi.accounting) on small hand-built layer inventories."""
+"""The analytic byte model (pcpp_mpi.plan.accounting) on small hand-built layer inventories."""
 
 from __future__ import annotations
 
 import pytest
 
-from pcpp_mpi.accounting import (
+from pcpp_mpi.geometry import Band, split_bands
+from pcpp_mpi.plan.accounting import (
     NORM_STAT_BYTES,
     NORM_STATS,
     Traffic,
     cfg_swap_bytes,
     gather_bytes,
-    step_kind,
     step_traffic,
 )
-from pcpp_mpi.geometry import Band, split_bands
-from pcpp_mpi.parallel.inventory import AttnSpec, ConvSpec, LayerInventory, NormSpec
+from pcpp_mpi.plan.inventory import AttnSpec, ConvSpec, LayerInventory, NormSpec
+from pcpp_mpi.plan.schedule import step_kind
 
 BATCH = 2
 ITEMSIZE = 2  # float16

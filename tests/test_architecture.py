@@ -17,12 +17,9 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "pcpp_mpi"
 HEAVY = ("torch", "diffusers", "transformers", "mpi4py", "triton")
 
-#: Known violations, each to be removed by the work named (docs/ARCHITECTURE.md lists them).
-#: planning reads the band layout and the UNet batch size from engine/ (the plan-layer work
-#: moves them out of engine/); engine.setup imports comm/ and so mpi4py.
-KNOWN_EXCEPTIONS = {
-    ("pcpp_mpi.planning", "pcpp_mpi.engine.layout"),
-}
+#: Known violations ``(module, imported module)``, each to be removed by the work named
+#: (docs/ARCHITECTURE.md lists them). None at present.
+KNOWN_EXCEPTIONS: frozenset[tuple[str, str]] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -107,6 +104,30 @@ def loaded_at_import(module: str) -> frozenset[str]:
     return frozenset(seen)
 
 
+@cache
+def reachable(module: str) -> frozenset[str]:
+    """Every module ``module`` may import when its functions run: imports anywhere (lazy ones
+    included), followed transitively through our modules; the packages on the way count with
+    what they load at import (their ``__init__`` runs, not their functions)."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name not in modules():
+            continue
+        for imp in imports(name):
+            target = imp.target if imp.target in modules() else imp.target.split(".")[0]
+            if imp.target.startswith("pcpp_mpi.") and imp.target not in modules():
+                target = imp.target.rpartition(".")[0]  # ``from pkg import name``
+            todo.append(target)
+            for parent in _parents(target):
+                seen |= loaded_at_import(parent)
+    return frozenset(seen)
+
+
 def in_group(module: str, group: str) -> bool:
     return module == group or module.startswith(group + ".")
 
@@ -123,18 +144,19 @@ def direct(module: str, *, anywhere: bool = True) -> set[str]:
 
 def test_the_scan_sees_known_imports() -> None:
     """The parser finds module-level, lazy and relative-free imports (a guard for the rules)."""
-    assert "pcpp_mpi.geometry" in direct("pcpp_mpi.accounting")
+    assert "pcpp_mpi.geometry" in direct("pcpp_mpi.plan.accounting")
     assert "mpi4py" in direct("pcpp_mpi.cli") and "mpi4py" not in direct(
         "pcpp_mpi.cli", anywhere=False
     )
     assert "torch" in loaded_at_import("pcpp_mpi.engine.runner")
-    assert "pcpp_mpi.parallel.inventory" not in direct("pcpp_mpi.accounting")  # TYPE_CHECKING
+    assert "pcpp_mpi.comm.frames" not in direct("pcpp_mpi.comm.exchanges")  # TYPE_CHECKING
+    assert {"mpi4py", "pcpp_mpi.comm.context"} <= reachable("pcpp_mpi.cli")
 
 
 # -- the rules of docs/ARCHITECTURE.md --------------------------------------------------------
 
 
-PURE = ("config", "geometry", "accounting", "trace", "logs", "commands.exits")
+PURE = ("config", "geometry", "trace", "logs", "commands.exits")
 
 
 @pytest.mark.parametrize("module", ours("", *PURE))
@@ -143,6 +165,31 @@ def test_pure_modules_load_neither_torch_nor_mpi(module: str) -> None:
     assert not any(
         in_group(t, f"pcpp_mpi.{g}") for t in direct(module) for g in ("engine", "comm", "parallel")
     )
+
+
+@pytest.mark.parametrize("module", ours("", "plan"))
+def test_the_planning_layer_needs_neither_torch_nor_mpi_anywhere(module: str) -> None:
+    """plan/ imports only the pure layer: no heavy package, even lazily, and no module of the
+    run path (engine/, comm/, parallel/, models/) nor anything above it."""
+    assert not set(HEAVY) & loaded_at_import(module), module
+    assert not {t.split(".")[0] for t in direct(module)} & set(HEAVY), module
+    allowed = ("config", "geometry", "plan")
+    ours_imported = {t for t in direct(module) if t.startswith("pcpp_mpi.")}
+    assert {
+        t for t in ours_imported if not any(in_group(t, f"pcpp_mpi.{g}") for g in allowed)
+    } == set(), module
+
+
+def test_plan_command_reaches_no_mpi() -> None:
+    """``pcpp-mpi plan`` (commands/plan and planning, lazy imports followed) never reaches
+    mpi4py, comm/ or engine/; it may use torch (models/, parallel/inventory) to trace the
+    layer inventory."""
+    for module in ("pcpp_mpi.commands.plan", "pcpp_mpi.planning"):
+        reached = reachable(module)
+        assert "mpi4py" not in reached, module
+        assert not [m for m in reached if in_group(m, "pcpp_mpi.comm")], module
+        assert not [m for m in reached if in_group(m, "pcpp_mpi.engine")], module
+    assert "pcpp_mpi.plan.report" in reachable("pcpp_mpi.commands.plan")
 
 
 @pytest.mark.parametrize("module", ["pcpp_mpi", "pcpp_mpi.api", "pcpp_mpi.cli", "pcpp_mpi.sweep"])
@@ -209,13 +256,22 @@ def test_the_command_layer_is_imported_by_the_entry_point_only() -> None:
     assert users == {"pcpp_mpi.cli"}
 
 
-def test_planning_imports_from_engine_only_its_known_exceptions() -> None:
-    engine = {t for t in direct("pcpp_mpi.planning") if in_group(t, "pcpp_mpi.engine")}
-    comm_or_mpi = {
-        t for t in direct("pcpp_mpi.planning") if in_group(t, "pcpp_mpi.comm") or t == "mpi4py"
-    }
-    assert engine == set() and comm_or_mpi == set()
-    assert {t for _, t in KNOWN_EXCEPTIONS} <= {i.target for i in imports("pcpp_mpi.planning")}
+def test_known_exceptions_still_exist() -> None:
+    """An exception that no longer applies is removed from the list (and from the doc)."""
+    for module, target in KNOWN_EXCEPTIONS:
+        assert target in {i.target for i in imports(module)}, (module, target)
+
+
+def test_the_run_path_reads_the_plan_layer() -> None:
+    """The facts the plan derives are the ones the run uses: one layout, one schedule, one
+    topology, one inventory description."""
+    assert "pcpp_mpi.plan.layout" in direct("pcpp_mpi.engine.setup")
+    assert "pcpp_mpi.plan.layout" in direct("pcpp_mpi.engine.runner")
+    assert "pcpp_mpi.plan.schedule" in direct("pcpp_mpi.parallel.clock")
+    assert "pcpp_mpi.plan.topology" in direct("pcpp_mpi.parallel.apply")
+    assert "pcpp_mpi.plan.topology" in direct("pcpp_mpi.comm.context")
+    assert "pcpp_mpi.plan.inventory" in direct("pcpp_mpi.parallel.inventory")
+    assert "pcpp_mpi.plan.report" in direct("pcpp_mpi.planning")
 
 
 def _group(module: str) -> str | None:

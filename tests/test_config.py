@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 import yaml
@@ -27,6 +27,8 @@ from pcpp_mpi.config import (
     load_job,
     validate_job,
 )
+from pcpp_mpi.config.modes import DISPLACED_MODES, MODE_RULES, MODES, SPLIT_MODES, mode_rule
+from pcpp_mpi.config.schema import ModeName
 
 
 def write(tmp_path: Path, text: str, name: str = "job.yaml") -> Path:
@@ -191,6 +193,27 @@ def test_loading_imports_neither_torch_nor_mpi4py(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+# --------------------------------------------------------------------------------------------
+# The mode table
+
+
+def test_mode_table_matches_the_schema_and_names_each_mode_once() -> None:
+    assert MODES == get_args(ModeName) == ("single", "naive", "sync", "distrifusion", "pcpp")
+    assert DISPLACED_MODES == ("distrifusion", "pcpp")
+    assert SPLIT_MODES == ("naive", "sync", "distrifusion", "pcpp")
+    assert [r.name for r in MODE_RULES if r.communicates] == ["sync", "distrifusion", "pcpp"]
+    assert [r.name for r in MODE_RULES if r.attention == "pcpp"] == ["pcpp"]
+    # a displaced mode communicates; a mode that communicates splits the latent
+    assert all(r.communicates for r in MODE_RULES if r.displaced)
+    assert all(r.splits for r in MODE_RULES if r.communicates)
+
+
+def test_mode_rule_of_an_unknown_name() -> None:
+    assert mode_rule("pcpp").displaced
+    with pytest.raises(KeyError, match="no parallel mode 'ring'"):
+        mode_rule("ring")
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,8 +20,8 @@ from pcpp_mpi.comm.exchanges import (
 )
 from pcpp_mpi.comm.frames import TokenFrames
 from pcpp_mpi.comm.step_stats import StepStatsAllreduce
-from pcpp_mpi.comm.topology import Topology
 from pcpp_mpi.comm.traffic import TrafficCounter
+from pcpp_mpi.plan.topology import Topology
 from pcpp_mpi.trace.recorder import Tracer
 
 CPU = torch.device("cpu")

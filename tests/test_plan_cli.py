@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -167,3 +168,22 @@ def test_plan_needs_no_mpi_library(tmp_path: Path) -> None:
         [sys.executable, "-c", "import mpi4py"], env=env, capture_output=True, text=True
     )
     assert probe.returncode != 0 and "test shim" in probe.stderr
+
+
+def test_plan_needs_no_mpi4py() -> None:
+    """``plan`` works where mpi4py cannot be imported and starts no MPI (torch is fine: it
+    traces the layer inventory)."""
+    code = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["mpi4py"] = None  # any import of mpi4py now raises ImportError
+        from pcpp_mpi.cli import main
+        code = main(["plan", {TINY_JOB!r}, "--ranks", "4", "--json"])
+        above = [["pcpp_mpi", "comm"], ["pcpp_mpi", "engine"]]
+        loaded = [m for m in sys.modules if m.split(".")[:2] in above]
+        assert code == 0 and not loaded, (code, loaded)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["ranks"] == 4

@@ -26,11 +26,11 @@ from mpi_launch import REPO, mpi_env, mpirun, mpirun_path
 from synthetic_run import write_synthetic_run
 from test_analysis import validate_trace_events
 
-from pcpp_mpi.accounting import step_kind
 from pcpp_mpi.analysis.files import load_run
 from pcpp_mpi.analysis.stats import group_exchanges
 from pcpp_mpi.cli import main
 from pcpp_mpi.config import load_job
+from pcpp_mpi.plan.schedule import step_kind
 from pcpp_mpi.planning import make_plan
 
 pytestmark = pytest.mark.mpi

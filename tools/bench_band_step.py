@@ -50,7 +50,6 @@ mpi4py.rc.thread_level = "multiple"
 import torch  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
-from pcpp_mpi.accounting import step_kind  # noqa: E402
 from pcpp_mpi.analysis.kernels import profile_from_events  # noqa: E402
 from pcpp_mpi.comm.context import RankComm  # noqa: E402
 from pcpp_mpi.comm.mpi_info import cuda_aware  # noqa: E402
@@ -63,6 +62,7 @@ from pcpp_mpi.engine.streams import compute_stream  # noqa: E402
 from pcpp_mpi.models import load_model  # noqa: E402
 from pcpp_mpi.models.random_arch import measurement_model  # noqa: E402
 from pcpp_mpi.parallel.band_norm import resolve_norm_kernels  # noqa: E402
+from pcpp_mpi.plan.schedule import step_kind  # noqa: E402
 
 MODES = ("single", "naive", "pcpp", "distrifusion", "sync", "plain-graph", "plain-compile")
 PLAIN = ("plain-graph", "plain-compile")  # one-GPU references: plain diffusers UNet calls

@@ -5,7 +5,7 @@ Run with one rank per GPU::
     mpirun -np 2 python tools/gpu_check.py --arch sdxl --size 1024 --steps 4 --out gpu-check
 
 For each mode the final latent (gathered to rank 0) is compared with a ``single`` run on
-rank 0, and every rank's bytes per step and kind with :class:`pcpp_mpi.planning.JobPlan`.
+rank 0, and every rank's bytes per step and kind with :class:`pcpp_mpi.plan.report.JobPlan`.
 ``sync`` (and the all-warm displaced modes) must match ``single`` within half-precision
 rounding; the measured difference is printed and written to ``check.json``. The runs follow
 ``runtime.compile`` (compiled on a GPU; ``--set runtime.compile=false`` for the uncompiled

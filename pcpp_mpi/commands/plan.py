@@ -11,7 +11,7 @@ from pcpp_mpi.commands.exits import EXIT_OK, EXIT_REJECTED
 from pcpp_mpi.config.arguments import add_settings_argument
 
 if TYPE_CHECKING:
-    from pcpp_mpi.planning import JobPlan
+    from pcpp_mpi.plan.report import JobPlan
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,7 +42,7 @@ def run_plan(args: argparse.Namespace) -> int:
 
 def format_plan(plan: JobPlan) -> str:
     """A readable report of :meth:`JobPlan.as_dict`."""
-    from pcpp_mpi.planning import PLAN_MODES
+    from pcpp_mpi.plan.report import PLAN_MODES
 
     data = plan.as_dict()
     lines = [

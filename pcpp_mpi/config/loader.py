@@ -20,6 +20,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from pcpp_mpi.config.modes import mode_rule
 from pcpp_mpi.config.schema import (
     DISPLACED_MODES,
     GenerationConfig,
@@ -374,7 +375,7 @@ def _check_parallel(p: ParallelConfig, g: GenerationConfig) -> None:
 
 
 def _check_cfg_parallel(p: ParallelConfig, g: GenerationConfig) -> None:
-    if p.cfg_parallel and p.mode == "single":
+    if p.cfg_parallel and not mode_rule(p.mode).splits:
         raise ConfigError(
             "parallel.cfg_parallel: mode 'single' runs on one rank and cannot split the CFG "
             "batch over two rank groups (use mode 'sync' on 2 ranks for a CFG split without "
@@ -483,7 +484,7 @@ def check_ranks(job: JobConfig, n_ranks: int, latent_height: int, unit: int) -> 
     mode, cfg = job.parallel.mode, job.parallel.cfg_parallel
     if n_ranks < 1:
         raise ConfigError(f"rank count: must be >= 1, got {n_ranks}")
-    if mode == "single" and n_ranks > 1:
+    if not mode_rule(mode).splits and n_ranks > 1:
         raise ConfigError(
             f"parallel.mode: 'single' runs on exactly one rank, got {n_ranks} ranks; "
             "use another mode (naive, sync, distrifusion, pcpp) or run with 1 rank"

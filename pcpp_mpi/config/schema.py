@@ -9,7 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-ModeName = Literal["single", "naive", "sync", "distrifusion", "pcpp"]
+# re-exported: the modes and their rules are declared once, in config/modes
+from pcpp_mpi.config.modes import DISPLACED_MODES as DISPLACED_MODES
+from pcpp_mpi.config.modes import MODES as MODES
+
+ModeName = Literal["single", "naive", "sync", "distrifusion", "pcpp"]  # == config.modes.MODES
 SchedulerName = Literal["ddim", "euler", "dpmsolver++"]
 DtypeName = Literal["float32", "float16", "bfloat16"]
 DeviceName = Literal["cpu", "cuda"]
@@ -20,9 +24,6 @@ CompileName = Literal["auto", True, False]
 CompileBackendName = Literal["inductor", "aot_eager"]
 ArchName = Literal["sd15", "sd21", "sdxl"]
 BuiltinName = Literal["tiny"]
-
-MODES: tuple[str, ...] = ("single", "naive", "sync", "distrifusion", "pcpp")
-DISPLACED_MODES: tuple[str, ...] = ("distrifusion", "pcpp")
 
 
 @dataclass(frozen=True)

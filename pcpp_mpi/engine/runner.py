@@ -31,7 +31,6 @@ from pcpp_mpi.engine.decode import latent_to_image
 from pcpp_mpi.engine.denoise import BandContext, denoise_band
 from pcpp_mpi.engine.finite import FiniteWatch
 from pcpp_mpi.engine.gpu_timer import GpuStepTimer
-from pcpp_mpi.engine.layout import RunLayout, plan_layout
 from pcpp_mpi.engine.schedulers import check_schedule
 from pcpp_mpi.engine.setup import DTYPES, prepare_band_context
 from pcpp_mpi.engine.stopping import NonFiniteLatent, RunInterrupted, StopSignals
@@ -50,6 +49,7 @@ from pcpp_mpi.output.rank_file import RankFile, rank_file_name
 from pcpp_mpi.output.run_lock import RunLock
 from pcpp_mpi.output.space import check_free_space
 from pcpp_mpi.parallel.band_norm import resolve_norm_kernels
+from pcpp_mpi.plan.layout import RunLayout, plan_layout
 
 log = logging.getLogger("pcpp_mpi")
 

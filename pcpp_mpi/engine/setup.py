@@ -16,12 +16,12 @@ from pcpp_mpi.engine.compile import (
 )
 from pcpp_mpi.engine.denoise import BandContext
 from pcpp_mpi.engine.graphs import StepGraphs
-from pcpp_mpi.engine.layout import RunLayout, plan_layout, unet_batch
 from pcpp_mpi.models import ModelBundle, unet_config, vae_scale_factor
 from pcpp_mpi.parallel.apply import parallelize
 from pcpp_mpi.parallel.band_norm import NormKernels, resolve_norm_kernels
 from pcpp_mpi.parallel.clock import StepClock
 from pcpp_mpi.parallel.inventory import inventory_of
+from pcpp_mpi.plan.layout import RunLayout, plan_layout, unet_batch
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 from diffusers.models.attention_processor import Attention
@@ -18,7 +17,7 @@ from torch import nn
 from pcpp_mpi.comm.context import RankComm
 from pcpp_mpi.comm.exchanges import WireSpec
 from pcpp_mpi.comm.frames import TokenFrames
-from pcpp_mpi.geometry import Band, conv_halo, pcpp_rows
+from pcpp_mpi.geometry import Band, conv_halo
 from pcpp_mpi.parallel.band_attention import BandSelfAttnProcessor, KVRows
 from pcpp_mpi.parallel.band_norm import BandGroupNorm, NormKernels
 from pcpp_mpi.parallel.block_copies import BlockCopies
@@ -26,6 +25,8 @@ from pcpp_mpi.parallel.clock import StepClock
 from pcpp_mpi.parallel.exchange_ops import ExchangeOps
 from pcpp_mpi.parallel.halo_conv import HaloConv2d
 from pcpp_mpi.parallel.inventory import LayerInventory
+from pcpp_mpi.plan.schedule import attention_pattern, communicates, runs_split
+from pcpp_mpi.plan.topology import neighbours, shared_rows
 
 
 @dataclass
@@ -115,7 +116,7 @@ def parallelize(
         handle.replaced.append((parent, child, getattr(parent, child)))
         setattr(parent, child, wrapper)
 
-    if len(bands) == 1 or mode == "single":
+    if not runs_split(mode, len(bands)):
         # the one-GPU baseline gets the same GroupNorm kernels (compiled: inductor's)
         if norm_kernels != "torch" and not traced:
             for spec in inventory.norms:
@@ -123,13 +124,12 @@ def parallelize(
                 assert isinstance(norm, nn.GroupNorm)
                 replace(spec.name, BandGroupNorm(norm, None, clock, norm_kernels))
         return handle
-    communicate = mode != "naive"
+    communicate = communicates(mode)
     ops = handle.ops = ExchangeOps() if traced else None
-    pattern: Literal["full", "pcpp"] = "pcpp" if mode == "pcpp" else "full"
+    pattern = attention_pattern(mode)
     index = comm.topology.band_index
     band = bands[index]
-    up = bands[index - 1] if index > 0 else None
-    down = bands[index + 1] if index + 1 < len(bands) else None
+    up, down = neighbours(bands, index)
     parameter = next(unet.parameters())
     wire = comm.wire_spec(parameter.device, parameter.dtype)
     host_wire = WireSpec(parameter.device, torch.device("cpu"), parameter.dtype)
@@ -199,14 +199,13 @@ def parallelize(
             )
             handle.exchanges.append(blocks)
             if pattern == "pcpp":
+                shared = shared_rows(ratio, bands, index, spec.level)
                 kv_rows = KVRows(
                     width=width,
                     own_rows=band.rows_at_level(spec.level),
-                    own=pcpp_rows(ratio, band.rows_at_level(spec.level)),
-                    from_up=0 if up is None else pcpp_rows(ratio, up.rows_at_level(spec.level)),
-                    from_down=(
-                        0 if down is None else pcpp_rows(ratio, down.rows_at_level(spec.level))
-                    ),
+                    own=shared.own,
+                    from_up=shared.from_up,
+                    from_down=shared.from_down,
                 )
 
                 def kv_shape(n_rows: int, neighbour: Band | None, width=width, channels=channels):

@@ -3,21 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
-from pcpp_mpi.accounting import StepKind, step_kind
-
-StepPhase = Literal["local", "fresh", "stale"]
-
-
-def phase_of(kind: StepKind) -> StepPhase:
-    """What a step of ``kind`` computes: its band alone (``local``), with fresh data of the
-    other bands (``fresh``: ``sync``) or with the previous step's (``stale``: displaced)."""
-    if kind == "sync":
-        return "fresh"
-    if kind in ("displaced", "displaced_last"):
-        return "stale"
-    return "local"
+from pcpp_mpi.plan.schedule import StepKind, StepPhase, phase_of, step_kind
 
 
 @dataclass

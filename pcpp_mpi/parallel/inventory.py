@@ -9,7 +9,6 @@ so the bytes predicted and the bytes sent come from one description of the model
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,69 +16,16 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention
 from torch import nn
 
+# the inventory as plain data lives in the planning layer; re-exported for the layers
+from pcpp_mpi.plan.inventory import AttnSpec as AttnSpec
+from pcpp_mpi.plan.inventory import ConvSpec as ConvSpec
+from pcpp_mpi.plan.inventory import LayerInventory as LayerInventory
+from pcpp_mpi.plan.inventory import NormSpec as NormSpec
+from pcpp_mpi.plan.inventory import unet_levels as unet_levels
+
 
 class UnsupportedModelError(ValueError):
     """The UNet has a layer that patch parallelism cannot split exactly."""
-
-
-@dataclass(frozen=True)
-class ConvSpec:
-    """A Conv2d whose kernel spans more than one row. Shapes are global (whole image)."""
-
-    name: str
-    level: int
-    in_channels: int
-    kernel: int
-    stride: int
-    padding: int
-    dilation: int
-
-    @property
-    def always_fresh(self) -> bool:
-        """``conv_in`` reads the step's own input ``x_t``: its halo is always exchanged fresh
-        (one latent row), also in displaced steps."""
-        return self.name == "conv_in"
-
-
-@dataclass(frozen=True)
-class NormSpec:
-    """A GroupNorm over spatial activations at ``level``."""
-
-    name: str
-    level: int
-    channels: int
-    groups: int
-
-
-@dataclass(frozen=True)
-class AttnSpec:
-    """A self-attention layer at ``level``; K and V have ``inner_dim`` channels each."""
-
-    name: str
-    level: int
-    inner_dim: int
-    heads: int
-
-
-@dataclass(frozen=True)
-class LayerInventory:
-    """Every spatial layer of a UNet, in execution order, for a latent of ``height x width``."""
-
-    levels: int
-    latent_height: int
-    latent_width: int
-    latent_channels: int
-    convs: tuple[ConvSpec, ...]
-    norms: tuple[NormSpec, ...]
-    attns: tuple[AttnSpec, ...]
-
-    def width_at(self, level: int) -> int:
-        return self.latent_width >> level
-
-
-def unet_levels(unet_config: Mapping[str, Any]) -> int:
-    """Number of resolution levels (``len(block_out_channels)``)."""
-    return len(unet_config["block_out_channels"])
 
 
 def _level_of(height: int, latent_height: int) -> int:
@@ -212,7 +158,7 @@ def inventory_of(unet: nn.Module, latent_height: int, latent_width: int) -> Laye
                 "pads asymmetrically inside the block and cannot be split into bands"
             )
     return LayerInventory(
-        levels=len(config["block_out_channels"]),
+        levels=unet_levels(config),
         latent_height=latent_height,
         latent_width=latent_width,
         latent_channels=config["in_channels"],

@@ -17,27 +17,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-from pcpp_mpi.geometry import Band, conv_halo, pcpp_rows
+from pcpp_mpi.config.modes import AttentionPattern
+from pcpp_mpi.geometry import Band, conv_halo
+from pcpp_mpi.plan.inventory import LayerInventory
+from pcpp_mpi.plan.schedule import StepKind
+from pcpp_mpi.plan.topology import neighbours, shared_rows
 
-if TYPE_CHECKING:  # annotations only: the byte model needs no torch
-    from pcpp_mpi.parallel.inventory import LayerInventory
-
-StepKind = Literal["local", "sync", "displaced", "displaced_last"]
 TrafficKind = Literal["halo", "kv", "norm"]
 TRAFFIC_KINDS: tuple[TrafficKind, ...] = ("halo", "kv", "norm")
 NORM_STAT_BYTES = 8  # float64
 NORM_STATS = 3  # sum, sum of squares, count
-
-
-def step_kind(step: int, steps: int, mode: str, warmup_steps: int) -> StepKind:
-    """What a denoising step does with its neighbours."""
-    if mode in ("single", "naive"):
-        return "local"
-    if mode == "sync" or step < warmup_steps:
-        return "sync"
-    return "displaced_last" if step == steps - 1 else "displaced"
 
 
 @dataclass(frozen=True)
@@ -67,7 +58,7 @@ def step_traffic(
     band_index: int,
     *,
     kind: StepKind,
-    pattern: Literal["full", "pcpp"],
+    pattern: AttentionPattern,
     ratio: float,
     batch: int,
     itemsize: int,
@@ -84,8 +75,7 @@ def step_traffic(
     last = kind == "displaced_last"
     attention = "full" if kind == "sync" else pattern
     band = bands[band_index]
-    up = bands[band_index - 1] if band_index > 0 else None
-    down = bands[band_index + 1] if band_index + 1 < n else None
+    up, down = neighbours(bands, band_index)
 
     for conv in inventory.convs:
         if last and not conv.always_fresh:
@@ -115,12 +105,11 @@ def step_traffic(
             others = sum(b.rows_at_level(attn.level) for b in bands) - own_rows
             _add(traffic.received, "kv", others * row_bytes)
         else:
-            shared = pcpp_rows(ratio, own_rows)
-            for neighbour in (up, down):
+            shared = shared_rows(ratio, bands, band_index, attn.level)
+            for neighbour, theirs in ((up, shared.from_up), (down, shared.from_down)):
                 if neighbour is None:
                     continue
-                _add(traffic.sent, "kv", shared * row_bytes)
-                theirs = pcpp_rows(ratio, neighbour.rows_at_level(attn.level))
+                _add(traffic.sent, "kv", shared.own * row_bytes)
                 _add(traffic.received, "kv", theirs * row_bytes)
     return traffic
 

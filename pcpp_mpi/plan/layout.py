@@ -1,7 +1,5 @@
-"""A job's band layout for a rank count, from the model's configuration alone (no weights).
-
-Pure: no MPI and no weights (``pcpp-mpi plan`` uses it on machines without an MPI library).
-"""
+"""A job's band layout for a rank count, from the model's configuration alone (no weights),
+and the UNet batch a rank computes in it. Pure: no MPI, no torch, no weights."""
 
 from __future__ import annotations
 
@@ -11,6 +9,9 @@ from typing import Any
 
 from pcpp_mpi.config import ConfigError, JobConfig, check_ranks
 from pcpp_mpi.geometry import Band, level_unit, split_bands
+from pcpp_mpi.plan.inventory import unet_levels
+from pcpp_mpi.plan.schedule import effective_mode
+from pcpp_mpi.plan.topology import cfg_group_count
 
 
 @dataclass(frozen=True)
@@ -33,17 +34,6 @@ class RunLayout:
         return len(self.bands)
 
 
-def unet_batch(job: JobConfig, layout: RunLayout) -> int:
-    """UNet batch on one rank: 2 with in-rank CFG, 1 with cfg_parallel or no guidance."""
-    guided = job.generation.guidance_scale > 1.0
-    return 2 if guided and layout.cfg_groups == 1 else 1
-
-
-def effective_mode(job: JobConfig, n_bands: int) -> str:
-    """``single`` when there is one band, the job's mode otherwise."""
-    return "single" if n_bands == 1 else job.parallel.mode
-
-
 def _nearest_sizes(size: int, pixels: int) -> str:
     """The valid sizes next to ``size`` (not a multiple of ``pixels``), as advice."""
     below = size // pixels * pixels
@@ -57,7 +47,7 @@ def plan_layout(
 ) -> RunLayout:
     """Check the job against the model and the rank count; raise ConfigError naming the key."""
     generation = job.generation
-    levels = len(unet_config["block_out_channels"])
+    levels = unet_levels(unet_config)
     unit = level_unit(levels)
     pixels = vae_scale_factor * unit
     for key, size in (("height", generation.height), ("width", generation.width)):
@@ -70,7 +60,7 @@ def plan_layout(
     latent_height = generation.height // vae_scale_factor
     latent_width = generation.width // vae_scale_factor
     check_ranks(job, n_ranks, latent_height, unit)
-    cfg_groups = 2 if job.parallel.cfg_parallel and n_ranks > 1 else 1
+    cfg_groups = cfg_group_count(job.parallel.cfg_parallel, n_ranks)
     bands = split_bands(latent_height, n_ranks // cfg_groups, unit)
     return RunLayout(
         n_ranks=n_ranks,
@@ -82,5 +72,11 @@ def plan_layout(
         vae_scale_factor=vae_scale_factor,
         cfg_groups=cfg_groups,
         bands=bands,
-        mode=effective_mode(job, len(bands)),
+        mode=effective_mode(job.parallel.mode, len(bands)),
     )
+
+
+def unet_batch(job: JobConfig, layout: RunLayout) -> int:
+    """UNet batch on one rank: 2 with in-rank CFG, 1 with cfg_parallel or no guidance."""
+    guided = job.generation.guidance_scale > 1.0
+    return 2 if guided and layout.cfg_groups == 1 else 1
