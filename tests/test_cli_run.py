@@ -179,9 +179,10 @@ def test_second_job_into_a_running_jobs_directory_is_refused(tmp_path: Path) -> 
     """A running job owns its directory: a second one, --overwrite or not, exits 2 before
     loading a model, with one message naming the holder, and deletes nothing."""
     out = tmp_path / "run"
-    # long enough to be still running when the second job (seconds to start under mpirun on a
-    # loaded 2-core machine) checks the directory: 60 steps were sometimes done by then
-    first = _launch(out, "--set", "generation.steps=1000", "--set", "generation.seed=1")
+    # long enough (~25 s) to be still running when the second job (seconds to start under
+    # mpirun on a loaded 2-core machine) checks the directory: 60 steps were sometimes done by
+    # then; DDIM takes at most 999 steps of the 1000-timestep schedule
+    first = _launch(out, "--set", "generation.steps=900", "--set", "generation.seed=1")
     deadline = time.monotonic() + 240
     while not (out / "rank-0001.h5").exists() and time.monotonic() < deadline:
         time.sleep(0.2)
