@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -25,7 +24,17 @@ from mpi4py import MPI
 from pcpp_mpi.comm.capture import StepRecorder
 from pcpp_mpi.comm.deferred import DeferredStarts, ReadyEvent
 from pcpp_mpi.comm.traffic import TrafficCounter
+from pcpp_mpi.comm.wire import WireSpec
 from pcpp_mpi.trace.recorder import Tracer
+
+__all__ = [
+    "AllBandsExchange",
+    "ExchangeError",
+    "NeighbourExchange",
+    "StatsAllreduce",
+    "WireSpec",
+    "mpi_buffer",
+]
 
 if TYPE_CHECKING:
     from pcpp_mpi.comm.frames import TokenFrames
@@ -65,42 +74,6 @@ def _frame_tokens(
             f"{frames.batch} and {frames.channels} channels"
         )
     return int(shape[1])
-
-
-@dataclass(frozen=True)
-class WireSpec:
-    """Where and how exchange buffers are allocated."""
-
-    compute_device: torch.device
-    wire_device: torch.device
-    dtype: torch.dtype
-
-    @property
-    def staged(self) -> bool:
-        return self.wire_device != self.compute_device
-
-    def empty(self, shape: Sequence[int]) -> torch.Tensor:
-        pin = self.staged and self.compute_device.type == "cuda"
-        return torch.empty(tuple(shape), dtype=self.dtype, device=self.wire_device, pin_memory=pin)
-
-    def to_compute(self, wire: torch.Tensor) -> torch.Tensor:
-        """A received buffer as a compute-device tensor (an asynchronous copy when staged: the
-        buffer is refilled only after an event recorded later on the same stream)."""
-        return wire.to(self.compute_device, non_blocking=True) if self.staged else wire
-
-    def ready_event(self) -> torch.cuda.Event | None:
-        """An event after everything queued so far on the compute stream (None on the CPU):
-        the send copies just queued, and the kernels that read the receive set being reused."""
-        if self.compute_device.type != "cuda":
-            return None
-        event = torch.cuda.Event()
-        event.record(torch.cuda.current_stream(self.compute_device))
-        return event
-
-    def settle(self) -> None:
-        """Block until the compute stream is idle (for blocking MPI calls on its data)."""
-        if self.compute_device.type == "cuda":
-            torch.cuda.current_stream(self.compute_device).synchronize()
 
 
 def _count(
