@@ -153,6 +153,12 @@ def test_the_scan_sees_known_imports() -> None:
     assert {"mpi4py", "pcpp_mpi.comm.context"} <= reachable("pcpp_mpi.cli")
 
 
+def test_frames_do_not_import_the_exchanges() -> None:
+    """The exchanges place buffers in frames; frames need only the wire spec (no cycle)."""
+    assert "pcpp_mpi.comm.exchanges" not in direct("pcpp_mpi.comm.frames")
+    assert "pcpp_mpi.comm.wire" in direct("pcpp_mpi.comm.frames")
+
+
 # -- the rules of docs/ARCHITECTURE.md --------------------------------------------------------
 
 

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import torch
 from mpi4py import MPI
@@ -25,7 +24,17 @@ from mpi4py import MPI
 from pcpp_mpi.comm.capture import StepRecorder
 from pcpp_mpi.comm.deferred import DeferredStarts, ReadyEvent
 from pcpp_mpi.comm.traffic import TrafficCounter
+from pcpp_mpi.comm.wire import WireSpec
 from pcpp_mpi.trace.recorder import Tracer
+
+__all__ = [
+    "AllBandsExchange",
+    "ExchangeError",
+    "NeighbourExchange",
+    "StatsAllreduce",
+    "WireSpec",
+    "mpi_buffer",
+]
 
 if TYPE_CHECKING:
     from pcpp_mpi.comm.frames import TokenFrames
@@ -65,49 +74,6 @@ def _frame_tokens(
             f"{frames.batch} and {frames.channels} channels"
         )
     return int(shape[1])
-
-
-@dataclass(frozen=True)
-class WireSpec:
-    """Where and how exchange buffers are allocated."""
-
-    compute_device: torch.device
-    wire_device: torch.device
-    dtype: torch.dtype
-
-    @property
-    def staged(self) -> bool:
-        return self.wire_device != self.compute_device
-
-    def empty(self, shape: Sequence[int]) -> torch.Tensor:
-        pin = self.staged and self.compute_device.type == "cuda"
-        return torch.empty(tuple(shape), dtype=self.dtype, device=self.wire_device, pin_memory=pin)
-
-    def to_compute(self, wire: torch.Tensor) -> torch.Tensor:
-        """A received buffer as a compute-device tensor (an asynchronous copy when staged: the
-        buffer is refilled only after an event recorded later on the same stream)."""
-        return wire.to(self.compute_device, non_blocking=True) if self.staged else wire
-
-    def ready_event(self) -> torch.cuda.Event | None:
-        """An event after everything queued so far on the compute stream (None on the CPU):
-        the send copies just queued, and the kernels that read the receive set being reused."""
-        if self.compute_device.type != "cuda":
-            return None
-        event = torch.cuda.Event()
-        event.record(torch.cuda.current_stream(self.compute_device))
-        return event
-
-    def settle(self) -> None:
-        """Block until the compute stream is idle (for blocking MPI calls on its data)."""
-        if self.compute_device.type == "cuda":
-            torch.cuda.current_stream(self.compute_device).synchronize()
-
-
-def _count(
-    counter: TrafficCounter, step: int, kind: str, messages: list[tuple[int, int, int]]
-) -> None:
-    """Add ``(peer, sent, received)`` messages to the traffic of ``step``."""
-    counter.add(step, kind, sent=sum(m[1] for m in messages), received=sum(m[2] for m in messages))
 
 
 class _TwoSets:
@@ -201,11 +167,137 @@ class _TwoSets:
         self.step = [None, None]
 
 
-class NeighbourExchange:
+_Received = TypeVar("_Received")
+
+
+class _Exchange(Generic[_Received]):
+    """The life cycle every exchange shares; subclasses say only what differs.
+
+    :meth:`_post` books the buffer set of a step (:class:`_TwoSets`), queues the copies of the
+    data into it (:meth:`_stage`) and submits the start of its MPI operations (:meth:`_start`)
+    to run once those copies are on the device; :meth:`wait` completes the set and returns
+    what it received (:meth:`_received`). While the recorder records a step (a CUDA graph
+    being captured), both only queue the GPU part and report the host part to the recorder,
+    which replays it through :meth:`launch` and :meth:`complete`: this class is the one place
+    that tells eager calls, recording and replay apart.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        kind: str,
+        wire: WireSpec,
+        counter: TrafficCounter,
+        tracer: Tracer,
+        deferred: DeferredStarts,
+        recorder: StepRecorder,
+    ) -> None:
+        self.name = name
+        self.kind = kind
+        self._wire = wire
+        self._counter = counter
+        self._tracer = tracer
+        self._deferred = deferred
+        self._recorder = recorder
+        self._sets = _TwoSets(name, tracer, deferred)
+
+    # -- what each exchange says ----------------------------------------------------------------
+
+    def _stage(self, parity: int, data: Sequence[torch.Tensor | None]) -> None:
+        """Queue the copies of ``data`` (the tensors given to ``post``) into send set
+        ``parity``."""
+        raise NotImplementedError
+
+    def _messages(self, parity: int) -> list[tuple[int, int, int]]:
+        """``(peer, bytes sent, bytes received)`` of each message of set ``parity``."""
+        raise NotImplementedError
+
+    def _start(self, parity: int) -> list[MPI.Request]:
+        """Start the MPI operations of set ``parity`` (its send buffers are filled)."""
+        raise NotImplementedError
+
+    def _received(self, parity: int) -> _Received:
+        """What :meth:`wait` returns for a step of set ``parity``."""
+        raise NotImplementedError
+
+    def _completed(self, parity: int) -> None:
+        """Set ``parity`` has completed (nothing to do unless an exchange says so)."""
+
+    # -- the life cycle -------------------------------------------------------------------------
+
+    def _post(self, step: int, data: Sequence[torch.Tensor | None] | None) -> None:
+        """Post ``step``: stage ``data`` (``None``: the caller filled the send buffers), then
+        start its MPI operations, or only note the post while a step is being recorded."""
+        recording = self._recorder.recording
+        parity = step % 2 if recording else self._sets.begin_post(step)
+        if data is not None:
+            self._stage(parity, data)
+        if recording:
+            self._recorder.note_post(self, step)
+        else:
+            self._submit(step, parity)
+
+    def launch(self, step: int, ready: ReadyEvent | None = None) -> None:
+        """The MPI part of posting ``step`` (a replayed graph fills the send set; ``ready``,
+        if given, completes once it has)."""
+        self._submit(step, self._sets.begin_post(step), ready)
+
+    def _submit(self, step: int, parity: int, ready: ReadyEvent | None = None) -> None:
+        messages = self._messages(parity)
+        sent, received = sum(m[1] for m in messages), sum(m[2] for m in messages)
+        self._counter.add(step, self.kind, sent=sent, received=received)
+        if ready is None:
+            ready = self._wire.ready_event()
+        self._deferred.submit(ready, lambda: self._begin(step, parity, messages))
+
+    def _begin(self, step: int, parity: int, messages: list[tuple[int, int, int]]) -> None:
+        self._sets.start(parity, self._start(parity))
+        self._tracer.posted(self.name, self.kind, step, messages)
+
+    def wait(self, step: int) -> _Received:
+        """What was received for ``step`` (see the exchange's ``_received``)."""
+        self._arrive(step)
+        return self._received(step % 2)
+
+    def _arrive(self, step: int) -> None:
+        """Complete ``step``, or only note the wait while a step is being recorded."""
+        if self._recorder.recording:
+            self._recorder.note_wait(self, step)
+        else:
+            self.complete(step)
+
+    def complete(self, step: int) -> None:
+        """The MPI part of :meth:`wait`."""
+        self._deferred.progress()
+        self._completed(self._sets.complete(step))
+
+    def check_free(self, step: int) -> None:
+        """Raise unless the buffers of ``step`` may be written (step ``step - 2`` completed;
+        not checked while a step is recorded: its replay is checked)."""
+        if not self._recorder.recording:
+            self._sets.check_free(step)
+
+    def _check_posted(self, step: int) -> None:
+        """Raise unless ``step`` was posted (not checked while a step is recorded)."""
+        if not self._recorder.recording and self._sets.step[step % 2] != step:
+            raise ExchangeError(f"{self.name}: step {step} was never posted")
+
+    def reset(self) -> None:
+        """Forget finished steps (a new image starts at step 0)."""
+        self._sets.reset()
+
+    def drain(self) -> None:
+        """Complete every pending step (a run stopped between a post and its wait)."""
+        self._sets.drain()
+
+
+class NeighbourExchange(_Exchange[tuple[torch.Tensor | None, torch.Tensor | None]]):
     """Rows to and from the bands directly above (``up``) and below (``down``).
 
     Used for convolution halos and for the K/V rows a ``pcpp`` rank attends to. Shapes are
-    local (per message); a missing neighbour (image edge) has shape ``None``.
+    local (per message); a missing neighbour (image edge) has shape ``None``. :meth:`wait`
+    returns the rows received for a step: ``(from_up, from_down)``, ``None`` at image edges.
     """
 
     def __init__(
@@ -227,17 +319,18 @@ class NeighbourExchange:
         frames: TokenFrames | None = None,
         frame_band: int | None = None,
     ) -> None:
-        self.name = name
-        self.kind = kind
+        super().__init__(
+            name=name,
+            kind=kind,
+            wire=wire,
+            counter=counter,
+            tracer=tracer,
+            deferred=deferred,
+            recorder=recorder,
+        )
         self._comm = comm
-        self._tracer = tracer
-        self._deferred = deferred
-        self._recorder = recorder
         self._peers = (up, down)
         self._tag = tag
-        self._wire = wire
-        self._counter = counter
-        self._sets = _TwoSets(name, tracer, deferred)
         self._frames = frames
         self._window: tuple[int, int, int, int] | None = None
         # per set and side: the buffers as layers see them, and as MPI sees them (contiguous)
@@ -279,13 +372,12 @@ class NeighbourExchange:
 
     def post(self, step: int, to_up: torch.Tensor | None, to_down: torch.Tensor | None) -> None:
         """Start receiving step ``step``'s rows from both neighbours and send ours."""
-        if self._recorder.recording:
-            self._stage(step % 2, to_up, to_down)
-            self._recorder.note_post(self, step)
-            return
-        parity = self._sets.begin_post(step)
-        self._stage(parity, to_up, to_down)
-        self._submit(step, parity)
+        self._post(step, (to_up, to_down))
+
+    def post_filled(self, step: int) -> None:
+        """As :meth:`post`, with the send buffers of :meth:`fillable_sends` already written
+        (by work queued on the compute stream)."""
+        self._post(step, None)
 
     def fillable_sends(self, step: int) -> tuple[torch.Tensor | None, torch.Tensor | None] | None:
         """The send buffers of ``step`` (to the band above, to the band below; ``None`` at an
@@ -294,8 +386,7 @@ class NeighbourExchange:
         :meth:`post`)."""
         if self._wire.staged:
             return None
-        if not self._recorder.recording:
-            self._sets.check_free(step)
+        self.check_free(step)
         up, down = self._send[step % 2]
         return up, down
 
@@ -313,35 +404,21 @@ class NeighbourExchange:
         """
         if self._frames is None or self._window is None or not self._frames.readable_in_place:
             return None
-        if not self._recorder.recording:
-            self._sets.check_free(step)
+        self.check_free(step)
         first, start, stop, last = self._window
         parity = step % 2
         return self._frames.tokens(parity, first, last), self._frames.tokens(parity, start, stop)
 
-    def post_filled(self, step: int) -> None:
-        """As :meth:`post`, with the send buffers of :meth:`fillable_sends` already written
-        (by work queued on the compute stream)."""
-        if self._recorder.recording:
-            self._recorder.note_post(self, step)
-            return
-        self._submit(step, self._sets.begin_post(step))
-
-    def _stage(self, parity: int, to_up: torch.Tensor | None, to_down: torch.Tensor | None) -> None:
-        """Queue the copies of the rows to send into send set ``parity``."""
-        for side, data in enumerate((to_up, to_down)):
+    def _stage(self, parity: int, data: Sequence[torch.Tensor | None]) -> None:
+        """Queue the copies of the rows to send (to the band above, to the band below)."""
+        for side, rows in enumerate(data):
             send = self._send[parity][side]
             if send is not None:
-                if data is None:
+                if rows is None:
                     raise ExchangeError(f"{self.name}: no data for neighbour {self._peers[side]}")
-                send.copy_(data, non_blocking=True)
+                send.copy_(rows, non_blocking=True)
 
-    def launch(self, step: int, ready: ReadyEvent | None = None) -> None:
-        """The MPI part of :meth:`post` (a replayed graph fills the send set; ``ready``, if
-        given, completes once it has)."""
-        self._submit(step, self._sets.begin_post(step), ready)
-
-    def _submit(self, step: int, parity: int, ready: ReadyEvent | None = None) -> None:
+    def _messages(self, parity: int) -> list[tuple[int, int, int]]:
         messages = []
         for side in (0, 1):
             peer = self._peers[side]
@@ -349,12 +426,9 @@ class NeighbourExchange:
             if peer is not None and (recv is not None or send is not None):
                 sent = 0 if send is None else send.nbytes
                 messages.append((peer, sent, 0 if recv is None else recv.nbytes))
-        _count(self._counter, step, self.kind, messages)
-        if ready is None:
-            ready = self._wire.ready_event()
-        self._deferred.submit(ready, lambda: self._start(step, parity, messages))
+        return messages
 
-    def _start(self, step: int, parity: int, messages: list[tuple[int, int, int]]) -> None:
+    def _start(self, parity: int) -> list[MPI.Request]:
         requests: list[MPI.Request] = []
         tag = 2 * self._tag + parity
         for side in (0, 1):
@@ -367,35 +441,22 @@ class NeighbourExchange:
             send = self._send_spec[parity][side]
             if send is not None:
                 requests.append(self._comm.Isend(send, dest=peer, tag=tag))
-        self._sets.start(parity, requests)
-        self._tracer.posted(self.name, self.kind, step, messages)
+        return requests
 
-    def wait(self, step: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Rows received for ``step``: ``(from_up, from_down)``, ``None`` at image edges."""
-        if self._recorder.recording:
-            self._recorder.note_wait(self, step)
-        else:
-            self.complete(step)
-        up, down = self._recv[step % 2]
+    def _received(self, parity: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        up, down = self._recv[parity]
         return (
             None if up is None else self._wire.to_compute(up),
             None if down is None else self._wire.to_compute(down),
         )
 
-    def complete(self, step: int) -> None:
-        """The MPI part of :meth:`wait`."""
-        self._deferred.progress()
-        self._sets.complete(step)
 
-    def reset(self) -> None:
-        self._sets.reset()
+class AllBandsExchange(_Exchange[list[torch.Tensor | None]]):
+    """A band's block to every other band of its group, and theirs to it (full K/V context).
 
-    def drain(self) -> None:
-        self._sets.drain()
-
-
-class AllBandsExchange:
-    """A band's block to every other band of its group, and theirs to it (full K/V context)."""
+    :meth:`wait` returns every band's block for a step in band order, ``None`` at this rank's
+    own index.
+    """
 
     def __init__(
         self,
@@ -412,17 +473,18 @@ class AllBandsExchange:
         recorder: StepRecorder,
         frames: TokenFrames | None = None,
     ) -> None:
-        self.name = name
-        self.kind = kind
+        super().__init__(
+            name=name,
+            kind=kind,
+            wire=wire,
+            counter=counter,
+            tracer=tracer,
+            deferred=deferred,
+            recorder=recorder,
+        )
         self._comm = comm
-        self._tracer = tracer
-        self._deferred = deferred
-        self._recorder = recorder
         self._rank = comm.Get_rank()
         self._tag = tag
-        self._wire = wire
-        self._counter = counter
-        self._sets = _TwoSets(name, tracer, deferred)
         self._frames = frames
         own = self._rank
         if frames is None:
@@ -448,13 +510,12 @@ class AllBandsExchange:
         self._recv_spec = [[_spec(b) for b in bands] for bands in recv_wire]
 
     def post(self, step: int, own: torch.Tensor) -> None:
-        if self._recorder.recording:
-            self._send[step % 2].copy_(own, non_blocking=True)
-            self._recorder.note_post(self, step)
-            return
-        parity = self._sets.begin_post(step)
-        self._send[parity].copy_(own, non_blocking=True)
-        self._submit(step, parity)
+        """Start receiving every other band's block of step ``step`` and send ours."""
+        self._post(step, (own,))
+
+    def post_filled(self, step: int) -> None:
+        """As :meth:`post`, with the own block of :meth:`frame` already written."""
+        self._post(step, None)
 
     def frame(self, step: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """For a displaced step ``step``, which reads what step ``step - 1`` received, when
@@ -466,8 +527,7 @@ class AllBandsExchange:
         frames = self._frames
         if frames is None or not frames.readable_in_place:
             return None
-        if not self._recorder.recording:
-            self._sets.check_free(step)
+        self.check_free(step)
         parity = step % 2
         return frames.tokens(parity, 0, frames.starts[-1]), self._send[parity]
 
@@ -483,38 +543,24 @@ class AllBandsExchange:
         frames = self._frames
         if frames is None or not frames.readable_in_place:
             return None
-        if not self._recorder.recording:
-            self._sets.check_free(step)
-            self._sets.check_free(step + 1)
+        self.check_free(step)
+        self.check_free(step + 1)
         parity = step % 2
         context = frames.tokens(1 - parity, 0, frames.starts[-1])
         return context, self._send[parity], self._send[1 - parity]
 
-    def post_filled(self, step: int) -> None:
-        """As :meth:`post`, with the own block of :meth:`frame` already written."""
-        if self._recorder.recording:
-            self._recorder.note_post(self, step)
-            return
-        self._submit(step, self._sets.begin_post(step))
+    def _stage(self, parity: int, data: Sequence[torch.Tensor | None]) -> None:
+        self._send[parity].copy_(data[0], non_blocking=True)
 
-    def launch(self, step: int, ready: ReadyEvent | None = None) -> None:
-        """The MPI part of :meth:`post` (a replayed graph fills the send buffer; ``ready``, if
-        given, completes once it has)."""
-        self._submit(step, self._sets.begin_post(step), ready)
-
-    def _submit(self, step: int, parity: int, ready: ReadyEvent | None = None) -> None:
+    def _messages(self, parity: int) -> list[tuple[int, int, int]]:
         send = self._send[parity]
-        messages = [
+        return [
             (band, send.nbytes, recv.nbytes)
             for band, recv in enumerate(self._recv[parity])
             if recv is not None
         ]
-        _count(self._counter, step, self.kind, messages)
-        if ready is None:
-            ready = self._wire.ready_event()
-        self._deferred.submit(ready, lambda: self._start(step, parity, messages))
 
-    def _start(self, step: int, parity: int, messages: list[tuple[int, int, int]]) -> None:
+    def _start(self, parity: int) -> list[MPI.Request]:
         requests: list[MPI.Request] = []
         tag = 2 * self._tag + parity
         for band, recv in enumerate(self._recv_spec[parity]):
@@ -524,35 +570,18 @@ class AllBandsExchange:
         for band, recv in enumerate(self._recv_spec[parity]):
             if recv is not None:
                 requests.append(self._comm.Isend(buffer, dest=band, tag=tag))
-        self._sets.start(parity, requests)
-        self._tracer.posted(self.name, self.kind, step, messages)
+        return requests
 
-    def wait(self, step: int) -> list[torch.Tensor | None]:
-        """Every band's block for ``step`` in band order; ``None`` at this rank's own index."""
-        if self._recorder.recording:
-            self._recorder.note_wait(self, step)
-        else:
-            self.complete(step)
-        return [None if r is None else self._wire.to_compute(r) for r in self._recv[step % 2]]
-
-    def complete(self, step: int) -> None:
-        """The MPI part of :meth:`wait`."""
-        self._deferred.progress()
-        self._sets.complete(step)
-
-    def reset(self) -> None:
-        self._sets.reset()
-
-    def drain(self) -> None:
-        self._sets.drain()
+    def _received(self, parity: int) -> list[torch.Tensor | None]:
+        return [None if r is None else self._wire.to_compute(r) for r in self._recv[parity]]
 
 
-class StatsAllreduce:
+class StatsAllreduce(_Exchange[torch.Tensor]):
     """Sum of per-band statistics over all bands of a group (GroupNorm sums and counts).
 
     Statistics travel as float64 host tensors (pinned when the compute device is a GPU): they
-    are a few numbers. ``post`` takes them on the compute device; ``wait`` and ``posted``
-    return host tensors.
+    are a few numbers. ``post`` takes them on the compute device; :meth:`wait` (the group-wide
+    sum for a step), :meth:`wait_others` and :meth:`posted` return host tensors.
     """
 
     def __init__(
@@ -568,63 +597,27 @@ class StatsAllreduce:
         deferred: DeferredStarts,
         recorder: StepRecorder,
     ) -> None:
-        self.name = name
-        self.kind = kind
+        host = WireSpec(wire.compute_device, torch.device("cpu"), torch.float64)
+        super().__init__(
+            name=name,
+            kind=kind,
+            wire=host,
+            counter=counter,
+            tracer=tracer,
+            deferred=deferred,
+            recorder=recorder,
+        )
         self._comm = comm
-        self._counter = counter
-        self._tracer = tracer
-        self._deferred = deferred
-        self._recorder = recorder
-        self._host = WireSpec(wire.compute_device, torch.device("cpu"), torch.float64)
-        self._sets = _TwoSets(name, tracer, deferred)
-        self._local = [self._host.empty(shape) for _ in range(2)]
-        self._global = [self._host.empty(shape) for _ in range(2)]
-        self._others = [self._host.empty(shape) for _ in range(2)]
+        self._local = [host.empty(shape) for _ in range(2)]
+        self._global = [host.empty(shape) for _ in range(2)]
+        self._others = [host.empty(shape) for _ in range(2)]
         self._wants_others = False
         self._local_spec = [[b.numpy(), MPI.DOUBLE] for b in self._local]
         self._global_spec = [[b.numpy(), MPI.DOUBLE] for b in self._global]
 
     def post(self, step: int, local: torch.Tensor) -> None:
-        if self._recorder.recording:
-            self._local[step % 2].copy_(local, non_blocking=True)
-            self._recorder.note_post(self, step)
-            return
-        parity = self._sets.begin_post(step)
-        self._local[parity].copy_(local, non_blocking=True)
-        self._submit(step, parity)
-
-    def check_free(self, step: int) -> None:
-        """Raise unless the buffers of ``step`` may be written (step ``step - 2`` completed)."""
-        if not self._recorder.recording:
-            self._sets.check_free(step)
-
-    def launch(self, step: int, ready: ReadyEvent | None = None) -> None:
-        """The MPI part of :meth:`post` (a replayed graph copies the statistics; ``ready``, if
-        given, completes once it has)."""
-        self._submit(step, self._sets.begin_post(step), ready)
-
-    def _submit(self, step: int, parity: int, ready: ReadyEvent | None = None) -> None:
-        nbytes = self._local[parity].nbytes
-        self._counter.add(step, self.kind, sent=nbytes, received=nbytes)
-        if ready is None:
-            ready = self._host.ready_event()
-        self._deferred.submit(ready, lambda: self._start(step, parity))
-
-    def _start(self, step: int, parity: int) -> None:
-        request = self._comm.Iallreduce(
-            self._local_spec[parity], self._global_spec[parity], op=MPI.SUM
-        )
-        self._sets.start(parity, [request])
-        nbytes = self._local[parity].nbytes
-        self._tracer.posted(self.name, self.kind, step, [(-1, nbytes, nbytes)])
-
-    def wait(self, step: int) -> torch.Tensor:
-        """The group-wide sum for ``step`` (host tensor)."""
-        if self._recorder.recording:
-            self._recorder.note_wait(self, step)
-        else:
-            self.complete(step)
-        return self._global[step % 2]
+        """Start summing this rank's statistics of step ``step`` over the group."""
+        self._post(step, (local,))
 
     def wait_others(self, step: int) -> torch.Tensor:
         """The sum over the *other* bands for ``step`` (host tensor): the group-wide sum minus
@@ -636,28 +629,30 @@ class StatsAllreduce:
         earlier kernel and copy on the compute stream (this step's reads included) done.
         """
         self._wants_others = True
-        if self._recorder.recording:
-            self._recorder.note_wait(self, step)
-        else:
-            self.complete(step)
+        self._arrive(step)
         return self._others[step % 2]
 
     def posted(self, step: int) -> torch.Tensor:
         """What this rank contributed for ``step`` (for the displaced correction)."""
-        parity = step % 2
-        if not self._recorder.recording and self._sets.step[parity] != step:
-            raise ExchangeError(f"{self.name}: step {step} was never posted")
-        return self._local[parity]
+        self._check_posted(step)
+        return self._local[step % 2]
 
-    def complete(self, step: int) -> None:
-        """The MPI part of :meth:`wait` (and of :meth:`wait_others`)."""
-        self._deferred.progress()
-        parity = self._sets.complete(step)
+    def _stage(self, parity: int, data: Sequence[torch.Tensor | None]) -> None:
+        self._local[parity].copy_(data[0], non_blocking=True)
+
+    def _messages(self, parity: int) -> list[tuple[int, int, int]]:
+        nbytes = self._local[parity].nbytes
+        return [(-1, nbytes, nbytes)]
+
+    def _start(self, parity: int) -> list[MPI.Request]:
+        return [
+            self._comm.Iallreduce(self._local_spec[parity], self._global_spec[parity], op=MPI.SUM)
+        ]
+
+    def _received(self, parity: int) -> torch.Tensor:
+        return self._global[parity]
+
+    def _completed(self, parity: int) -> None:
+        """Keep the sum over the other bands when a caller wants it (:meth:`wait_others`)."""
         if self._wants_others:
             torch.sub(self._global[parity], self._local[parity], out=self._others[parity])
-
-    def reset(self) -> None:
-        self._sets.reset()
-
-    def drain(self) -> None:
-        self._sets.drain()

@@ -25,7 +25,7 @@ from itertools import accumulate
 
 import torch
 
-from pcpp_mpi.comm.exchanges import WireSpec
+from pcpp_mpi.comm.wire import WireSpec
 
 
 class TokenFrames:
