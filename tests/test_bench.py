@@ -377,3 +377,28 @@ def test_device_band_steps_script_checks_its_arguments_before_any_work(tmp_path)
         result = run(size, str(tmp_path))
         assert result.returncode == 2 and f"already holds band steps for {size} px" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["band-1024.tgz", "band-2048"]
+
+
+@pytest.mark.parametrize(
+    ("report_path", "quoted"),
+    [
+        (
+            "call2-band-1024/band-1024/band_steps.json",
+            {"plain-graph": 0.785, "plain-compile": 1.0, "single": 0.987},
+        ),
+        (
+            "call3-band-1024/band-1024/band_steps.json",
+            {"plain-compile": 1.0, "single": 0.989, "pcpp": 1.531, "distrifusion": 1.499},
+        ),
+    ],
+)
+def test_compiled_bounds_of_the_recorded_runs(report_path: str, quoted: dict[str, float]) -> None:
+    """The compiled path's bounds against the fastest one-GPU image (docs/BENCHMARKS.md,
+    results/18), recomputed from the raw timings."""
+    module = _band_step_tool()
+    results = REPO / "docs" / "benchmarks" / "results" / "18-compiled-1xh100"
+    report = json.loads((results / report_path).read_text())
+    assert report["settings"]["size"] == 1024
+    bounds = module.image_bounds(report, 50, 4)
+    assert {mode: round(b["vs_fastest"], 3) for mode, b in bounds.items()} == quoted
+    assert {b["fastest"] for b in bounds.values()} == {"plain-compile"}
