@@ -81,10 +81,10 @@ class BandSelfAttnProcessor:
     send buffers) and attend to the frame in place; otherwise the context is concatenated and
     the send buffers are copies.
 
-    ``ops`` (for ``torch.compile``): projections and the output are traced; the context's
-    assembly and the attention itself run behind the ``attention`` operator
-    (:class:`~pcpp_mpi.parallel.exchange_ops.ExchangeOps`, :meth:`attend_exchanged`), which
-    copies the fresh keys and values into the frame or send buffers.
+    ``ops`` (for ``torch.compile``): the query projection and the output are traced; the key
+    and value projection, the context's assembly and the attention itself run behind the
+    ``attention`` operator (:class:`~pcpp_mpi.parallel.exchange_ops.ExchangeOps`,
+    :meth:`attend_exchanged`), as in the eager path.
     """
 
     def __init__(
@@ -262,43 +262,46 @@ class BandSelfAttnProcessor:
         residual = hidden_states
         query = attn.to_q(hidden_states)
         if self._ops is not None:
-            kv = torch.cat([attn.to_k(hidden_states), attn.to_v(hidden_states)], dim=-1)
             if self.blocks is not None and self.clock.phase != "local":
-                out = self._ops.attention(query, kv, self._op_index)
+                out = self._ops.attention(query, hidden_states, self._op_index)
             else:
+                kv = torch.cat([attn.to_k(hidden_states), attn.to_v(hidden_states)], dim=-1)
                 out = self._attend(attn, query, kv)
             return self._output(attn, out, residual)
         clock = self.clock
         context = None
         if self.blocks is not None and clock.kind != "local":
-
-            def write(out: torch.Tensor) -> None:
-                self._keys_values(attn, hidden_states, out=out)
-
-            if clock.fresh:
-                context = self._fresh_in_frame(write)
-            else:
-                context = self._displaced_in_frame(write)
-        if context is None:
-            context = self.context(self._keys_values(attn, hidden_states))
+            context = self._exchanged_context(attn, hidden_states)
+        else:
+            context = self._keys_values(attn, hidden_states)
         return self._output(attn, self._attend(attn, query, context), residual)
 
-    def attend_exchanged(
-        self, attn: Attention, query: torch.Tensor, kv: torch.Tensor
-    ) -> torch.Tensor:
-        """Behind the ``attention`` operator: the band's queries ``(B, N, inner)`` attending
-        to this step's context (its fresh keys and values ``kv`` ``(B, N, 2*inner)``, posted
-        for the other bands, and the other bands' rows the mode gives); ``(B, N, inner)``."""
+    def _exchanged_context(self, attn: Attention, hidden_states: torch.Tensor) -> torch.Tensor:
+        """This step's K/V context ``(B, N_ctx, 2*inner)`` for the band's tokens
+        ``hidden_states`` ``(B, N, C)``: their keys and values are computed straight into the
+        frame the exchange sends from when it has one (no copy), else computed and assembled
+        with the other bands' (:meth:`context`)."""
 
         def write(out: torch.Tensor) -> None:
-            out.copy_(kv)
+            self._keys_values(attn, hidden_states, out=out)
 
         if self.clock.fresh:
             context = self._fresh_in_frame(write)
         else:
             context = self._displaced_in_frame(write)
         if context is None:
-            context = self.context(kv)
+            context = self.context(self._keys_values(attn, hidden_states))
+        return context
+
+    def attend_exchanged(
+        self, attn: Attention, query: torch.Tensor, hidden_states: torch.Tensor
+    ) -> torch.Tensor:
+        """Behind the ``attention`` operator: the band's queries ``(B, N, inner)`` attending
+        to this step's context, whose fresh keys and values are projected from the band's
+        tokens ``hidden_states`` ``(B, N, C)`` inside the operator, by the eager path's one
+        GEMM straight into the exchange's frame (traced, the projections, a concatenation and
+        a copy into the frame were three more kernels per layer); ``(B, N, inner)``."""
+        context = self._exchanged_context(attn, hidden_states)
         return self._attend(attn, query, context).contiguous()
 
     @staticmethod

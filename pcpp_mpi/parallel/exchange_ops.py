@@ -12,9 +12,10 @@ operator call in that graph:
 - ``group_stats(local, index) -> stats``: a GroupNorm's per-group sums of this band
   ``(3, B, G)`` float64 in; the sums of every band (``fresh`` steps) or of the other bands
   from the previous step (``stale`` steps) out, same shape;
-- ``attention(query, kv, index) -> out``: a self-attention layer's queries ``(B, N, inner)``
-  and fresh keys and values ``(B, N, 2 * inner)`` of the band in, the attention output
-  ``(B, N, inner)`` over the context the mode gives (own band, neighbours' rows, all bands).
+- ``attention(query, hidden, index) -> out``: a self-attention layer's queries
+  ``(B, N, inner)`` and the band's tokens ``(B, N, C)`` in (the operator projects their keys
+  and values straight into the exchange's frame), the attention output ``(B, N, inner)`` over
+  the context the mode gives (own band, neighbours' rows, all bands).
 
 Behind each operator the layer's own eager code does the posting and waiting (and, while a step
 is captured as CUDA graphs, the recording), so the compiled graph itself never depends on the
@@ -48,14 +49,14 @@ class StatsLayer(Protocol):
 
 class AttentionLayer(Protocol):
     def attend_exchanged(
-        self, attn: torch.nn.Module, query: torch.Tensor, kv: torch.Tensor
+        self, attn: torch.nn.Module, query: torch.Tensor, hidden_states: torch.Tensor
     ) -> torch.Tensor: ...
 
 
 _SCHEMAS = {
     "halo": "halo(Tensor x, int index) -> Tensor[]",
     "group_stats": "group_stats(Tensor local, int index) -> Tensor",
-    "attention": "attention(Tensor query, Tensor kv, int index) -> Tensor",
+    "attention": "attention(Tensor query, Tensor hidden, int index) -> Tensor",
 }
 
 
@@ -129,10 +130,10 @@ class ExchangeOps:
     def _group_stats_fake(local: torch.Tensor, index: int) -> torch.Tensor:
         return torch.empty_like(local)
 
-    def _attention(self, query: torch.Tensor, kv: torch.Tensor, index: int) -> torch.Tensor:
+    def _attention(self, query: torch.Tensor, hidden: torch.Tensor, index: int) -> torch.Tensor:
         attn, layer = self._attns[index]
-        return layer.attend_exchanged(attn, query, kv)
+        return layer.attend_exchanged(attn, query, hidden)
 
     @staticmethod
-    def _attention_fake(query: torch.Tensor, kv: torch.Tensor, index: int) -> torch.Tensor:
-        return query.new_empty((*query.shape[:-1], kv.shape[-1] // 2))
+    def _attention_fake(query: torch.Tensor, hidden: torch.Tensor, index: int) -> torch.Tensor:
+        return torch.empty_like(query)
