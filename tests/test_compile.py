@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from pcpp_mpi.config import ConfigError, job_from_dict
 from pcpp_mpi.engine.compile import (
@@ -20,7 +21,11 @@ from pcpp_mpi.engine.compile import (
     default_cache_dir,
     use_cache_dir,
 )
+from pcpp_mpi.geometry import conv_halo
+from pcpp_mpi.parallel.band_norm import BandGroupNorm
+from pcpp_mpi.parallel.clock import StepClock
 from pcpp_mpi.parallel.exchange_ops import ExchangeOps
+from pcpp_mpi.parallel.halo_conv import HaloConv2d
 
 
 @pytest.mark.parametrize(("value", "expected"), [("auto", "auto"), (True, True), (False, False)])
@@ -173,3 +178,54 @@ def test_operators_run_the_layers_inside_a_compiled_graph() -> None:
     finally:
         ops.close()
         torch.compiler.reset()
+
+
+class _PersistentRows:
+    """An exchange that, like the real ones, hands out the same receive buffers every step."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.received = torch.full(shape, 7.0)
+
+    def post(self, step: int, to_up: object, to_down: object) -> None:
+        pass
+
+    def wait(self, step: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        return None, self.received
+
+
+class _PersistentStats:
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.total = torch.full(shape, 3.0, dtype=torch.float64)
+
+    def post(self, step: int, local: torch.Tensor) -> None:
+        pass
+
+    def wait(self, step: int) -> torch.Tensor:
+        return self.total
+
+    def wait_others(self, step: int) -> torch.Tensor:
+        return self.total
+
+
+@pytest.mark.parametrize("step", [0, 1])  # a sync step, then a displaced one
+def test_operators_never_return_an_exchange_buffer(step: int) -> None:
+    """What an operator returns belongs to the compiled graph, which reuses its memory for
+    temporaries once read (inductor does; it overwrote the previous step's halo rows in the dry
+    run that compiles a phase): the layers hand out copies, never the exchange's buffers."""
+    clock = StepClock("distrifusion", steps=3, warmup_steps=1)
+    for s in range(step + 1):
+        clock.begin(s)
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 2, 3, padding=1).requires_grad_(False)
+    x = torch.randn(1, 2, 4, 5)
+    rows = _PersistentRows((1, 2, 1, 5))
+    layer = HaloConv2d(conv, conv_halo(3, 1, 1, 1), rows, clock)
+    (returned,) = [r for r in layer.exchange_halo(x) if not torch.equal(r, torch.zeros_like(r))]
+    assert torch.equal(returned, rows.received)
+    assert returned.untyped_storage().data_ptr() != rows.received.untyped_storage().data_ptr()
+
+    stats = _PersistentStats((3, 1, 2))
+    norm = BandGroupNorm(nn.GroupNorm(2, 2), stats, clock)
+    out = norm.exchange_stats(torch.ones(3, 1, 2, dtype=torch.float64))
+    assert torch.equal(out, stats.total)
+    assert out.untyped_storage().data_ptr() != stats.total.untyped_storage().data_ptr()

@@ -238,20 +238,22 @@ class BandGroupNorm(nn.Module):
     def exchange_stats(self, local: torch.Tensor) -> torch.Tensor:
         """Behind the ``group_stats`` operator: post this band's sums ``local`` ``(3, B, G)``
         float64 for this step; returns every band's fresh sums (``sync`` steps) or the other
-        bands' sums of the previous step (displaced steps), same shape, on the device."""
+        bands' sums of the previous step (displaced steps), same shape, on the device; a new
+        tensor (the compiled graph owns what an operator returns, see
+        :mod:`~pcpp_mpi.parallel.exchange_ops`)."""
         clock = self.clock
         exchange = self.exchange
         assert exchange is not None
         if clock.fresh:
             exchange.post(clock.step, local)
-            return exchange.wait(clock.step).to(local.device, non_blocking=True).contiguous()
+            return exchange.wait(clock.step).to(local.device, non_blocking=True).clone()
         if clock.posts_for_next:
             if self.step_stats is not None:
                 self.step_stats.local(clock.step, self.stats_index).copy_(local)
                 self.step_stats.contributed(clock.step)
             else:
                 exchange.post(clock.step, local)
-        return self._stale_others(local.device).contiguous()
+        return self._stale_others(local.device).clone()
 
     def _normalize(self, x: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
         """``x`` normalised with group statistics ``(3, B, G)`` (sums, squares, counts), then

@@ -21,8 +21,11 @@ Behind each operator the layer's own eager code does the posting and waiting (an
 is captured as CUDA graphs, the recording), so the compiled graph itself never depends on the
 step number, the buffer parity or whether the step posts for the next one. The integer
 ``index`` names the layer within this rank's table; the operators' inputs are never modified
-and their outputs are new tensors or the exchange's receive buffers, which no compiled kernel
-writes.
+and **their outputs are always new tensors**, never an exchange's receive buffer: inductor
+owns an operator's outputs and reuses their memory for later temporaries once they are read,
+so a returned receive buffer would be overwritten — in the dry run that compiles a phase, just
+before the real step reads it (the layers' ``exchange_halo`` and ``exchange_stats`` copy: a
+few small copies per step).
 
 The operators live in a library of their own, ``pcpp_mpi_<n>`` with the first ``n`` free in
 the process (so the names, and inductor's cache keys, are the same in every rank and every

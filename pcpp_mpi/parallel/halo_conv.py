@@ -118,6 +118,8 @@ class HaloConv2d(nn.Module):
         ``(B, C, h, W)`` for this step and return the rows this step reads around it (fresh,
         or the previous step's): ``(B, C, above, W)`` from the band above if ``above``, then
         ``(B, C, below, W)`` from the band below if ``below``; new zero rows at an image edge.
+        Always new tensors (the received rows copied): the compiled graph owns what an
+        operator returns and may reuse its memory (:mod:`~pcpp_mpi.parallel.exchange_ops`).
 
         Every call returns at least one tensor, which the convolution reads: an operator
         whose outputs nobody used would be removed from the compiled graph, and with it the
@@ -127,9 +129,8 @@ class HaloConv2d(nn.Module):
         rows = []
         for received, n in ((from_up, self.halo.above), (from_down, self.halo.below)):
             if n:
-                rows.append(
-                    x.new_zeros((batch, channels, n, width)) if received is None else received
-                )
+                zeros = received is None
+                rows.append(x.new_zeros((batch, channels, n, width)) if zeros else received.clone())
         return rows
 
     def _exchange(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
