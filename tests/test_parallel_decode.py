@@ -215,3 +215,34 @@ def test_a_failure_inside_the_decode_ends_the_job_as_failed(tmp_path: Path) -> N
     assert "rank 1" in info.error and "injected decode fault" in info.error
     steps = read_table(out / "rank-0000.h5", "steps")
     assert list(steps["step"]) == [0, 1]  # the denoising finished; the decode failed
+
+
+# ---------------------------------------------------------------- the benchmark script
+BENCH = REPO / "tools" / "bench_decode.py"
+
+
+def test_bench_decode_checks_its_arguments_before_any_work(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--size", "100", "--out", str(tmp_path / "b")],
+        env=mpi_env(), capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "--size 100: not a positive multiple" in done.stderr
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.mpi
+def test_bench_decode_measures_both_modes_on_the_cpu(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    args = [sys.executable, str(BENCH), "--arch", "tiny", "--size", "64", "--dtype", "float32",
+            "--device", "cpu", "--repeats", "1", "--warmup", "0", "--out", str(out)]  # fmt: skip
+    done = mpirun(2, args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "decode.json").read_text())
+    cases = {(r["mode"], r["rank"]) for r in report["results"]}
+    assert cases == {("rank0", 0), ("rank0", 1), ("parallel", 0), ("parallel", 1)}
+    assert all(r["time_median_s"] > 0 and r["peak_memory_bytes"] > 0 for r in report["results"])
+    parallel = {r["rank"]: r["latent_rows"] for r in report["results"] if r["mode"] == "parallel"}
+    assert parallel == {0: [0, 4], 1: [4, 8]}
+    assert [s["size"] for s in report["shares"]] == [64]
+    assert "| 64 | parallel | 1 | [4, 8) |" in (out / "decode.md").read_text()

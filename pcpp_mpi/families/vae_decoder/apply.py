@@ -12,12 +12,12 @@ denoising mode.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, Protocol
 
 from diffusers import AutoencoderKL
 from diffusers.models.attention_processor import Attention
 from torch import nn
 
-from pcpp_mpi.comm.band_group import BandGroup
 from pcpp_mpi.comm.wire import WireSpec
 from pcpp_mpi.families.vae_decoder.attention import BandDecoderAttnProcessor
 from pcpp_mpi.families.vae_decoder.edge_conv import EdgeHaloConv2d, fits_edge_conv
@@ -30,6 +30,34 @@ from pcpp_mpi.plan.decode import DECODE_KIND, DecoderInventory
 from pcpp_mpi.plan.topology import neighbours
 
 
+class DecoderComm(Protocol):
+    """What the decoder's layers ask of the group of decoding ranks (band order), e.g.
+    :class:`~pcpp_mpi.comm.band_group.BandGroup`: exchanges named after their layer."""
+
+    rank: int
+    size: int
+
+    def restart_tags(self) -> None: ...
+
+    def neighbour_exchange(
+        self,
+        name: str,
+        kind: str,
+        *,
+        send_shapes: tuple[Sequence[int] | None, Sequence[int] | None],
+        recv_shapes: tuple[Sequence[int] | None, Sequence[int] | None],
+        wire: WireSpec,
+    ) -> Any: ...
+
+    def all_bands_exchange(
+        self, name: str, kind: str, *, shapes: Sequence[Sequence[int]], wire: WireSpec
+    ) -> Any: ...
+
+    def stats_allreduce(
+        self, name: str, kind: str, *, shape: Sequence[int], wire: WireSpec
+    ) -> Any: ...
+
+
 def decode_clock(step: int) -> StepClock:
     """A clock standing at one ``sync`` step numbered ``step`` (the step the decode's
     exchanges are counted and traced in)."""
@@ -40,7 +68,7 @@ def decode_clock(step: int) -> StepClock:
 def parallelize_decoder(
     vae: AutoencoderKL,
     inventory: DecoderInventory,
-    group: BandGroup,
+    group: DecoderComm,
     bands: Sequence[Band],
     clock: StepClock,
     *,

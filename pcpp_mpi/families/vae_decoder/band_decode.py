@@ -7,9 +7,8 @@ from collections.abc import Sequence
 import torch
 from diffusers import AutoencoderKL
 
-from pcpp_mpi.comm.band_group import BandGroup
 from pcpp_mpi.comm.wire import WireSpec
-from pcpp_mpi.families.vae_decoder.apply import decode_clock, parallelize_decoder
+from pcpp_mpi.families.vae_decoder.apply import DecoderComm, decode_clock, parallelize_decoder
 from pcpp_mpi.families.vae_decoder.inventory import decode_latent
 from pcpp_mpi.geometry import Band
 from pcpp_mpi.plan.decode import DecoderInventory
@@ -19,7 +18,7 @@ from pcpp_mpi.plan.decode import DecoderInventory
 def decode_band(
     vae: AutoencoderKL,
     inventory: DecoderInventory,
-    group: BandGroup,
+    group: DecoderComm,
     bands: Sequence[Band],
     latent: torch.Tensor,
     *,
