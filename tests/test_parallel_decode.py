@@ -203,6 +203,7 @@ def test_a_failure_inside_the_decode_ends_the_job_as_failed(tmp_path: Path) -> N
         mpirun_path(), "-np", "2", "--oversubscribe", "--bind-to", "none", sys.executable,
         str(REPO / "tests" / "decode_fault_driver.py"), str(REPO / "jobs" / "tiny.yaml"),
         str(out), "1", "generation.height=128", "generation.width=96", "generation.steps=2",
+        "parallel.mode=sync",
     ]  # fmt: skip
     started = time.monotonic()
     done = subprocess.run(
