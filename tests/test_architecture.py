@@ -236,6 +236,20 @@ def test_parallel_imports_no_engine(module: str) -> None:
     assert not any(in_group(t, f"pcpp_mpi.{g}") for t in direct(module) for g in above), module
 
 
+@pytest.mark.parametrize("module", ours("", "families"))
+def test_families_import_no_engine(module: str) -> None:
+    """A family sits beside parallel/: it reuses its layers, never the engine or models/."""
+    above = ("engine", "models", "output", "shapes", "analysis", "planning")
+    assert not any(in_group(t, f"pcpp_mpi.{g}") for t in direct(module) for g in above), module
+
+
+def test_the_decoder_inventory_reaches_no_mpi() -> None:
+    """``planning`` traces the VAE decoder through this module: no comm/, no mpi4py."""
+    reached = reachable("pcpp_mpi.families.vae_decoder.inventory")
+    assert "mpi4py" not in reached
+    assert not [m for m in reached if in_group(m, "pcpp_mpi.comm")]
+
+
 @pytest.mark.parametrize("module", ours("", "models"))
 def test_models_import_no_engine_comm_or_data_set(module: str) -> None:
     above = ("engine", "comm", "parallel", "output", "shapes", "analysis", "planning")

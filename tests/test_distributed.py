@@ -298,9 +298,9 @@ def _predicted(plan, rank: int, mode: str) -> dict[tuple[int, str], tuple[int, i
         traffic = plan.step_traffic(rank, mode, step)
         for kind in set(traffic.sent) | set(traffic.received):
             expected[(step, kind)] = (traffic.sent.get(kind, 0), traffic.received.get(kind, 0))
-    gather = plan.gather(rank)
-    for kind in set(gather.sent) | set(gather.received):
-        expected[(steps - 1, kind)] = (gather.sent.get(kind, 0), gather.received.get(kind, 0))
+    final = plan.final(rank)  # the latent gather and the parallel VAE decode
+    for kind in set(final.sent) | set(final.received):
+        expected[(steps - 1, kind)] = (final.sent.get(kind, 0), final.received.get(kind, 0))
     return expected
 
 
@@ -316,12 +316,13 @@ def test_bytes_sent_equal_plan(runs, folders, n: int, name: str) -> None:
         assert _measured(runs(n) / name, rank) == _predicted(plan, rank, mode), f"rank {rank}"
 
 
-def test_naive_sends_nothing_but_the_final_gather(runs) -> None:
+def test_naive_sends_nothing_but_the_final_gather_and_decode(runs) -> None:
+    steps = STEPS
     for rank in range(2):
-        kinds = {
-            kind for (_, kind), (sent, _) in _measured(runs(2) / "naive", rank).items() if sent
-        }
-        assert kinds <= {"gather"}
+        measured = _measured(runs(2) / "naive", rank)
+        kinds = {kind for (_, kind), (sent, _) in measured.items() if sent}
+        assert kinds <= {"gather", "decode", "image"}
+        assert {step for (step, kind) in measured if kind != "gather"} <= {steps - 1}
 
 
 def _kv_sent(run_dir: Path, rank: int, step: int) -> int:

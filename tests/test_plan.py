@@ -11,6 +11,7 @@ import pytest
 
 from pcpp_mpi.config import JobConfig, job_from_dict
 from pcpp_mpi.geometry import Band, split_bands
+from pcpp_mpi.plan.decode import DecoderAttn, DecoderConv, DecoderInventory, DecoderNorm
 from pcpp_mpi.plan.inventory import AttnSpec, ConvSpec, LayerInventory, NormSpec
 from pcpp_mpi.plan.layout import plan_layout, unet_batch
 from pcpp_mpi.plan.report import PLAN_MODES, build_plan
@@ -32,6 +33,7 @@ PLAN_MODULES = (
     "pcpp_mpi.plan.layout",
     "pcpp_mpi.plan.accounting",
     "pcpp_mpi.plan.report",
+    "pcpp_mpi.plan.decode",
 )
 
 # a UNet of three levels as the tracer would describe it (no torch needed)
@@ -48,6 +50,21 @@ INVENTORY = LayerInventory(
     ),
     norms=(NormSpec("norm", 1, 64, 8),),
     attns=(AttnSpec("attn", 1, 64, 2),),
+)
+# a VAE decoder of two scales (8 pixels per latent row in all, as the tracer would say)
+DECODER = DecoderInventory(
+    latent_height=32,
+    latent_width=16,
+    latent_channels=4,
+    out_channels=3,
+    scale_factor=8,
+    force_upcast=False,
+    convs=(
+        DecoderConv("decoder.conv_in", 1, 4, kernel=3, stride=1, padding=1, dilation=1),
+        DecoderConv("decoder.up", 2, 16, kernel=3, stride=1, padding=1, dilation=1),
+    ),
+    norms=(DecoderNorm("decoder.norm", 1, 16, 4),),
+    attns=(DecoderAttn("decoder.attn", 1, 16, 1),),
 )
 
 
@@ -160,7 +177,7 @@ def test_layout_and_batch() -> None:
 
 def test_plan_from_an_inventory_as_data() -> None:
     cfg = job(mode="pcpp", cfg_parallel=True, warmup_steps=1)
-    plan = build_plan(cfg, plan_layout(cfg, 4, UNET_CONFIG, 8), INVENTORY)
+    plan = build_plan(cfg, plan_layout(cfg, 4, UNET_CONFIG, 8), INVENTORY, DECODER)
     assert (plan.batch, plan.itemsize) == (1, 4)
     data = plan.as_dict()
     assert [(r["band"], r["cfg_group"]) for r in data["per_rank"]] == [
@@ -173,4 +190,7 @@ def test_plan_from_an_inventory_as_data() -> None:
     # only the first CFG group gathers; the CFG swap is the band's float32 latent
     assert plan.gather(2).total_sent == plan.gather(3).total_sent == 0
     assert plan.gather(1).sent == {"gather": 4 * 16 * 16 * 4}
+    # parallel decode: every band is split between its two CFG ranks, in decode positions
+    assert data["decode"]["bands"] == [[0, 8], [8, 16], [16, 24], [24, 32]]
+    assert [r["decode"]["band"] for r in data["per_rank"]] == [[0, 8], [16, 24], [8, 16], [24, 32]]
     assert plan.step_traffic(3, "pcpp", 0).sent["cfg"] == 4 * 16 * 16 * 4

@@ -30,6 +30,7 @@ from pcpp_mpi.analysis.files import load_run
 from pcpp_mpi.analysis.stats import group_exchanges
 from pcpp_mpi.cli import main
 from pcpp_mpi.config import load_job
+from pcpp_mpi.plan.accounting import Traffic
 from pcpp_mpi.plan.schedule import step_kind
 from pcpp_mpi.planning import make_plan
 
@@ -145,13 +146,17 @@ def _traced_bytes(run_dir: Path, rank: int) -> dict[tuple[int, str], tuple[int, 
     return out
 
 
-def _planned_bytes(n: int, name: str, rank: int, steps: range) -> dict:
+def _planned_bytes(n: int, name: str, rank: int, steps: range, decoded: bool = True) -> dict:
     plan = make_plan(load_job(BASE, RUNS[n][name]), n)
     expected = {}
     for step in steps:
         traffic = plan.step_traffic(rank, plan.layout.mode, step)
         for kind in set(traffic.sent) | set(traffic.received):
             expected[(step, kind)] = (traffic.sent.get(kind, 0), traffic.received.get(kind, 0))
+    # the parallel VAE decode of a finished image is traced (the latent gather is not)
+    decode = plan.decode(rank) if decoded else Traffic()
+    for kind in set(decode.sent) | set(decode.received):
+        expected[(steps[-1], kind)] = (decode.sent.get(kind, 0), decode.received.get(kind, 0))
     return expected
 
 
@@ -196,7 +201,7 @@ def test_summary_on_real_runs(real: Path, capsys: pytest.CaptureFixture[str]) ->
         plan = make_plan(load_job(BASE, RUNS[n]["pcpp"]), n)
         for rank in run["ranks"]:
             sent, _ = plan.run_totals(rank["rank"], "pcpp")
-            gather = plan.gather(rank["rank"]).total_sent
+            gather = plan.final(rank["rank"]).total_sent  # latent gather and decode
             by_kind = sum(
                 v for k, v in rank.items() if k.startswith("sent_per_step_") and k[14:] != "bytes"
             )
@@ -272,7 +277,7 @@ def test_killed_job_leaves_a_readable_partial_trace(
     # the bytes of the steps every rank finished equal the plan (exchanges waited by then)
     for rank in range(3):
         traced = _traced_bytes(killed, rank)
-        planned = _planned_bytes(3, "killed", rank, range(finished - 1))
+        planned = _planned_bytes(3, "killed", rank, range(finished - 1), decoded=False)
         assert {k: v for k, v in traced.items() if k[0] < finished - 1} == planned
 
     assert command("summary", [str(killed)]) == 0
@@ -389,7 +394,7 @@ def test_quality_study_on_a_tiny_grid(tmp_path: Path, capsys: pytest.CaptureFixt
     assert sync["psnr_min_db"] > 60 and sync["ssim_min"] > 0.999 and sync["verdict"] == "same"
     assert sync["readings_as_single"] == 1.0 and sync["prompts"] == 1
     plan = make_plan(load_job(out / "jobs" / "64px-2r-sync.yaml"), 2)
-    per_step = sum(plan.run_totals(r, "sync")[0] - plan.gather(r).total_sent for r in range(2))
+    per_step = sum(plan.run_totals(r, "sync")[0] - plan.final(r).total_sent for r in range(2))
     assert sync["plan_sent_per_step"] == per_step / 2 > 0
     assert sync["measured_sent_per_step"] == pytest.approx(sync["plan_sent_per_step"], abs=2)
     for name in ("results.csv", "results.md", "quality.png", "examples.png"):

@@ -258,7 +258,7 @@ def plan_bytes(job_dict: dict[str, Any], ranks: int) -> dict[str, float]:
         return {"plan_sent_per_step": 0.0, "plan_steady_step": 0, "plan_first_step": 0}
     plan = make_plan(job, ranks)
     mode = job.parallel.mode
-    total = sum(plan.run_totals(r, mode)[0] - plan.gather(r).total_sent for r in range(ranks))
+    total = sum(plan.run_totals(r, mode)[0] - plan.final(r).total_sent for r in range(ranks))
     steady = sum(plan.step_traffic(r, mode, max(steps - 2, 0)).total_sent for r in range(ranks))
     first = sum(plan.step_traffic(r, mode, 0).total_sent for r in range(ranks))
     return {

@@ -326,12 +326,16 @@ class RunTrace:
 
         ``peer`` is a rank of the patch communicator of the row's CFG group (world rank
         ``cfg_index * n_bands + peer``), except for the CFG swap (kind ``cfg``), whose peer is
-        a rank of the pair communicator, i.e. a CFG index (world ``peer * n_bands + band``).
+        a rank of the pair communicator, i.e. a CFG index (world ``peer * n_bands + band``),
+        and the parallel VAE decode (kinds ``decode``, ``image``), whose peer is a decode
+        position (``band * cfg_groups + cfg_index``).
         """
         if peer < 0:
             return None
         if kind == "cfg":
             return peer * self.n_bands + trace.band_index
+        if kind in ("decode", "image"):
+            return (peer % self.cfg_groups) * self.n_bands + peer // self.cfg_groups
         return trace.cfg_index * self.n_bands + peer
 
     @property

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from types import MappingProxyType
 from typing import Any
 
-from pcpp_mpi.analysis.summary import GATHER_KIND, RankSummary, RunSummary
+from pcpp_mpi.analysis.summary import PER_IMAGE_KINDS, RankSummary, RunSummary
 
 #: What each reported figure means (also in the JSON output and docs/TOOLS.md).
 DEFINITIONS: MappingProxyType[str, str] = MappingProxyType(
@@ -36,8 +36,8 @@ DEFINITIONS: MappingProxyType[str, str] = MappingProxyType(
         "load_imbalance": "max / mean over ranks of compute time summed over the counted steps "
         "every rank finished (1.0 = even)",
         "sent_per_step_bytes": "bytes handed to MPI per denoising step, mean over recorded steps, "
-        "final gather excluded (run: sum over ranks); by kind in sent_per_step_<kind>; the "
-        "gather is per image",
+        "final gather and VAE decode excluded (run: sum over ranks); by kind in "
+        "sent_per_step_<kind>; gather, decode and image are per image",
         "peak_memory_bytes": "peak device memory: torch max_memory_allocated on a GPU, max RSS "
         "of the process on the CPU (run: max over ranks); absent until a rank finishes",
         "denoise_s": "total of the 'denoise' phases (all images), seconds (run: max over ranks)",
@@ -184,7 +184,7 @@ def format_run(run: RunSummary) -> str:
         lines += ["", "median step time by step kind:", _table(["rank", *step_kinds], kind_rows)]
     kinds = run.kinds
     if kinds:
-        header = ["rank", *[f"{k}{'/image' if k == GATHER_KIND else '/step'}" for k in kinds]]
+        header = ["rank", *[f"{k}{'/image' if k in PER_IMAGE_KINDS else '/step'}" for k in kinds]]
         byte_rows = []
         for r in run.ranks:
             cells = [
@@ -319,7 +319,7 @@ def rank_record(rank: RankSummary) -> dict[str, Any]:
         "denoise_s": rank.denoise_s,
     }
     for kind in sorted(rank.traffic):
-        unit = "image" if kind == GATHER_KIND else "step"
+        unit = "image" if kind in PER_IMAGE_KINDS else "step"
         record[f"sent_per_{unit}_{kind}"] = rank.per_step(kind).sent
         record[f"received_per_{unit}_{kind}"] = rank.per_step(kind).received
     for kind, value in sorted(rank.by_kind.items()):
@@ -360,7 +360,7 @@ def run_record(run: RunSummary) -> dict[str, Any]:
         "speedup_denoise": run.speedup_denoise,
     }
     for kind in run.kinds:
-        unit = "image" if kind == GATHER_KIND else "step"
+        unit = "image" if kind in PER_IMAGE_KINDS else "step"
         record[f"sent_per_{unit}_{kind}"] = run.per_step(kind).sent
         record[f"received_per_{unit}_{kind}"] = run.per_step(kind).received
     return record

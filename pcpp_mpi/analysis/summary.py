@@ -38,6 +38,9 @@ from pcpp_mpi.analysis.stats import (
 )
 
 GATHER_KIND = "gather"
+#: traffic kinds that happen once per image, after the denoising (the latent gather, the
+#: parallel VAE decode's exchanges, the image rows to rank 0): reported per image
+PER_IMAGE_KINDS = (GATHER_KIND, "decode", "image")
 
 
 @dataclass(frozen=True)
@@ -88,21 +91,21 @@ class RankSummary:
         return self.overlap.efficiency
 
     def per_step(self, kind: str) -> KindBytes:
-        """Mean bytes per denoising step of ``kind`` (gather: per image)."""
+        """Mean bytes per denoising step of ``kind`` (per image for ``PER_IMAGE_KINDS``)."""
         total = self.traffic.get(kind, KindBytes(0, 0))
-        count = self.images if kind == GATHER_KIND else self.traffic_steps
+        count = self.images if kind in PER_IMAGE_KINDS else self.traffic_steps
         if count <= 0:
             return KindBytes(0, 0)
         return KindBytes(round(total.sent / count), round(total.received / count))
 
     @property
     def sent_per_step(self) -> int:
-        """Bytes sent per step, every kind but the final gather."""
-        return sum(self.per_step(k).sent for k in self.traffic if k != GATHER_KIND)
+        """Bytes sent per step, every kind but the per-image ones (gather, decode)."""
+        return sum(self.per_step(k).sent for k in self.traffic if k not in PER_IMAGE_KINDS)
 
     @property
     def received_per_step(self) -> int:
-        return sum(self.per_step(k).received for k in self.traffic if k != GATHER_KIND)
+        return sum(self.per_step(k).received for k in self.traffic if k not in PER_IMAGE_KINDS)
 
 
 @dataclass(frozen=True)
@@ -149,7 +152,9 @@ class RunSummary:
     def kinds(self) -> list[str]:
         """Traffic kinds seen on any rank, gather last."""
         seen = sorted({k for r in self.ranks for k in r.traffic})
-        return [k for k in seen if k != GATHER_KIND] + [k for k in seen if k == GATHER_KIND]
+        return [k for k in seen if k not in PER_IMAGE_KINDS] + [
+            k for k in seen if k in PER_IMAGE_KINDS
+        ]
 
     def per_step(self, kind: str) -> KindBytes:
         """Bytes per step of ``kind`` summed over ranks (gather: per image)."""
@@ -187,7 +192,7 @@ def _traffic_totals(trace: RankTrace) -> tuple[dict[str, KindBytes], int, int]:
     if len(trace.steps):
         steps = len(trace.steps)
     else:  # tracing off: steps implied by the traffic table (last step of each image)
-        step_rows = table[table["kind"] != GATHER_KIND]
+        step_rows = table[~np.isin(table["kind"], PER_IMAGE_KINDS)]
         steps = 0
         for image in sorted({int(i) for i in step_rows["image"]}):
             steps += int(step_rows["step"][step_rows["image"] == image].max()) + 1

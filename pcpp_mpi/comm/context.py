@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from mpi4py import MPI
 
+from pcpp_mpi.comm.band_group import BandGroup
 from pcpp_mpi.comm.capture import StepRecorder
 from pcpp_mpi.comm.deferred import DeferredStarts
 from pcpp_mpi.comm.exchanges import (
@@ -146,6 +147,12 @@ class RankComm:
             wire=wire,
             **self._bookkeeping(),
         )
+
+    def band_group(self, position: int) -> BandGroup:
+        """Every world rank, ordered by ``position`` (collective: all ranks call it), with
+        exchanges counted and traced like this rank's own (the parallel VAE decode's group);
+        the caller frees it."""
+        return BandGroup(self.world, position, self._bookkeeping())
 
     # ------------------------------------------------------------------ whole-step collectives
     def cfg_swap(self, step: int, own: torch.Tensor) -> torch.Tensor:

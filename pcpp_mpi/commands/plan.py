@@ -84,6 +84,7 @@ def format_plan(plan: JobPlan) -> str:
             steady = sum(info["steady_step"]["sent"].values())
             cells.append(f"{_mib(first)} |{_mib(steady)} |{_mib(info['run_sent'])}")
         lines.append(f"  {rank['rank']:>4}  " + "  ".join(f"{c:>36}" for c in cells))
+    lines += _decode_lines(data)
     lines += [
         "",
         "Bytes count each point-to-point payload at sender and receiver; a GroupNorm all-reduce "
@@ -91,6 +92,32 @@ def format_plan(plan: JobPlan) -> str:
         "what the next step uses, so the last step sends nothing.",
     ]
     return "\n".join(lines)
+
+
+def _decode_lines(data: dict) -> list[str]:
+    """The VAE decode: who decodes which latent rows, and the bytes of one image's decode."""
+    decode = data["decode"]
+    if decode["mode"] == "rank0":
+        head = "rank 0 decodes the gathered latent alone (output.decode: rank0, or one rank)"
+    else:
+        head = (
+            f"every rank decodes its band: {decode['halo_convs']} halo convolutions, "
+            f"{decode['group_norms']} GroupNorms, {decode['self_attentions']} self-attention(s), "
+            f"{decode['itemsize']} bytes per element; uint8 image rows to rank 0"
+            + ("; latent gathered for /latents" if decode["latents_gathered"] else "")
+        )
+    lines = ["", f"VAE decode: {head}", "  rank  latent rows    MiB sent / received per image"]
+    for rank in data["per_rank"]:
+        info = rank["decode"]
+        band = info["band"]
+        rows = "-" if band is None else f"[{band[0]},{band[1]})"
+        by_kind = ", ".join(
+            f"{kind} {_mib(info['sent'].get(kind, 0)).strip()} / "
+            f"{_mib(info['received'].get(kind, 0)).strip()}"
+            for kind in sorted(set(info["sent"]) | set(info["received"]))
+        )
+        lines.append(f"  {rank['rank']:>4}  {rows:>11}    {by_kind or 'nothing'}")
+    return lines
 
 
 def _mib(n: int) -> str:

@@ -24,6 +24,7 @@ CompileName = Literal["auto", True, False]
 CompileBackendName = Literal["inductor", "aot_eager"]
 ArchName = Literal["sd15", "sd21", "sdxl"]
 BuiltinName = Literal["tiny"]
+DecodeName = Literal["parallel", "rank0"]
 
 
 @dataclass(frozen=True)
@@ -127,9 +128,18 @@ class ParallelConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    """What a run writes besides ``run.h5`` and the rank files."""
+    """What a run writes besides ``run.h5`` and the rank files, and how images are decoded.
+
+    ``decode``: ``parallel`` (every rank decodes its band of the latent with a band-parallel
+    VAE decoder; only uint8 image rows travel to rank 0) or ``rank0`` (the latent is gathered
+    and rank 0 decodes the whole image); one rank decodes alone either way. ``latents``: write
+    each final latent to ``run.h5`` (``/latents``); with parallel decoding that costs one
+    gather of the float32 latent to rank 0 per image, which ``false`` saves.
+    """
 
     png: bool = True
+    decode: DecodeName = "parallel"
+    latents: bool = True
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from pcpp_mpi.comm.failure import FailureChannel
 from pcpp_mpi.comm.mpi_info import WorldInfo, cuda_aware, describe_world
 from pcpp_mpi.config import JobConfig, job_to_yaml
 from pcpp_mpi.engine.compile import compile_enabled
-from pcpp_mpi.engine.decode import latent_to_image
+from pcpp_mpi.engine.decode import ImageDecoder
 from pcpp_mpi.engine.denoise import BandContext, denoise_band
 from pcpp_mpi.engine.finite import FiniteWatch
 from pcpp_mpi.engine.gpu_timer import GpuStepTimer
@@ -49,6 +49,7 @@ from pcpp_mpi.output.rank_file import RankFile, rank_file_name
 from pcpp_mpi.output.run_lock import RunLock
 from pcpp_mpi.output.space import check_free_space
 from pcpp_mpi.parallel.band_norm import resolve_norm_kernels
+from pcpp_mpi.plan.decode import decode_bands
 from pcpp_mpi.plan.layout import RunLayout, plan_layout
 
 log = logging.getLogger("pcpp_mpi")
@@ -86,7 +87,9 @@ def _check_job(job: JobConfig, n_ranks: int) -> RunLayout:
         check_model_folder(job.model.path)
     generation = job.generation
     check_schedule(generation.scheduler, scheduler_config(job.model), generation.steps)
-    return plan_layout(job, n_ranks, unet_config(job.model), vae_scale_factor(job.model))
+    layout = plan_layout(job, n_ranks, unet_config(job.model), vae_scale_factor(job.model))
+    decode_bands(job.output.decode, layout)  # raises if the bands cannot be decoded in parallel
+    return layout
 
 
 def _prepare_output(out_dir: str | Path, overwrite: bool, break_lock: bool) -> RunLock:
@@ -178,9 +181,13 @@ def _run_started(
             ctx = prepare_band_context(
                 job, comm, bundle, start.device, start.layout, start.norm_kernels
             )
+            decoder = ImageDecoder.create(job, comm, bundle, start.layout)
         rank_file = _create_rank_file(ctx, start, epoch_unix)
         run_file = _create_run_file(comm, start, world_info)
-        _generate_and_record(ctx, start, rank_file, run_file, progress, signals)
+        try:
+            _generate_and_record(ctx, decoder, start, rank_file, run_file, progress, signals)
+        finally:
+            decoder.close()
         return RunResult(start.run_dir / "run.h5", start.layout)
 
 
@@ -309,6 +316,7 @@ def _create_run_file(comm: RankComm, start: _AgreedStart, world_info: WorldInfo)
 
 def _generate_and_record(
     ctx: BandContext,
+    decoder: ImageDecoder,
     start: _AgreedStart,
     rank_file: RankFile,
     run_file: RunFile | None,
@@ -323,7 +331,7 @@ def _generate_and_record(
     channel = FailureChannel(comm.world, recorder.record, _thread_preparation(device))
     try:
         with contextlib.nullcontext(signals) if signals else StopSignals() as active:
-            _generate_all(ctx, start.layout, run_file, rank_file, start.run_dir, progress, active)
+            _generate_all(ctx, decoder, run_file, rank_file, start.run_dir, progress, active)
         rank_file.append(phases=comm.tracer.take_finished()[2])
         rank_file.set_attrs(
             status="complete",
@@ -484,7 +492,7 @@ DENOISE_RANGE = "pcpp-mpi denoise"  # names each image's denoising in a torch.pr
 
 def _generate_all(
     ctx: BandContext,
-    layout: RunLayout,
+    decoder: ImageDecoder,
     run_file: RunFile | None,
     rank_file: RankFile,
     run_dir: Path,
@@ -510,19 +518,16 @@ def _generate_all(
             latent = denoise_band(ctx, prompt, negative, seed, hooks)
             hooks.finish()
         bar.close()
-        full = None
-        with tracer.phase("gather", index):
-            if comm.topology.cfg_index == 0:
-                rows = [b.rows for b in layout.bands]
-                full = comm.gather_bands(generation.steps - 1, latent, rows)
-        rank_file.append(traffic=comm.counter.drain(), phases=tracer.take_finished()[2])
+        image, full = decoder.finish(index, latent)
+        _, exchanges, phases = tracer.take_finished()
+        rank_file.append(traffic=comm.counter.drain(), exchanges=exchanges, phases=phases)
         if run_file is not None:
-            assert full is not None
-            with tracer.phase("decode", index):
-                image = latent_to_image(ctx.bundle, full.to(ctx.device))
+            assert image is not None
             with tracer.phase("write", index):
-                check_free_space(run_dir, need=2 * image.nbytes + full.nbytes)
-                run_file.add_latent(index, full[0].numpy())
+                latent_bytes = full.nbytes if full is not None else 0
+                check_free_space(run_dir, need=2 * image.nbytes + latent_bytes)
+                if full is not None and job.output.latents:
+                    run_file.add_latent(index, full[0].numpy())
                 run_file.add_image(index, image, prompt, seed)
                 if job.output.png:
                     write_png(run_dir / f"image-{index:04d}.png", image)

@@ -91,6 +91,11 @@ def folder_unet_config(path: str | Path) -> dict[str, Any]:
     return complete_config(UNet2DConditionModel, read_component_config(path, "unet"))
 
 
+def folder_vae_config(path: str | Path) -> dict[str, Any]:
+    """``<path>/vae/config.json`` with the diffusers defaults filled in; loads no weights."""
+    return complete_config(AutoencoderKL, read_component_config(path, "vae"))
+
+
 def folder_vae_scale_factor(path: str | Path) -> int:
     """Pixels per latent element of ``<path>/vae``, from its ``config.json``."""
     channels = read_component_config(path, "vae").get("block_out_channels")

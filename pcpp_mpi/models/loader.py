@@ -11,12 +11,18 @@ from pcpp_mpi.models.bundle import ModelBundle, default_scheduler_config
 from pcpp_mpi.models.errors import ModelError
 from pcpp_mpi.models.folder import (
     folder_unet_config,
+    folder_vae_config,
     folder_vae_scale_factor,
     load_folder,
     read_component_config,
 )
-from pcpp_mpi.models.random_arch import arch_unet_config, arch_vae_scale_factor, load_random_arch
-from pcpp_mpi.models.tiny import load_tiny, tiny_unet_config, tiny_vae_scale_factor
+from pcpp_mpi.models.random_arch import (
+    arch_unet_config,
+    arch_vae_config,
+    arch_vae_scale_factor,
+    load_random_arch,
+)
+from pcpp_mpi.models.tiny import load_tiny, tiny_unet_config, tiny_vae_config, tiny_vae_scale_factor
 
 
 def _source(model: ModelConfig) -> str:
@@ -47,6 +53,18 @@ def unet_config(model: ModelConfig) -> dict[str, Any]:
         return arch_unet_config(model.arch)
     assert model.path is not None
     return folder_unet_config(model.path)
+
+
+def vae_config(model: ModelConfig) -> dict[str, Any]:
+    """The VAE's config (diffusers defaults filled in) without building or loading the VAE."""
+    source = _source(model)
+    if source == "builtin":
+        return tiny_vae_config()
+    if source == "arch":
+        assert model.arch is not None
+        return arch_vae_config(model.arch)
+    assert model.path is not None
+    return folder_vae_config(model.path)
 
 
 def vae_scale_factor(model: ModelConfig) -> int:

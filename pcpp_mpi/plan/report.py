@@ -14,8 +14,17 @@ from typing import Any
 
 from pcpp_mpi.config import JobConfig
 from pcpp_mpi.config.modes import SPLIT_MODES
-from pcpp_mpi.geometry import conv_halo
+from pcpp_mpi.geometry import Band, conv_halo
 from pcpp_mpi.plan.accounting import Traffic, cfg_swap_bytes, gather_bytes, step_traffic
+from pcpp_mpi.plan.decode import (
+    DecoderInventory,
+    decode_bands,
+    decode_itemsize,
+    decode_position,
+    decode_traffic,
+    decodes_in_parallel,
+    image_traffic,
+)
 from pcpp_mpi.plan.inventory import LayerInventory
 from pcpp_mpi.plan.layout import RunLayout, unet_batch
 from pcpp_mpi.plan.schedule import attention_pattern, step_kind
@@ -30,13 +39,15 @@ PLAN_MODES: tuple[str, ...] = SPLIT_MODES
 @dataclass(frozen=True)
 class JobPlan:
     """Everything ``plan`` reports, as plain data (``as_dict`` for JSON). ``batch``: the
-    UNet batch per rank; ``itemsize``: bytes per activation element (``runtime.dtype``)."""
+    UNet batch per rank; ``itemsize``: bytes per activation element (``runtime.dtype``);
+    ``decoder``: the VAE decoder's layers (the parallel decode's exchanges)."""
 
     job: JobConfig
     layout: RunLayout
     inventory: LayerInventory
     batch: int
     itemsize: int
+    decoder: DecoderInventory
 
     def topology(self, rank: int) -> Topology:
         """Where world rank ``rank`` sits: its band and CFG group."""
@@ -65,11 +76,24 @@ class JobPlan:
             traffic.received["cfg"] = swap
         return traffic
 
+    @property
+    def decode_parallel(self) -> bool:
+        """Whether every rank decodes its band (``output.decode: parallel``, several ranks)."""
+        return decodes_in_parallel(self.job.output.decode, self.layout)
+
+    @property
+    def decode_bands(self) -> tuple[Band, ...]:
+        """Latent rows each decoding rank decodes, by decode position."""
+        return decode_bands(self.job.output.decode, self.layout)
+
     def gather(self, rank: int) -> Traffic:
-        """Bytes of the final latent gather to rank 0 (only the first CFG group gathers)."""
+        """Bytes of the final latent gather to rank 0 (only the first CFG group gathers; with
+        parallel decoding only for ``output.latents``)."""
         traffic = Traffic()
         place = self.topology(rank)
         if place.cfg_index > 0 or self.layout.n_bands == 1:
+            return traffic
+        if self.decode_parallel and not self.job.output.latents:
             return traffic
         bands = self.layout.bands
         if place.is_output_rank:
@@ -78,6 +102,25 @@ class JobPlan:
             traffic.sent["gather"] = gather_bytes(self.inventory, bands[place.band_index])
         return traffic
 
+    def decode(self, rank: int) -> Traffic:
+        """Bytes of ``rank``'s parallel decode of one image (kind ``decode``: halo rows,
+        GroupNorm sums, K/V) and of its uint8 image rows to rank 0 (kind ``image``); empty
+        when rank 0 decodes alone."""
+        if not self.decode_parallel:
+            return Traffic()
+        bands = self.decode_bands
+        position = decode_position(self.topology(rank))
+        itemsize = decode_itemsize(self.itemsize, self.decoder.force_upcast)
+        traffic = decode_traffic(self.decoder, bands, position, itemsize)
+        images = image_traffic(self.decoder, bands, position)
+        return Traffic({**traffic.sent, **images.sent}, {**traffic.received, **images.received})
+
+    def final(self, rank: int) -> Traffic:
+        """Everything after the denoising of one image (counted in its last step): the
+        latent gather and the decode."""
+        gather, decode = self.gather(rank), self.decode(rank)
+        return Traffic({**gather.sent, **decode.sent}, {**gather.received, **decode.received})
+
     def run_totals(self, rank: int, mode: str) -> tuple[int, int]:
         """Bytes sent and received by ``rank`` over one image's whole run in ``mode``."""
         sent = received = 0
@@ -85,8 +128,8 @@ class JobPlan:
             traffic = self.step_traffic(rank, mode, step)
             sent += traffic.total_sent
             received += traffic.total_received
-        gather = self.gather(rank)
-        return sent + gather.total_sent, received + gather.total_received
+        final = self.final(rank)
+        return sent + final.total_sent, received + final.total_received
 
     def as_dict(self) -> dict[str, Any]:
         layout, job = self.layout, self.job
@@ -139,6 +182,7 @@ class JobPlan:
                     if down is not None
                     else 0,
                     "modes": modes,
+                    "decode": self._decode_dict(rank),
                 }
             )
         return {
@@ -158,11 +202,39 @@ class JobPlan:
                 "group_norms": len(self.inventory.norms),
                 "self_attentions": len(self.inventory.attns),
             },
+            "decode": {
+                "mode": "parallel" if self.decode_parallel else "rank0",
+                "bands": [[b.start, b.stop] for b in self.decode_bands],
+                "itemsize": decode_itemsize(self.itemsize, self.decoder.force_upcast),
+                "halo_convs": len(self.decoder.convs),
+                "group_norms": len(self.decoder.norms),
+                "self_attentions": len(self.decoder.attns),
+                "latents_gathered": not self.decode_parallel or self.job.output.latents,
+            },
             "per_rank": ranks,
         }
 
+    def _decode_dict(self, rank: int) -> dict[str, Any]:
+        """``rank``'s decode band (latent rows) and its bytes per image (decode, image rows,
+        latent gather)."""
+        final = self.final(rank)
+        band = None
+        if self.decode_parallel:
+            band = self.decode_bands[decode_position(self.topology(rank))]
+        elif rank == 0:
+            band = self.decode_bands[0]
+        return {
+            "band": None if band is None else [band.start, band.stop],
+            "sent": final.sent,
+            "received": final.received,
+        }
 
-def build_plan(job: JobConfig, layout: RunLayout, inventory: LayerInventory) -> JobPlan:
+
+def build_plan(
+    job: JobConfig, layout: RunLayout, inventory: LayerInventory, decoder: DecoderInventory
+) -> JobPlan:
     """The plan of ``job`` in ``layout`` (from :func:`~pcpp_mpi.plan.layout.plan_layout`) for a
-    UNet whose spatial layers are ``inventory`` (traced at the layout's latent size)."""
-    return JobPlan(job, layout, inventory, unet_batch(job, layout), ITEMSIZE[job.runtime.dtype])
+    UNet whose spatial layers are ``inventory`` and a VAE decoder whose layers are ``decoder``
+    (both traced at the layout's latent size)."""
+    itemsize = ITEMSIZE[job.runtime.dtype]
+    return JobPlan(job, layout, inventory, unet_batch(job, layout), itemsize, decoder)

@@ -1,0 +1,1 @@
+"""The VAE decoder as a band-parallel family: every rank decodes its band of the latent."""
