@@ -1,22 +1,21 @@
 """``pcpp-mpi plan``'s entry: a job's plan for a rank count, with the layer inventory traced
 from the model's configuration (torch on the meta device; no weights, no MPI).
 
-The plan itself is pure data (:mod:`pcpp_mpi.plan`); this module only gathers what it needs
-from ``models/`` and ``parallel/inventory``.
+The plan itself is pure data (:mod:`pcpp_mpi.plan`); this module only asks the model's family
+(:mod:`pcpp_mpi.families`) for the model's shape and layer inventory.
 """
 
 from __future__ import annotations
 
 from pcpp_mpi.config import JobConfig
-from pcpp_mpi.models import unet_config, vae_scale_factor
-from pcpp_mpi.parallel.inventory import trace_inventory
+from pcpp_mpi.families import denoiser_family
 from pcpp_mpi.plan.layout import plan_layout
 from pcpp_mpi.plan.report import JobPlan, build_plan
 
 
 def make_plan(job: JobConfig, n_ranks: int) -> JobPlan:
     """Plan ``job`` on ``n_ranks`` ranks (raises ConfigError like a real run would)."""
-    config = unet_config(job.model)
-    layout = plan_layout(job, n_ranks, config, vae_scale_factor(job.model))
-    inventory = trace_inventory(config, layout.latent_height, layout.latent_width)
+    family = denoiser_family(job.model)
+    layout = plan_layout(job, n_ranks, family.model_shape(job.model))
+    inventory = family.trace_inventory(job.model, layout.latent_height, layout.latent_width)
     return build_plan(job, layout, inventory)
