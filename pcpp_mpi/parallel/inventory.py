@@ -55,7 +55,7 @@ def trace_layers(
     fresh_convs: frozenset[str] = frozenset(),
 ) -> LayerInventory:
     """Trace ``model``'s spatial layers while ``run(model)`` calls it once on inputs of the
-    given global latent size (on the ``meta`` device: no weights, no compute).
+    given global latent size (a model on the ``meta`` device: no weights, no compute).
 
     Every Conv2d whose kernel spans more than one row, every GroupNorm and every
     self-attention layer records the shape of its first call's input, from which its level

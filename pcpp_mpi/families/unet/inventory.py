@@ -7,7 +7,7 @@ and that ``conv_in`` reads the step's own latent.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -25,7 +25,9 @@ def unet_levels(unet_config: Mapping[str, Any]) -> int:
     return len(unet_config["block_out_channels"])
 
 
-def example_call(config: Mapping[str, Any], height: int, width: int) -> Any:
+def example_call(
+    config: Mapping[str, Any], height: int, width: int
+) -> Callable[[nn.Module], object]:
     """A function calling a UNet of ``config`` once on meta inputs ``(1, C, height, width)``."""
     meta = torch.device("meta")
     sample = torch.empty(1, config["in_channels"], height, width, device=meta)
