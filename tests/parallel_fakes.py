@@ -3,8 +3,9 @@
 Each band runs in its own thread (as it would on its own rank); the fakes implement the same
 post/wait protocol as :mod:`pcpp_mpi.comm.exchanges`: what band ``i`` posts for step ``t`` is
 what its neighbours (or every band) receive when they wait for step ``t``; a wait blocks until
-the partners have posted. :class:`FakeComm` is what :func:`pcpp_mpi.parallel.apply.parallelize`
-asks of a RankComm.
+the partners have posted. :class:`FakeComm` implements
+:class:`~pcpp_mpi.parallel.band_comm.BandComm`, what a family's ``parallelize`` asks of a
+RankComm.
 """
 
 from __future__ import annotations
@@ -266,8 +267,9 @@ def split_rows(x: Tensor, rows: Sequence[int], dim: int = 2) -> list[Tensor]:
 
 
 class FakeComm:
-    """What :func:`pcpp_mpi.parallel.apply.parallelize` asks of a RankComm, in memory: every
-    exchange name gets one mailbox shared by the bands."""
+    """What a family's ``parallelize`` asks of a RankComm
+    (:class:`~pcpp_mpi.parallel.band_comm.BandComm`), in memory: every exchange name gets one
+    mailbox shared by the bands."""
 
     def __init__(self, boxes: dict[str, Mailbox], lock: threading.Lock, index: int, n: int) -> None:
         self.topology = Topology(n, index, 1)
@@ -279,6 +281,14 @@ class FakeComm:
 
     def wire_spec(self, device: torch.device, dtype: torch.dtype) -> WireSpec:
         return WireSpec(device, device, dtype)
+
+    def host_wire_spec(self, device: torch.device, dtype: torch.dtype) -> WireSpec:
+        return WireSpec(device, CPU, dtype)
+
+    def token_frames(
+        self, wire: WireSpec, *, batch: int, channels: int, band_tokens: Sequence[int]
+    ) -> TokenFrames:
+        return TokenFrames(wire, batch=batch, channels=channels, band_tokens=band_tokens)
 
     def neighbour_exchange(
         self,

@@ -188,7 +188,7 @@ def test_the_planning_layer_needs_neither_torch_nor_mpi_anywhere(module: str) ->
 
 def test_plan_command_reaches_no_mpi() -> None:
     """``pcpp-mpi plan`` (commands/plan and planning, lazy imports followed) never reaches
-    mpi4py, comm/ or engine/; it may use torch (models/, parallel/inventory) to trace the
+    mpi4py, comm/ or engine/; it may use torch (models/, the families, parallel/) to trace the
     layer inventory."""
     for module in ("pcpp_mpi.commands.plan", "pcpp_mpi.planning"):
         reached = reachable(module)
@@ -226,21 +226,53 @@ def test_output_loads_neither_torch_nor_mpi(module: str) -> None:
 
 @pytest.mark.parametrize("module", ours("", "comm"))
 def test_comm_imports_no_layer_above_it(module: str) -> None:
-    above = ("engine", "parallel", "models", "output", "shapes", "analysis", "planning")
+    above = (
+        "engine", "parallel", "families", "models", "output", "shapes", "analysis", "planning",
+    )  # fmt: skip
     assert not any(in_group(t, f"pcpp_mpi.{g}") for t in direct(module) for g in above), module
 
 
 @pytest.mark.parametrize("module", ours("", "parallel"))
 def test_parallel_imports_no_engine(module: str) -> None:
-    above = ("engine", "models", "output", "shapes", "analysis", "planning")
+    above = ("engine", "families", "models", "output", "shapes", "analysis", "planning")
     assert not any(in_group(t, f"pcpp_mpi.{g}") for t in direct(module) for g in above), module
+
+
+@pytest.mark.parametrize("module", ours("", "parallel"))
+def test_parallel_reaches_no_mpi(module: str) -> None:
+    """The band-parallel layers name comm/'s types only for annotations (the communicator is
+    handed in as a ``BandComm``), so making a model band-parallel, and ``pcpp-mpi plan``
+    through the families, import no MPI."""
+    assert "mpi4py" not in reachable(module), module
+    assert "pcpp_mpi.comm.context" not in reachable(module), module
 
 
 @pytest.mark.parametrize("module", ours("", "families"))
-def test_families_import_no_engine(module: str) -> None:
-    """A family sits beside parallel/: it reuses its layers, never the engine or models/."""
-    above = ("engine", "models", "output", "shapes", "analysis", "planning")
+def test_families_import_neither_engine_nor_comm(module: str) -> None:
+    above = ("engine", "comm", "output", "shapes", "analysis", "planning", "commands")
     assert not any(in_group(t, f"pcpp_mpi.{g}") for t in direct(module) for g in above), module
+    assert "mpi4py" not in reachable(module), module
+
+
+def test_a_family_folder_is_imported_only_by_itself_and_the_lookup() -> None:
+    """The engine, planning and the generic layers reach a network only through its family
+    (``pcpp_mpi.families``), and no family imports another's folder."""
+    folders = {m for m in modules() if m.count(".") == 2 and in_group(m, "pcpp_mpi.families")}
+    folders = {f for f in folders if modules()[f].name == "__init__.py"}
+    assert "pcpp_mpi.families.unet" in folders
+    # the VAE decoder is not yet a ModelFamily entry: the decode (engine/decode) and the plan
+    # (planning) reach it directly until it becomes one
+    decoder_users = {"pcpp_mpi.engine.decode", "pcpp_mpi.planning"}
+    for folder in folders:
+        users = {
+            m
+            for m in modules()
+            if not in_group(m, folder) and any(in_group(t, folder) for t in direct(m))
+        }
+        allowed = {"pcpp_mpi.families"}
+        if folder == "pcpp_mpi.families.vae_decoder":
+            allowed |= decoder_users
+        assert users <= allowed, (folder, users)
 
 
 def test_the_decoder_inventory_reaches_no_mpi() -> None:
@@ -252,7 +284,7 @@ def test_the_decoder_inventory_reaches_no_mpi() -> None:
 
 @pytest.mark.parametrize("module", ours("", "models"))
 def test_models_import_no_engine_comm_or_data_set(module: str) -> None:
-    above = ("engine", "comm", "parallel", "output", "shapes", "analysis", "planning")
+    above = ("engine", "comm", "parallel", "families", "output", "shapes", "analysis", "planning")
     assert not any(in_group(t, f"pcpp_mpi.{g}") for t in direct(module) for g in above), module
 
 
@@ -292,6 +324,12 @@ def test_the_run_path_reads_the_plan_layer() -> None:
     assert "pcpp_mpi.plan.topology" in direct("pcpp_mpi.comm.context")
     assert "pcpp_mpi.plan.inventory" in direct("pcpp_mpi.parallel.inventory")
     assert "pcpp_mpi.plan.report" in direct("pcpp_mpi.planning")
+
+
+def test_the_engine_and_the_plan_reach_the_model_through_its_family() -> None:
+    for module in ("pcpp_mpi.engine.setup", "pcpp_mpi.engine.runner", "pcpp_mpi.planning"):
+        assert "pcpp_mpi.families" in direct(module), module
+    assert "pcpp_mpi.families.base" in direct("pcpp_mpi.engine.graphs")
 
 
 def _group(module: str) -> str | None:

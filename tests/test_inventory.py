@@ -1,4 +1,5 @@
-"""The layer inventory (pcpp_mpi.parallel.inventory) traced on the meta device."""
+"""The UNet family's layer inventory (families/unet/inventory over the generic
+parallel/inventory) traced on the meta device."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import time
 import pytest
 
 from pcpp_mpi.config.schema import ModelConfig
+from pcpp_mpi.families import denoiser_family
+from pcpp_mpi.families.unet.inventory import trace_inventory, unet_levels
 from pcpp_mpi.models import unet_config
-from pcpp_mpi.parallel.inventory import LayerInventory, trace_inventory, unet_levels
+from pcpp_mpi.plan.inventory import LayerInventory
 
 TINY_CONFIG = unet_config(ModelConfig(builtin="tiny"))
 CHANNELS = tuple(TINY_CONFIG["block_out_channels"])  # one entry per level
@@ -129,3 +132,14 @@ def test_sdxl_traces_quickly_on_meta() -> None:
     assert {a.level for a in inventory.attns} == {1, 2}
     assert {(a.level, a.inner_dim) for a in inventory.attns} == {(1, 640), (2, 1280)}
     assert inventory.width_at(2) == 32
+
+
+def test_the_family_traces_the_same_inventory_and_marks_conv_in_fresh(
+    tiny: LayerInventory,
+) -> None:
+    family = denoiser_family(ModelConfig(builtin="tiny"))
+    assert family.name == "unet"
+    assert family.trace_inventory(ModelConfig(builtin="tiny"), 20, 16) == tiny
+    assert [c.name for c in tiny.convs if c.always_fresh] == ["conv_in"]
+    shape = family.model_shape(ModelConfig(builtin="tiny"))
+    assert (shape.levels, shape.latent_channels) == (tiny.levels, tiny.latent_channels)

@@ -20,9 +20,10 @@ from torch import nn
 
 from pcpp_mpi.config import ConfigError, job_from_dict
 from pcpp_mpi.config.schema import ModelConfig
+from pcpp_mpi.families.unet import UNetFamily
 from pcpp_mpi.geometry import level_unit, split_bands
 from pcpp_mpi.models import unet_config
-from pcpp_mpi.parallel.apply import ParallelHandle, parallelize
+from pcpp_mpi.parallel.apply import BandOptions, ParallelHandle
 from pcpp_mpi.parallel.band_norm import (
     BandGroupNorm,
     NormKernels,
@@ -30,7 +31,6 @@ from pcpp_mpi.parallel.band_norm import (
     resolve_norm_kernels,
 )
 from pcpp_mpi.parallel.clock import StepClock
-from pcpp_mpi.parallel.inventory import inventory_of
 
 Tensor = torch.Tensor
 
@@ -257,7 +257,8 @@ def test_single_gets_the_triton_group_norm(kernels: ModuleType) -> None:
         unet = UNet2DConditionModel.from_config(unet_config(ModelConfig(builtin="tiny")))
     unet.requires_grad_(False).eval()
     latent = (8, 8)
-    inventory = inventory_of(unet, *latent)
+    family = UNetFamily()
+    inventory = family.inventory_of(unet, *latent)
     generator = torch.Generator().manual_seed(4)
     sample = torch.randn(2, 4, *latent, generator=generator)
     text = torch.randn(2, 16, unet.config.cross_attention_dim, generator=generator)
@@ -267,10 +268,8 @@ def test_single_gets_the_triton_group_norm(kernels: ModuleType) -> None:
     no_comm: Any = None  # one band never communicates
 
     def install(kernels: NormKernels) -> ParallelHandle:
-        return parallelize(
-            unet, inventory, no_comm, bands, clock, mode="single", ratio=0.3, batch=2,
-            norm_kernels=kernels,
-        )  # fmt: skip
+        options = BandOptions(mode="single", ratio=0.3, batch=2, norm_kernels=kernels)
+        return family.parallelize(unet, inventory, no_comm, bands, clock, options)
 
     assert not install("torch").replaced
     handle = install("triton")

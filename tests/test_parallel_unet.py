@@ -1,5 +1,6 @@
-"""parallelize (apply/remove) on the whole tiny UNet with a fake RankComm: sync equals one
-process, naive has seams, displaced runs, block copies, frames and step statistics, conv_in."""
+"""The UNet family's parallelize (apply/remove) on the whole tiny UNet with a fake RankComm:
+sync equals one process, naive has seams, displaced runs, block copies, frames and step
+statistics, conv_in."""
 
 from __future__ import annotations
 
@@ -23,14 +24,15 @@ from parallel_fakes import (
 )
 
 from pcpp_mpi.config.schema import ModelConfig
+from pcpp_mpi.families.unet import UNetFamily
 from pcpp_mpi.geometry import Band, level_unit, split_bands
 from pcpp_mpi.models import unet_config
-from pcpp_mpi.parallel.apply import parallelize
+from pcpp_mpi.parallel.apply import BandOptions
 from pcpp_mpi.parallel.band_norm import BandGroupNorm
 from pcpp_mpi.parallel.block_copies import BlockCopies, copy_each
 from pcpp_mpi.parallel.clock import StepClock
 from pcpp_mpi.parallel.halo_conv import HaloConv2d
-from pcpp_mpi.parallel.inventory import LayerInventory, inventory_of
+from pcpp_mpi.plan.inventory import LayerInventory
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -45,6 +47,7 @@ def one_torch_thread() -> Iterator[None]:
 
 LATENT = (16, 8)  # tiny UNet: 3 levels, unit 4 -> 2 bands of 8 rows, or 3 of 8, 4, 4
 TINY_CONFIG = unet_config(ModelConfig(builtin="tiny"))
+FAMILY = UNetFamily()
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +57,7 @@ def tiny_unet() -> tuple[UNet2DConditionModel, LayerInventory]:
         torch.manual_seed(0)
         unet = UNet2DConditionModel.from_config(TINY_CONFIG)
     unet.requires_grad_(False).eval()
-    return unet, inventory_of(unet, *LATENT)
+    return unet, FAMILY.inventory_of(unet, *LATENT)
 
 
 def share_weights(unet: UNet2DConditionModel) -> UNet2DConditionModel:
@@ -86,10 +89,11 @@ def parallel_unets(
         band_unet = share_weights(unet)
         clock = StepClock(mode, steps, warmup)
         comm: Any = FakeComm(boxes, lock, index, n)
-        parallelize(
-            band_unet, inventory, comm, bands, clock, mode=mode, ratio=ratio, batch=2,
-            block_copies=block_copies, kv_frames=kv_frames, stats_per_step=stats_per_step,
+        options = BandOptions(
+            mode=mode, ratio=ratio, batch=2, block_copies=block_copies, kv_frames=kv_frames,
+            stats_per_step=stats_per_step,
         )  # fmt: skip
+        FAMILY.parallelize(band_unet, inventory, comm, bands, clock, options)
         unets.append(band_unet)
         clocks.append(clock)
     return unets, clocks, bands

@@ -13,7 +13,7 @@ from pcpp_mpi.config import JobConfig, job_from_dict
 from pcpp_mpi.geometry import Band, split_bands
 from pcpp_mpi.plan.decode import DecoderAttn, DecoderConv, DecoderInventory, DecoderNorm
 from pcpp_mpi.plan.inventory import AttnSpec, ConvSpec, LayerInventory, NormSpec
-from pcpp_mpi.plan.layout import plan_layout, unet_batch
+from pcpp_mpi.plan.layout import ModelShape, plan_layout, unet_batch
 from pcpp_mpi.plan.report import PLAN_MODES, build_plan
 from pcpp_mpi.plan.schedule import (
     attention_pattern,
@@ -36,15 +36,15 @@ PLAN_MODULES = (
     "pcpp_mpi.plan.decode",
 )
 
-# a UNet of three levels as the tracer would describe it (no torch needed)
-UNET_CONFIG = {"block_out_channels": (32, 64, 64), "in_channels": 4}
+# a UNet of three levels as its family would describe it (no torch needed)
+UNET_SHAPE = ModelShape(levels=3, latent_channels=4, vae_scale_factor=8)
 INVENTORY = LayerInventory(
     levels=3,
     latent_height=32,
     latent_width=16,
     latent_channels=4,
     convs=(
-        ConvSpec("conv_in", 0, 4, kernel=3, stride=1, padding=1, dilation=1),
+        ConvSpec("conv_in", 0, 4, kernel=3, stride=1, padding=1, dilation=1, always_fresh=True),
         ConvSpec("down", 0, 32, kernel=3, stride=2, padding=1, dilation=1),
         ConvSpec("mid", 1, 64, kernel=3, stride=1, padding=1, dilation=1),
     ),
@@ -83,8 +83,8 @@ def test_the_plan_layer_imports_without_torch_and_mpi4py() -> None:
         for module in {PLAN_MODULES!r}:
             importlib.import_module(module)
         from pcpp_mpi.config import JobConfig
-        from pcpp_mpi.plan.layout import plan_layout
-        layout = plan_layout(JobConfig(), 4, {UNET_CONFIG!r}, 8)
+        from pcpp_mpi.plan.layout import ModelShape, plan_layout
+        layout = plan_layout(JobConfig(), 4, ModelShape(3, 4, 8))
         assert [b.rows for b in layout.bands] == [4, 4, 4, 4], layout.bands
         above = [["pcpp_mpi", p] for p in ("engine", "comm", "parallel", "models")]
         loaded = [m for m in sys.modules if m.split(".")[:2] in above]
@@ -165,19 +165,19 @@ def test_neighbours_and_shared_rows() -> None:
 
 
 def test_layout_and_batch() -> None:
-    layout = plan_layout(job(mode="pcpp"), 4, UNET_CONFIG, 8)
+    layout = plan_layout(job(mode="pcpp"), 4, UNET_SHAPE)
     assert (layout.latent_height, layout.latent_width, layout.unit) == (32, 16, 4)
     assert [(b.start, b.stop) for b in layout.bands] == [(0, 8), (8, 16), (16, 24), (24, 32)]
     assert (layout.cfg_groups, layout.mode, unet_batch(job(), layout)) == (1, "pcpp", 2)
-    split = plan_layout(job(mode="sync", cfg_parallel=True), 4, UNET_CONFIG, 8)
+    split = plan_layout(job(mode="sync", cfg_parallel=True), 4, UNET_SHAPE)
     assert (split.cfg_groups, split.n_bands, unet_batch(job(), split)) == (2, 2, 1)
-    one = plan_layout(job(mode="pcpp"), 1, UNET_CONFIG, 8)
+    one = plan_layout(job(mode="pcpp"), 1, UNET_SHAPE)
     assert one.mode == "single"
 
 
 def test_plan_from_an_inventory_as_data() -> None:
     cfg = job(mode="pcpp", cfg_parallel=True, warmup_steps=1)
-    plan = build_plan(cfg, plan_layout(cfg, 4, UNET_CONFIG, 8), INVENTORY, DECODER)
+    plan = build_plan(cfg, plan_layout(cfg, 4, UNET_SHAPE), INVENTORY, DECODER)
     assert (plan.batch, plan.itemsize) == (1, 4)
     data = plan.as_dict()
     assert [(r["band"], r["cfg_group"]) for r in data["per_rank"]] == [

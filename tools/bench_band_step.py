@@ -59,6 +59,7 @@ from pcpp_mpi.engine.compile import compile_enabled  # noqa: E402
 from pcpp_mpi.engine.denoise import denoise_band  # noqa: E402
 from pcpp_mpi.engine.setup import DTYPES, prepare_band_context  # noqa: E402
 from pcpp_mpi.engine.streams import compute_stream  # noqa: E402
+from pcpp_mpi.families import denoiser_family  # noqa: E402
 from pcpp_mpi.models import load_model  # noqa: E402
 from pcpp_mpi.models.random_arch import measurement_model  # noqa: E402
 from pcpp_mpi.parallel.band_norm import resolve_norm_kernels  # noqa: E402
@@ -199,31 +200,33 @@ def _measure(args, mode: str, comm: RankComm, bundle, device, world) -> dict[str
 
 
 def _measure_plain(args, mode: str, bundle, device) -> dict[str, dict]:
-    """``plain-graph`` / ``plain-compile``: the plain diffusers UNet on the whole latent (CFG
-    batch 2) captured as one CUDA graph (after ``torch.compile`` for ``plain-compile``) and
-    replayed alone; the figure is given for every variant name a ``single`` image uses, so
-    the bounds treat it as a one-GPU image."""
+    """``plain-graph`` / ``plain-compile``: the plain diffusers UNet (the model family's
+    network, no band layers) on the whole latent (CFG batch 2) captured as one CUDA graph
+    (after ``torch.compile`` for ``plain-compile``) and replayed alone; the figure is given for
+    every variant name a ``single`` image uses, so the bounds treat it as a one-GPU image."""
     size = args.size // bundle.vae_scale_factor
     dtype = DTYPES[args.dtype]
-    sample = torch.randn((2, bundle.unet.config.in_channels, size, size), device=device).to(dtype)
+    model_config = _job(args, "single").model
+    family = denoiser_family(model_config)
+    channels = family.model_shape(model_config).latent_channels
+    sample = torch.randn((2, channels, size, size), device=device).to(dtype)
     timestep = torch.tensor(500, device=device)
-    embeddings = bundle.encoder.encode(["", PROMPT])
-    hidden = embeddings.hidden.to(device, dtype)
-    added = bundle.added_cond_kwargs(embeddings.pooled, args.size, args.size)
-    model = bundle.unet
+    conditioning = family.conditioning(bundle, ["", PROMPT], args.size, args.size, device, dtype)
+    inputs = family.step_inputs(sample, timestep, conditioning)
+    model = family.network(bundle)
     if mode == "plain-compile":
-        model = torch.compile(bundle.unet, fullgraph=True, dynamic=False)
+        model = torch.compile(model, fullgraph=True, dynamic=False)
     stream = torch.cuda.Stream(device)
     stream.wait_stream(torch.cuda.current_stream(device))
     with torch.no_grad(), torch.cuda.stream(stream):
         started = time.perf_counter()
         for _ in range(2):  # compiles (plain-compile) and initialises the libraries
-            model(sample, timestep, encoder_hidden_states=hidden, added_cond_kwargs=added)
+            family.call(model, inputs)
         torch.cuda.synchronize(device)
         first_calls = time.perf_counter() - started
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            model(sample, timestep, encoder_hidden_states=hidden, added_cond_kwargs=added)
+            family.call(model, inputs)
     torch.cuda.current_stream(device).wait_stream(stream)
     figure = _time_variants({("local", None, 0): [graph]}, args.warmup, args.replays)
     (only,) = figure.values()

@@ -59,6 +59,16 @@ class RankComm:
         on_device = device.type == "cpu" or self.cuda_aware
         return WireSpec(device, device if on_device else torch.device("cpu"), dtype)
 
+    def host_wire_spec(self, device: torch.device, dtype: torch.dtype) -> WireSpec:
+        """Pinned host buffers for tensors on ``device``, whatever MPI takes."""
+        return WireSpec(device, torch.device("cpu"), dtype)
+
+    def token_frames(
+        self, wire: WireSpec, *, batch: int, channels: int, band_tokens: Sequence[int]
+    ) -> TokenFrames:
+        """Two frames holding every band's K/V tokens of one attention layer in place."""
+        return TokenFrames(wire, batch=batch, channels=channels, band_tokens=band_tokens)
+
     def _bookkeeping(self) -> dict[str, Any]:
         """What every exchange of this rank shares: traffic counter, tracer, deferred MPI
         starts, step recorder."""

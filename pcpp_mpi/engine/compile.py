@@ -1,4 +1,4 @@
-"""``runtime.compile``: the UNet call of a step compiled by ``torch.compile`` (inductor).
+"""``runtime.compile``: the network call of a step (the UNet's) compiled by ``torch.compile``.
 
 A GPU rank replays each step as CUDA graphs (:mod:`pcpp_mpi.engine.graphs`); compiled, the
 kernels inside those graphs are inductor's: normalisations fused with their activations,
@@ -70,9 +70,9 @@ def use_cache_dir(setting: str | None) -> Path:
     return path
 
 
-def compile_unet(unet: nn.Module, backend: str) -> Callable[..., object]:
-    """``unet`` compiled as one graph per step phase (``fullgraph``: a graph break would
-    silently run part of the step eagerly) with static shapes (a band's shapes never change
-    within a run). ``backend``: ``inductor``, or ``aot_eager`` (traced and checked, no code
-    generated: for tests)."""
-    return torch.compile(unet, fullgraph=True, dynamic=False, backend=backend)
+def compile_network(network: nn.Module, backend: str) -> Callable[..., object]:
+    """``network`` (a family's, e.g. the UNet) compiled as one graph per step phase
+    (``fullgraph``: a graph break would silently run part of the step eagerly) with static
+    shapes (a band's shapes never change within a run). ``backend``: ``inductor``, or
+    ``aot_eager`` (traced and checked, no code generated: for tests)."""
+    return torch.compile(network, fullgraph=True, dynamic=False, backend=backend)

@@ -9,8 +9,9 @@ import torch
 
 from pcpp_mpi.comm.context import RankComm
 from pcpp_mpi.config.schema import JobConfig
-from pcpp_mpi.engine.graphs import StepGraphs, UNetInputs
+from pcpp_mpi.engine.graphs import StepGraphs
 from pcpp_mpi.engine.schedulers import make_scheduler
+from pcpp_mpi.families.base import DenoiserFamily
 from pcpp_mpi.geometry import Band
 from pcpp_mpi.models.bundle import ModelBundle
 from pcpp_mpi.parallel.apply import ParallelHandle
@@ -24,6 +25,7 @@ class BandContext:
     job: JobConfig
     comm: RankComm
     bundle: ModelBundle
+    family: DenoiserFamily
     bands: tuple[Band, ...]
     clock: StepClock
     handle: ParallelHandle
@@ -32,6 +34,7 @@ class BandContext:
     dtype: torch.dtype
     latent_height: int
     latent_width: int
+    latent_channels: int
 
     @property
     def band(self) -> Band:
@@ -80,11 +83,11 @@ def denoise_band(
     topology = ctx.comm.topology
     scheduler = make_scheduler(generation.scheduler, bundle.scheduler_config)
     # the scheduler's arithmetic on host scalars (indexing its tables with a device timestep
-    # would synchronise with the GPU every step); the UNet reads the timestep on the device
+    # would synchronise with the GPU every step); the network reads the timestep on the device
     scheduler.set_timesteps(generation.steps, device="cpu")
-    unet_timesteps = scheduler.timesteps.to(ctx.device)
+    device_timesteps = scheduler.timesteps.to(ctx.device)
 
-    noise = initial_noise(seed, bundle.unet.config.in_channels, ctx.latent_height, ctx.latent_width)
+    noise = initial_noise(seed, ctx.latent_channels, ctx.latent_height, ctx.latent_width)
     band = ctx.band
     latent = noise[:, :, band.start : band.stop].to(ctx.device) * scheduler.init_noise_sigma
 
@@ -94,9 +97,9 @@ def denoise_band(
         texts = [negative_prompt if topology.cfg_index == 0 else prompt]
     else:
         texts = [negative_prompt, prompt]
-    embeddings = bundle.encoder.encode(texts)
-    hidden = embeddings.hidden.to(ctx.device, ctx.dtype)
-    added = bundle.added_cond_kwargs(embeddings.pooled, generation.height, generation.width)
+    conditioning = ctx.family.conditioning(
+        bundle, texts, generation.height, generation.width, ctx.device, ctx.dtype
+    )
     in_rank_cfg = ctx.guided and not ctx.cfg_parallel
     scale = generation.guidance_scale
 
@@ -108,7 +111,7 @@ def denoise_band(
             hooks.begin(step, ctx.clock.kind)
         model_in = torch.cat([latent, latent]) if in_rank_cfg else latent
         model_in = scheduler.scale_model_input(model_in, timestep).to(ctx.dtype)
-        inputs = UNetInputs(model_in, unet_timesteps[step], hidden, added)
+        inputs = ctx.family.step_inputs(model_in, device_timesteps[step], conditioning)
         prediction = ctx.graphs(ctx.clock, inputs).float()
         if in_rank_cfg:
             uncond, cond = prediction.chunk(2)

@@ -1,4 +1,8 @@
-"""The UNet call of a denoising step, replayed as CUDA graphs with MPI between them.
+"""A model call of a denoising step, replayed as CUDA graphs with MPI between them.
+
+Generic over the model family: the family gives the call (:meth:`ModelFamily.call
+<pcpp_mpi.families.base.ModelFamily.call>`) and its inputs type
+(:class:`~pcpp_mpi.families.base.StepInputs`: static copies the graphs read).
 
 Kernel launches bound an eager UNet step on a GPU, and a rank with a band of the image has even
 less work per kernel. A step is therefore captured once per *variant* — its kind, the previous
@@ -14,7 +18,7 @@ displaced step is thus two graphs (the fresh latent halo of ``conv_in``, then th
 and while the GPU runs the second the host sits in MPI, starting each send as soon as the GPU
 has produced it and progressing the transfers.
 
-The first UNet call of a context runs eagerly (it initialises cuBLAS, cuDNN and the attention
+The first model call of a context runs eagerly (it initialises cuBLAS, cuDNN and the attention
 kernels, which must not happen during a capture) and its variant is captured right after it;
 every other variant is captured the first time it is needed. All graphs share one memory
 pool; only their outputs outlive a replay.
@@ -32,45 +36,20 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Generic, Literal
 
 import torch
 from torch import nn
 
 from pcpp_mpi.comm.capture import RecordedStep, StepRecorder
 from pcpp_mpi.comm.deferred import DeferredStarts, ReadyEvent
+from pcpp_mpi.families.base import InputsT
 from pcpp_mpi.logs import EVERY_RANK
 from pcpp_mpi.parallel.clock import StepClock
 
 every_rank = logging.getLogger(EVERY_RANK)
 
 VariantKey = tuple[str, str | None, int]
-
-
-@dataclass
-class UNetInputs:
-    """One UNet call's inputs (local: this band's rows of the latent)."""
-
-    sample: torch.Tensor  # (B, C, rows, W)
-    timestep: torch.Tensor  # 0-d
-    hidden: torch.Tensor  # (B, L, D)
-    added: dict[str, torch.Tensor] | None
-
-    def copy_into(self, static: UNetInputs) -> None:
-        static.sample.copy_(self.sample)
-        static.timestep.copy_(self.timestep)
-        static.hidden.copy_(self.hidden)
-        for key, value in (self.added or {}).items():
-            assert static.added is not None
-            static.added[key].copy_(value)
-
-    def clone(self) -> UNetInputs:
-        return UNetInputs(
-            sample=self.sample.clone(),
-            timestep=self.timestep.clone(),
-            hidden=self.hidden.clone(),
-            added=None if self.added is None else {k: v.clone() for k, v in self.added.items()},
-        )
 
 
 class GraphError(RuntimeError):
@@ -100,15 +79,17 @@ class _CudaVariant:
         return self.output
 
 
-class StepGraphs:
-    """Runs ``unet`` for the step the clock is at: eagerly, or by replaying a captured variant.
+class StepGraphs(Generic[InputsT]):
+    """Runs ``network`` for the step the clock is at: eagerly, or by replaying a captured
+    variant. ``call(model, inputs)`` calls it (the family's :meth:`call`; ``model`` is the
+    network or it compiled) and returns its output tensor.
 
     ``backend`` ``cuda`` captures CUDA graphs (device must be a GPU); ``emulate`` replays the
     recorded MPI actions on any device (see the module docstring); ``eager`` never captures.
     ``deferred`` holds the MPI starts waiting for events: a variant's events are re-recorded by
     its next replay, so starts still waiting for them run first.
 
-    ``compiled`` (``runtime.compile``): ``unet`` compiled by ``torch.compile``, called instead
+    ``compiled`` (``runtime.compile``): ``network`` compiled by ``torch.compile``, called instead
     of it in the steps whose phase is in ``compiled_phases``. Its code depends on the step's
     phase only; the first step of each such phase first runs it once with the exchanges
     recording (a *dry run*: no MPI, result discarded), which compiles it, so compilation never
@@ -118,7 +99,8 @@ class StepGraphs:
 
     def __init__(
         self,
-        unet: nn.Module,
+        network: nn.Module,
+        call: Callable[[Callable[..., Any], InputsT], torch.Tensor],
         recorder: StepRecorder,
         device: torch.device,
         backend: Literal["cuda", "emulate", "eager"],
@@ -128,7 +110,8 @@ class StepGraphs:
     ) -> None:
         if backend == "cuda" and device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device")
-        self.unet = unet
+        self.network = network
+        self.call = call
         self.compiled = compiled
         self.compiled_phases = compiled_phases if compiled is not None else frozenset()
         self.compile_times: dict[str, float] = {}
@@ -139,26 +122,22 @@ class StepGraphs:
         self.captures = 0
         self.replays = 0
         self._warm = False
-        self._static: UNetInputs | None = None
+        self._static: InputsT | None = None
         self._cuda: dict[VariantKey, _CudaVariant] = {}
         self._emulated: dict[VariantKey, RecordedStep] = {}
         self._pool = torch.cuda.graph_pool_handle() if backend == "cuda" else None
         self._stream = torch.cuda.Stream(device) if backend == "cuda" else None
 
-    def _eager(self, inputs: UNetInputs, phase: str) -> torch.Tensor:
-        model = self.compiled if phase in self.compiled_phases else self.unet
-        return model(  # type: ignore[operator, union-attr]
-            inputs.sample,
-            inputs.timestep,
-            encoder_hidden_states=inputs.hidden,
-            added_cond_kwargs=inputs.added,
-        ).sample
+    def _eager(self, inputs: InputsT, phase: str) -> torch.Tensor:
+        model = self.compiled if phase in self.compiled_phases else self.network
+        assert model is not None
+        return self.call(model, inputs)
 
-    def _compile_phase(self, clock: StepClock, inputs: UNetInputs) -> None:
-        """Compile the UNet for ``clock.phase`` by a dry run of this step (see the class)."""
+    def _compile_phase(self, clock: StepClock, inputs: InputsT) -> None:
+        """Compile the network for ``clock.phase`` by a dry run of this step (see the class)."""
         phase = clock.phase
         every_rank.info(
-            "compiling the UNet for %s steps (torch.compile; minutes the first time, less "
+            "compiling the network for %s steps (torch.compile; minutes the first time, less "
             "with a warm cache)",
             phase,
         )
@@ -172,11 +151,11 @@ class StepGraphs:
             torch.cuda.synchronize(self.device)
         self.compile_times[phase] = time.perf_counter() - started
         every_rank.info(
-            "compiled the UNet for %s steps in %.1f s", phase, self.compile_times[phase]
+            "compiled the network for %s steps in %.1f s", phase, self.compile_times[phase]
         )
 
-    def __call__(self, clock: StepClock, inputs: UNetInputs) -> torch.Tensor:
-        """The UNet output ``(B, C, rows, W)`` for this band at step ``clock.step``."""
+    def __call__(self, clock: StepClock, inputs: InputsT) -> torch.Tensor:
+        """The network's output (local, e.g. ``(B, C, rows, W)``) at step ``clock.step``."""
         phase = clock.phase
         if phase in self.compiled_phases and phase not in self.compile_times:
             self._compile_phase(clock, inputs)
@@ -210,7 +189,7 @@ class StepGraphs:
         return {key: list(variant.graphs) for key, variant in self._cuda.items()}
 
     # ------------------------------------------------------------------ CUDA graphs
-    def _capture(self, step: int, phase: str, static: UNetInputs) -> _CudaVariant:
+    def _capture(self, step: int, phase: str, static: InputsT) -> _CudaVariant:
         assert self._stream is not None
         torch.cuda.synchronize(self.device)
         graphs = [torch.cuda.CUDAGraph()]
@@ -250,7 +229,7 @@ class StepGraphs:
         return _CudaVariant(graphs=graphs, recorded=recorded, output=output)
 
     # ------------------------------------------------------------------ emulation (CPU tests)
-    def _emulate(self, key: VariantKey, step: int, phase: str, inputs: UNetInputs) -> torch.Tensor:
+    def _emulate(self, key: VariantKey, step: int, phase: str, inputs: InputsT) -> torch.Tensor:
         recorded = self._emulated.get(key)
         if recorded is None:
             self.recorder.start(step)

@@ -35,13 +35,12 @@ from pcpp_mpi.engine.schedulers import check_schedule
 from pcpp_mpi.engine.setup import DTYPES, prepare_band_context
 from pcpp_mpi.engine.stopping import NonFiniteLatent, RunInterrupted, StopSignals
 from pcpp_mpi.engine.streams import compute_stream
+from pcpp_mpi.families import denoiser_family
 from pcpp_mpi.models import (
     ModelBundle,
     check_model_folder,
     load_model,
     scheduler_config,
-    unet_config,
-    vae_scale_factor,
 )
 from pcpp_mpi.output import RunFile, prepare_run_dir, write_png
 from pcpp_mpi.output.provenance import collect_package_versions, git_revision
@@ -87,7 +86,7 @@ def _check_job(job: JobConfig, n_ranks: int) -> RunLayout:
         check_model_folder(job.model.path)
     generation = job.generation
     check_schedule(generation.scheduler, scheduler_config(job.model), generation.steps)
-    layout = plan_layout(job, n_ranks, unet_config(job.model), vae_scale_factor(job.model))
+    layout = plan_layout(job, n_ranks, denoiser_family(job.model).model_shape(job.model))
     decode_bands(job.output.decode, layout)  # raises if the bands cannot be decoded in parallel
     return layout
 

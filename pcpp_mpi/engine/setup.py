@@ -10,24 +10,25 @@ from pcpp_mpi.comm.context import RankComm
 from pcpp_mpi.config import JobConfig
 from pcpp_mpi.engine.compile import (
     compile_enabled,
-    compile_unet,
+    compile_network,
     compiled_phases,
     use_cache_dir,
 )
 from pcpp_mpi.engine.denoise import BandContext
 from pcpp_mpi.engine.graphs import StepGraphs
-from pcpp_mpi.models import ModelBundle, unet_config, vae_scale_factor
-from pcpp_mpi.parallel.apply import parallelize
+from pcpp_mpi.families import denoiser_family
+from pcpp_mpi.models import ModelBundle
+from pcpp_mpi.parallel.apply import BandOptions
 from pcpp_mpi.parallel.band_norm import NormKernels, resolve_norm_kernels
 from pcpp_mpi.parallel.clock import StepClock
-from pcpp_mpi.parallel.inventory import inventory_of
 from pcpp_mpi.plan.layout import RunLayout, plan_layout, unet_batch
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def graph_backend(job: JobConfig, device: torch.device) -> Literal["cuda", "emulate", "eager"]:
-    """How UNet calls run: CUDA graphs on a GPU unless ``runtime.graphs`` says otherwise."""
+    """How the network's calls run: CUDA graphs on a GPU unless ``runtime.graphs`` says
+    otherwise."""
     setting = job.runtime.graphs
     if setting == "emulate":
         return "emulate"
@@ -44,24 +45,22 @@ def prepare_band_context(
     layout: RunLayout | None = None,
     norm_kernels: NormKernels | None = None,
 ) -> BandContext:
-    """Install the parallel layers for ``job`` on ``bundle.unet`` (undo with
-    ``ctx.handle.remove()``) and return everything :func:`denoise_band` needs.
+    """Install the parallel layers for ``job`` on the network its model family denoises with
+    (``bundle.unet`` for the UNet; undo with ``ctx.handle.remove()``) and return everything
+    :func:`denoise_band` needs.
     ``norm_kernels``: ``runtime.norm_kernels`` already resolved (resolved here if None; a
     compiled run always takes inductor's)."""
+    family = denoiser_family(job.model)
     if layout is None:
         n_ranks = comm.world.Get_size()
-        layout = plan_layout(job, n_ranks, unet_config(job.model), vae_scale_factor(job.model))
+        layout = plan_layout(job, n_ranks, family.model_shape(job.model))
     clock = StepClock(layout.mode, job.generation.steps, job.parallel.warmup_steps)
-    inventory = inventory_of(bundle.unet, layout.latent_height, layout.latent_width)
+    network = family.network(bundle)
+    inventory = family.inventory_of(network, layout.latent_height, layout.latent_width)
     traced = compile_enabled(job.runtime, device)
     if traced:
         norm_kernels = "torch"
-    handle = parallelize(
-        bundle.unet,
-        inventory,
-        comm,
-        layout.bands,
-        clock,
+    options = BandOptions(
         mode=layout.mode,
         ratio=job.parallel.ratio,
         batch=unet_batch(job, layout),
@@ -71,19 +70,22 @@ def prepare_band_context(
         norm_kernels=norm_kernels or resolve_norm_kernels(job.runtime.norm_kernels, device),
         traced=traced,
     )
+    handle = family.parallelize(network, inventory, comm, layout.bands, clock, options)
     compiled = None
     if traced:
         use_cache_dir(job.runtime.compile_cache)
-        compiled = compile_unet(bundle.unet, job.runtime.compile_backend)
+        compiled = compile_network(network, job.runtime.compile_backend)
     return BandContext(
         job=job,
         comm=comm,
         bundle=bundle,
+        family=family,
         bands=layout.bands,
         clock=clock,
         handle=handle,
         graphs=StepGraphs(
-            bundle.unet,
+            network,
+            family.call,
             comm.recorder,
             device,
             graph_backend(job, device),
@@ -95,4 +97,5 @@ def prepare_band_context(
         dtype=DTYPES[job.runtime.dtype],
         latent_height=layout.latent_height,
         latent_width=layout.latent_width,
+        latent_channels=layout.latent_channels,
     )

@@ -1,2 +1,40 @@
-"""Model families: what each kind of network needs to run band-parallel (its layer inventory,
-how its layers are replaced, how it is called)."""
+"""Model families: what each kind of network provides to run band-parallel (:mod:`.base`),
+and the lookup from a family's name or a job's model to the family.
+
+A new family is a folder ``families/<name>/`` with an object conforming to
+:class:`~pcpp_mpi.families.base.ModelFamily`, and one entry in :data:`FAMILIES`.
+"""
+
+from __future__ import annotations
+
+from pcpp_mpi.config.schema import ModelConfig
+from pcpp_mpi.families.base import DenoiserFamily, ModelFamily, StepInputs
+from pcpp_mpi.families.unet import UNetFamily
+
+#: every family, by name (constant: families are stateless)
+FAMILIES: tuple[ModelFamily, ...] = (UNetFamily(),)
+
+
+def family_named(name: str) -> ModelFamily:
+    """The family called ``name`` (``"unet"``); ValueError naming the known ones."""
+    for family in FAMILIES:
+        if family.name == name:
+            return family
+    known = ", ".join(family.name for family in FAMILIES)
+    raise ValueError(f"no model family {name!r} (known: {known})")
+
+
+def denoiser_family(model: ModelConfig) -> DenoiserFamily:
+    """The family of the network that denoises ``model``'s latent: the UNet for every model
+    source there is (the built-in tiny model, ``arch`` and diffusers folders with ``unet/``)."""
+    return UNetFamily()
+
+
+__all__ = [
+    "FAMILIES",
+    "DenoiserFamily",
+    "ModelFamily",
+    "StepInputs",
+    "denoiser_family",
+    "family_named",
+]

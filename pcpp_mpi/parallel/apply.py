@@ -1,8 +1,11 @@
-"""Make a plain diffusers UNet patch-parallel from its layer inventory, and undo it again.
+"""Make a model patch-parallel from its layer inventory, and undo it again (any family).
 
-Convolutions and GroupNorms are replaced by small wrapper modules holding the original ones;
-self-attention layers get a processor through ``Attention.set_processor``. Nothing is
-monkeypatched, and :meth:`ParallelHandle.remove` restores the original model.
+The inventory (:mod:`pcpp_mpi.plan.inventory`, traced by the model's family) names every layer
+to replace: convolutions and GroupNorms are replaced by small wrapper modules holding the
+original ones; self-attention layers (diffusers ``Attention`` modules) get a processor through
+``Attention.set_processor``. Nothing is monkeypatched, and :meth:`ParallelHandle.remove`
+restores the original model. A family's ``parallelize`` calls :func:`parallelize` for the
+layers it shares with every family and adds its own.
 """
 
 from __future__ import annotations
@@ -14,17 +17,15 @@ import torch
 from diffusers.models.attention_processor import Attention
 from torch import nn
 
-from pcpp_mpi.comm.context import RankComm
-from pcpp_mpi.comm.exchanges import WireSpec
-from pcpp_mpi.comm.frames import TokenFrames
 from pcpp_mpi.geometry import Band, conv_halo
 from pcpp_mpi.parallel.band_attention import BandSelfAttnProcessor, KVRows
+from pcpp_mpi.parallel.band_comm import BandComm
 from pcpp_mpi.parallel.band_norm import BandGroupNorm, NormKernels
 from pcpp_mpi.parallel.block_copies import BlockCopies
 from pcpp_mpi.parallel.clock import StepClock
 from pcpp_mpi.parallel.exchange_ops import ExchangeOps
 from pcpp_mpi.parallel.halo_conv import HaloConv2d
-from pcpp_mpi.parallel.inventory import LayerInventory
+from pcpp_mpi.plan.inventory import LayerInventory
 from pcpp_mpi.plan.schedule import attention_pattern, communicates, runs_split
 from pcpp_mpi.plan.topology import neighbours, shared_rows
 
@@ -68,29 +69,17 @@ def _split(name: str) -> tuple[str, str]:
     return parent, child
 
 
-def parallelize(
-    unet: nn.Module,
-    inventory: LayerInventory,
-    comm: RankComm,
-    bands: Sequence[Band],
-    clock: StepClock,
-    *,
-    mode: str,
-    ratio: float,
-    batch: int,
-    latent_halo_on_host: bool = True,
-    norm_kernels: NormKernels = "torch",
-    kv_frames: bool = True,
-    stats_per_step: bool = True,
-    block_copies: BlockCopies | None = None,
-    traced: bool = False,
-) -> ParallelHandle:
-    """Install band-parallel layers for this rank's band (``comm.topology.band_index``).
+@dataclass(frozen=True)
+class BandOptions:
+    """How a rank's band-parallel layers run (from the job's ``parallel`` and ``runtime``).
 
-    ``batch`` is the UNet batch on this rank (2 with in-rank CFG, 1 with ``cfg_parallel``).
-    ``latent_halo_on_host``: the halo of the first convolution (latent rows, exchanged fresh
-    at the start of every step) travels through pinned host buffers even when MPI takes
-    device buffers, so this small message does not wait behind device-to-device transfers.
+    ``mode`` and ``ratio``: ``parallel.mode`` (effective for the band count) and
+    ``parallel.ratio``. ``batch`` is the model batch on this rank (2 with in-rank CFG, 1 with
+    ``cfg_parallel``).
+    ``latent_halo_on_host``: the halo of a convolution reading the step's input (``always_fresh``,
+    latent rows exchanged fresh at the start of every step) travels through pinned host buffers
+    even when MPI takes device buffers, so this small message does not wait behind
+    device-to-device transfers.
     ``norm_kernels``: how every GroupNorm runs; with ``triton`` a one-band run (``single``)
     gets the kernels too, with its own statistics (nothing else changes there).
     ``kv_frames``: when MPI takes buffers on the compute device, the K/V exchanges of each
@@ -107,12 +96,37 @@ def parallelize(
     operator of one :class:`~pcpp_mpi.parallel.exchange_ops.ExchangeOps` (``handle.ops``); a
     one-band run then installs nothing (the plain model compiles as it is).
     """
+
+    mode: str
+    ratio: float
+    batch: int
+    latent_halo_on_host: bool = True
+    norm_kernels: NormKernels = "torch"
+    kv_frames: bool = True
+    stats_per_step: bool = True
+    block_copies: BlockCopies | None = None
+    traced: bool = False
+
+
+def parallelize(
+    model: nn.Module,
+    inventory: LayerInventory,
+    comm: BandComm,
+    bands: Sequence[Band],
+    clock: StepClock,
+    options: BandOptions,
+) -> ParallelHandle:
+    """Install band-parallel layers in ``model`` for this rank's band
+    (``comm.topology.band_index``): every convolution, GroupNorm and self-attention layer of
+    ``inventory`` (module names in ``model``), as :class:`BandOptions` says."""
+    mode, ratio, batch = options.mode, options.ratio, options.batch
+    norm_kernels, traced = options.norm_kernels, options.traced
     handle = ParallelHandle()
-    modules = dict(unet.named_modules())
+    modules = dict(model.named_modules())
 
     def replace(name: str, wrapper: nn.Module) -> None:
         parent_name, child = _split(name)
-        parent = modules[parent_name] if parent_name else unet
+        parent = modules[parent_name] if parent_name else model
         handle.replaced.append((parent, child, getattr(parent, child)))
         setattr(parent, child, wrapper)
 
@@ -130,9 +144,9 @@ def parallelize(
     index = comm.topology.band_index
     band = bands[index]
     up, down = neighbours(bands, index)
-    parameter = next(unet.parameters())
+    parameter = next(model.parameters())
     wire = comm.wire_spec(parameter.device, parameter.dtype)
-    host_wire = WireSpec(parameter.device, torch.device("cpu"), parameter.dtype)
+    host_wire = comm.host_wire_spec(parameter.device, parameter.dtype)
 
     for spec in inventory.convs:
         halo = conv_halo(spec.kernel, spec.stride, spec.padding, spec.dilation)
@@ -149,18 +163,18 @@ def parallelize(
                 "halo",
                 send_shapes=(shape(halo.below, up), shape(halo.above, down)),
                 recv_shapes=(shape(halo.above, up), shape(halo.below, down)),
-                wire=host_wire if spec.always_fresh and latent_halo_on_host else wire,
+                wire=host_wire if spec.always_fresh and options.latent_halo_on_host else wire,
             )
             handle.exchanges.append(exchange)
         conv = modules[spec.name]
         assert isinstance(conv, nn.Conv2d)
         replace(
             spec.name,
-            HaloConv2d(conv, halo, exchange, clock, spec.always_fresh, block_copies, ops),
+            HaloConv2d(conv, halo, exchange, clock, spec.always_fresh, options.block_copies, ops),
         )
 
     step_stats = None
-    if communicate and stats_per_step and inventory.norms:
+    if communicate and options.stats_per_step and inventory.norms:
         step_stats = comm.step_stats_allreduce(
             "group_norms", "norm", shapes=[(3, batch, s.groups) for s in inventory.norms], wire=wire
         )
@@ -188,8 +202,10 @@ def parallelize(
         if communicate:
             band_tokens = [b.rows_at_level(spec.level) * width for b in bands]
             frames = None
-            if kv_frames and not wire.staged:
-                frames = TokenFrames(wire, batch=batch, channels=channels, band_tokens=band_tokens)
+            if options.kv_frames and not wire.staged:
+                frames = comm.token_frames(
+                    wire, batch=batch, channels=channels, band_tokens=band_tokens
+                )
             blocks = comm.all_bands_exchange(
                 spec.name,
                 "kv",

@@ -1,31 +1,29 @@
-"""The spatial layers of a UNet that patch parallelism must handle, and where they run.
+"""Trace the spatial layers of any model that patch parallelism must handle, and where they run.
 
 The inventory is found by tracing one forward pass on the ``meta`` device (no weights, no
 compute): every Conv2d, GroupNorm and self-attention layer records the *global* shape of its
-input, from which its UNet level follows. The runtime plan and ``pcpp-mpi plan`` both read it,
-so the bytes predicted and the bytes sent come from one description of the model.
+input, from which its level follows. A model family supplies the call (its example inputs) and
+what its configuration says (levels, latent channels, the convolutions reading the step's
+input); the runtime plan and ``pcpp-mpi plan`` both read the result, so the bytes predicted and
+the bytes sent come from one description of the model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable
 
-import torch
-from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention
 from torch import nn
 
-# the inventory as plain data lives in the planning layer; re-exported for the layers
+# the inventory as plain data lives in the planning layer; re-exported for the families
 from pcpp_mpi.plan.inventory import AttnSpec as AttnSpec
 from pcpp_mpi.plan.inventory import ConvSpec as ConvSpec
 from pcpp_mpi.plan.inventory import LayerInventory as LayerInventory
 from pcpp_mpi.plan.inventory import NormSpec as NormSpec
-from pcpp_mpi.plan.inventory import unet_levels as unet_levels
 
 
 class UnsupportedModelError(ValueError):
-    """The UNet has a layer that patch parallelism cannot split exactly."""
+    """The model has a layer that patch parallelism cannot split exactly."""
 
 
 def _level_of(height: int, latent_height: int) -> int:
@@ -39,48 +37,32 @@ def _attn_level(tokens: int, latent_height: int, latent_width: int) -> int:
     for level in range(16):
         if (latent_height >> level) * (latent_width >> level) == tokens:
             return level
-    raise UnsupportedModelError(f"self-attention over {tokens} tokens matches no UNet level")
-
-
-def _example_inputs(
-    config: Mapping[str, Any], height: int, width: int
-) -> tuple[torch.Tensor, dict[str, Any]]:
-    meta = torch.device("meta")
-    sample = torch.empty(1, config["in_channels"], height, width, device=meta)
-    kwargs: dict[str, Any] = {
-        "timestep": torch.tensor(1),
-        "encoder_hidden_states": torch.empty(1, 77, config["cross_attention_dim"], device=meta),
-    }
-    if config.get("addition_embed_type") == "text_time":
-        time_dim = config["addition_time_embed_dim"]
-        pooled = config["projection_class_embeddings_input_dim"] - 6 * time_dim
-        kwargs["added_cond_kwargs"] = {
-            "text_embeds": torch.empty(1, pooled, device=meta),
-            "time_ids": torch.empty(1, 6, device=meta),
-        }
-    elif config.get("addition_embed_type") is not None:
-        raise UnsupportedModelError(
-            f"addition_embed_type {config['addition_embed_type']!r} is not supported"
-        )
-    return sample, kwargs
+    raise UnsupportedModelError(f"self-attention over {tokens} tokens matches no level")
 
 
 def is_self_attention(module: nn.Module) -> bool:
     return isinstance(module, Attention) and not module.is_cross_attention
 
 
-def trace_inventory(
-    unet_config: Mapping[str, Any], latent_height: int, latent_width: int
+def trace_layers(
+    model: nn.Module,
+    run: Callable[[nn.Module], object],
+    latent_height: int,
+    latent_width: int,
+    *,
+    levels: int,
+    latent_channels: int,
+    fresh_convs: frozenset[str] = frozenset(),
 ) -> LayerInventory:
-    """Trace a UNet built from ``unet_config`` on the meta device at the given latent size."""
-    with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(dict(unet_config))
-    return inventory_of(unet, latent_height, latent_width)
+    """Trace ``model``'s spatial layers while ``run(model)`` calls it once on inputs of the
+    given global latent size (a model on the ``meta`` device: no weights, no compute).
 
-
-def inventory_of(unet: nn.Module, latent_height: int, latent_width: int) -> LayerInventory:
-    """Trace ``unet``'s structure (a meta copy is not needed: only shapes are recorded)."""
-    config = unet.config
+    Every Conv2d whose kernel spans more than one row, every GroupNorm and every
+    self-attention layer records the shape of its first call's input, from which its level
+    follows (``latent_height / 2**level`` rows). ``fresh_convs``: the convolutions that read the
+    step's own input (their halo is exchanged fresh in every step). ``levels`` and
+    ``latent_channels`` describe the model (its family reads them from its configuration).
+    """
     input_shapes: dict[str, tuple[int, ...]] = {}
 
     def record(name: str):
@@ -90,18 +72,12 @@ def inventory_of(unet: nn.Module, latent_height: int, latent_width: int) -> Laye
 
         return hook
 
-    if next(unet.parameters()).device.type != "meta":
-        with torch.device("meta"):
-            meta_unet = UNet2DConditionModel.from_config(dict(config))
-    else:
-        meta_unet = unet
     handles = []
-    for name, module in meta_unet.named_modules():
+    for name, module in model.named_modules():
         if isinstance(module, nn.Conv2d | nn.GroupNorm) or is_self_attention(module):
             handles.append(module.register_forward_pre_hook(record(name), with_kwargs=True))
     try:
-        sample, kwargs = _example_inputs(config, latent_height, latent_width)
-        meta_unet(sample, **kwargs)
+        run(model)
     finally:
         for handle in handles:
             handle.remove()
@@ -109,7 +85,7 @@ def inventory_of(unet: nn.Module, latent_height: int, latent_width: int) -> Laye
     convs: list[ConvSpec] = []
     norms: list[NormSpec] = []
     attns: list[AttnSpec] = []
-    modules = dict(meta_unet.named_modules())
+    modules = dict(model.named_modules())
     for name, shape in input_shapes.items():
         module = modules[name]
         if isinstance(module, nn.Conv2d):
@@ -127,6 +103,7 @@ def inventory_of(unet: nn.Module, latent_height: int, latent_width: int) -> Laye
                     stride=module.stride[0],
                     padding=module.padding[0],
                     dilation=module.dilation[0],
+                    always_fresh=name in fresh_convs,
                 )
             )
         elif isinstance(module, nn.GroupNorm):
@@ -158,10 +135,10 @@ def inventory_of(unet: nn.Module, latent_height: int, latent_width: int) -> Laye
                 "pads asymmetrically inside the block and cannot be split into bands"
             )
     return LayerInventory(
-        levels=unet_levels(config),
+        levels=levels,
         latent_height=latent_height,
         latent_width=latent_width,
-        latent_channels=config["in_channels"],
+        latent_channels=latent_channels,
         convs=tuple(convs),
         norms=tuple(norms),
         attns=tuple(attns),

@@ -8,8 +8,8 @@ how many bytes a step sends) is derived in one place:
 
 - :mod:`~.schedule`: the step kinds of a mode and what each computes;
 - :mod:`~.topology`: a rank's band, CFG group and partner; a band's neighbours and shared rows;
-- :mod:`~.inventory`: the UNet's spatial layers as data (traced by ``parallel/inventory``);
-- :mod:`~.layout`: a job's band layout for a rank count and the UNet batch per rank;
+- :mod:`~.inventory`: a model's spatial layers as data (traced by the model's family);
+- :mod:`~.layout`: a model's shape, a job's band layout for a rank count and the batch per rank;
 - :mod:`~.accounting`: the bytes each rank sends and receives per step;
 - :mod:`~.report`: the whole plan of a job, as ``pcpp-mpi plan`` prints it.
 """

@@ -1,20 +1,23 @@
-"""A UNet's spatial layers as plain data: what patch parallelism splits, and at which level.
+"""A model's spatial layers as plain data: what patch parallelism splits, and at which level.
 
-``parallel/inventory`` finds them by tracing the model (with torch); the plan and the run path
-both read this description, so the bytes predicted and the bytes sent come from one source.
-Shapes are global (the whole image); level ``l`` has ``height / 2**l`` rows.
+A model family traces them (with torch: ``families/<family>/inventory`` through the generic
+``parallel/inventory``); the plan and the run path both read this description, so the bytes
+predicted and the bytes sent come from one source. Shapes are global (the whole image); level
+``l`` has ``height / 2**l`` rows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 
 @dataclass(frozen=True)
 class ConvSpec:
-    """A Conv2d whose kernel spans more than one row. Shapes are global (whole image)."""
+    """A Conv2d whose kernel spans more than one row. Shapes are global (whole image).
+
+    ``always_fresh``: the convolution reads the step's own input (the UNet's ``conv_in`` reads
+    ``x_t``): its halo is always exchanged fresh (one latent row), also in displaced steps.
+    """
 
     name: str
     level: int
@@ -23,12 +26,7 @@ class ConvSpec:
     stride: int
     padding: int
     dilation: int
-
-    @property
-    def always_fresh(self) -> bool:
-        """``conv_in`` reads the step's own input ``x_t``: its halo is always exchanged fresh
-        (one latent row), also in displaced steps."""
-        return self.name == "conv_in"
+    always_fresh: bool = False
 
 
 @dataclass(frozen=True)
@@ -53,7 +51,7 @@ class AttnSpec:
 
 @dataclass(frozen=True)
 class LayerInventory:
-    """Every spatial layer of a UNet, in execution order, for a latent of ``height x width``."""
+    """Every spatial layer of a model, in execution order, for a latent of ``height x width``."""
 
     levels: int
     latent_height: int
@@ -65,8 +63,3 @@ class LayerInventory:
 
     def width_at(self, level: int) -> int:
         return self.latent_width >> level
-
-
-def unet_levels(unet_config: Mapping[str, Any]) -> int:
-    """Number of resolution levels (``len(block_out_channels)``)."""
-    return len(unet_config["block_out_channels"])

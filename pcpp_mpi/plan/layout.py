@@ -1,17 +1,30 @@
-"""A job's band layout for a rank count, from the model's configuration alone (no weights),
-and the UNet batch a rank computes in it. Pure: no MPI, no torch, no weights."""
+"""A job's band layout for a rank count, from the model's shape alone (no weights), and the
+model batch a rank computes in it. Pure: no MPI, no torch, no weights."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from pcpp_mpi.config import ConfigError, JobConfig, check_ranks
 from pcpp_mpi.geometry import Band, level_unit, split_bands
-from pcpp_mpi.plan.inventory import unet_levels
 from pcpp_mpi.plan.schedule import effective_mode
 from pcpp_mpi.plan.topology import cfg_group_count
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the band layout needs of a model, read from its configuration (no weights).
+
+    ``levels``: resolution levels; level ``l`` has ``latent_height / 2**l`` rows, so a band is a
+    multiple of ``2**(levels - 1)`` latent rows. ``latent_channels``: channels of the latent the
+    model steps. ``vae_scale_factor``: pixels per latent element along each axis. ``network``:
+    what messages call the model (``UNet``).
+    """
+
+    levels: int
+    latent_channels: int
+    vae_scale_factor: int
+    network: str = "UNet"
 
 
 @dataclass(frozen=True)
@@ -42,19 +55,20 @@ def _nearest_sizes(size: int, pixels: int) -> str:
     return f"use {below} or {below + pixels}"
 
 
-def plan_layout(
-    job: JobConfig, n_ranks: int, unet_config: Mapping[str, Any], vae_scale_factor: int
-) -> RunLayout:
-    """Check the job against the model and the rank count; raise ConfigError naming the key."""
+def plan_layout(job: JobConfig, n_ranks: int, shape: ModelShape) -> RunLayout:
+    """Check the job against the model's ``shape`` (a family's ``model_shape``) and the rank
+    count; raise ConfigError naming the key."""
     generation = job.generation
-    levels = unet_levels(unet_config)
+    levels = shape.levels
+    vae_scale_factor = shape.vae_scale_factor
     unit = level_unit(levels)
     pixels = vae_scale_factor * unit
     for key, size in (("height", generation.height), ("width", generation.width)):
         if size % pixels:
             raise ConfigError(
                 f"generation.{key}: {size} px is not a multiple of {pixels} px (VAE scale "
-                f"{vae_scale_factor} x 2**{levels - 1} for a UNet with {levels} levels); "
+                f"{vae_scale_factor} x 2**{levels - 1} for a {shape.network} with {levels} "
+                f"levels); "
                 f"{_nearest_sizes(size, pixels)}"
             )
     latent_height = generation.height // vae_scale_factor
@@ -66,7 +80,7 @@ def plan_layout(
         n_ranks=n_ranks,
         latent_height=latent_height,
         latent_width=latent_width,
-        latent_channels=unet_config["in_channels"],
+        latent_channels=shape.latent_channels,
         levels=levels,
         unit=unit,
         vae_scale_factor=vae_scale_factor,
@@ -77,6 +91,7 @@ def plan_layout(
 
 
 def unet_batch(job: JobConfig, layout: RunLayout) -> int:
-    """UNet batch on one rank: 2 with in-rank CFG, 1 with cfg_parallel or no guidance."""
+    """The model's batch on one rank: 2 with in-rank CFG, 1 with cfg_parallel or no
+    guidance."""
     guided = job.generation.guidance_scale > 1.0
     return 2 if guided and layout.cfg_groups == 1 else 1

@@ -12,13 +12,12 @@ denoising mode.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from diffusers import AutoencoderKL
 from diffusers.models.attention_processor import Attention
 from torch import nn
 
-from pcpp_mpi.comm.wire import WireSpec
 from pcpp_mpi.families.vae_decoder.attention import BandDecoderAttnProcessor
 from pcpp_mpi.families.vae_decoder.edge_conv import EdgeHaloConv2d, fits_edge_conv
 from pcpp_mpi.geometry import Band, conv_halo
@@ -28,6 +27,9 @@ from pcpp_mpi.parallel.clock import StepClock
 from pcpp_mpi.parallel.halo_conv import HaloConv2d
 from pcpp_mpi.plan.decode import DECODE_KIND, DecoderInventory
 from pcpp_mpi.plan.topology import neighbours
+
+if TYPE_CHECKING:
+    from pcpp_mpi.comm.wire import WireSpec
 
 
 class DecoderComm(Protocol):

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from diffusers import AutoencoderKL
 
-from pcpp_mpi.comm.wire import WireSpec
 from pcpp_mpi.families.vae_decoder.apply import DecoderComm, decode_clock, parallelize_decoder
 from pcpp_mpi.families.vae_decoder.inventory import decode_latent
 from pcpp_mpi.geometry import Band
 from pcpp_mpi.plan.decode import DecoderInventory
+
+if TYPE_CHECKING:
+    from pcpp_mpi.comm.wire import WireSpec
 
 
 @torch.no_grad()
