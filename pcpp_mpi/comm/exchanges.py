@@ -375,20 +375,9 @@ class NeighbourExchange(_Exchange[tuple[torch.Tensor | None, torch.Tensor | None
         self._post(step, (to_up, to_down))
 
     def post_filled(self, step: int) -> None:
-        """As :meth:`post`, with the send buffers of :meth:`fillable_sends` already written
-        (by work queued on the compute stream)."""
+        """As :meth:`post`, with the send buffers already written in place (the own part of
+        :meth:`frame`, by work queued on the compute stream)."""
         self._post(step, None)
-
-    def fillable_sends(self, step: int) -> tuple[torch.Tensor | None, torch.Tensor | None] | None:
-        """The send buffers of ``step`` (to the band above, to the band below; ``None`` at an
-        image edge) for a caller that writes them itself and then calls :meth:`post_filled`
-        (e.g. in the same kernel as other copies); ``None`` when they are host memory (use
-        :meth:`post`)."""
-        if self._wire.staged:
-            return None
-        self.check_free(step)
-        up, down = self._send[step % 2]
-        return up, down
 
     def frame(self, step: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """For a displaced step ``step``, which reads what step ``step - 1`` received, when
