@@ -79,11 +79,13 @@ def _frame_tokens(
 class _TwoSets:
     """Book-keeping of the two buffer sets: which step each holds and its pending requests.
 
-    Waits are reported to the tracer (the time the caller was blocked: exposed communication).
+    Waits are reported to the tracer (the time the caller was blocked: exposed communication)
+    and marked as ranges ``wait NAME`` in its :attr:`~pcpp_mpi.trace.recorder.Tracer.ranges`.
     """
 
     def __init__(self, name: str, tracer: Tracer, deferred: DeferredStarts) -> None:
         self.name = name
+        self.wait_range = f"wait {name}"
         self.tracer = tracer
         self.deferred = deferred
         self.step: list[int | None] = [None, None]
@@ -124,7 +126,10 @@ class _TwoSets:
         if self.step[parity] != step:
             raise ExchangeError(f"{self.name}: wait for step {step}, which was never posted")
         if not self.completed[parity]:
+            ranges = self.tracer.ranges
+            ranges.push(self.wait_range)
             blocked_from = self._finish(parity)
+            ranges.pop()
             self.tracer.waited(self.name, step, blocked_from, self.tracer.now())
             self.requests[parity] = []
             self.completed[parity] = True

@@ -94,7 +94,8 @@ def denoise_band(
         texts = [negative_prompt if topology.cfg_index == 0 else prompt]
     else:
         texts = [negative_prompt, prompt]
-    embeddings = bundle.encoder.encode(texts)
+    with ctx.comm.tracer.ranges.range("encode"):
+        embeddings = bundle.encoder.encode(texts)
     hidden = embeddings.hidden.to(ctx.device, ctx.dtype)
     added = bundle.added_cond_kwargs(embeddings.pooled, generation.height, generation.width)
     in_rank_cfg = ctx.guided and not ctx.cfg_parallel

@@ -31,6 +31,7 @@ from pcpp_mpi.engine.decode import latent_to_image
 from pcpp_mpi.engine.denoise import BandContext, denoise_band
 from pcpp_mpi.engine.finite import FiniteWatch
 from pcpp_mpi.engine.gpu_timer import GpuStepTimer
+from pcpp_mpi.engine.nvtx import nvtx_ranges
 from pcpp_mpi.engine.schedulers import check_schedule
 from pcpp_mpi.engine.setup import DTYPES, prepare_band_context
 from pcpp_mpi.engine.stopping import NonFiniteLatent, RunInterrupted, StopSignals
@@ -176,6 +177,7 @@ def _run_started(
     with compute_stream(start.device, job.runtime.compute_stream):
         tracer = comm.tracer
         tracer.enabled = job.runtime.trace
+        tracer.ranges = nvtx_ranges(job.runtime.nvtx, start.device)
         tracer.reset_epoch()
         epoch_unix = time.time()
         if bundle is None:
