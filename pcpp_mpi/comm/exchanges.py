@@ -371,7 +371,8 @@ class NeighbourExchange(_Exchange[tuple[torch.Tensor | None, torch.Tensor | None
                 [[None if b is None else b.transpose(0, 1) for b in sides] for sides in sets]
                 for sets in (send_wire, recv_wire)
             )
-        # MPI message specs of every buffer, built once (converting per call costs ~15 us)
+        # MPI message specs of every buffer, built once (converting them per call was a
+        # measurable host cost per exchange: docs/BENCHMARKS.md, "Cheaper host side")
         self._send_spec = [[_spec(b) for b in sides] for sides in send_wire]
         self._recv_spec = [[_spec(b) for b in sides] for sides in recv_wire]
 
