@@ -21,7 +21,7 @@ generating (the run file records it).
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 #: Settings: ``--set``-style ``"KEY=VALUE"`` strings, or a mapping of ``KEY`` to a value.
 Settings = Sequence[str] | Mapping[str, Any]
+#: ``hook(image, step)``, called by :func:`run` on every rank after each denoising step.
+StepHook = Callable[[int, int], None]
 
 
 def _as_overrides(settings: Settings) -> list[str]:
@@ -69,15 +71,23 @@ def with_settings(job: JobConfig, settings: Settings) -> JobConfig:
 
 
 def run(
-    job: JobConfig, out: str | Path, *, overwrite: bool = False, progress: bool = False
+    job: JobConfig,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    progress: bool = False,
+    after_step: Sequence[StepHook] = (),
 ) -> RunDirectory:
     """Run ``job`` into the run directory ``out``; every rank of the MPI world calls it.
 
     Without a launcher the world is this one process (the job runs in mode ``single``
     whatever its ``parallel.mode``). MPI is started here, with ``MPI_THREAD_MULTIPLE``
     requested, unless ``mpi4py.MPI`` was already imported. ``overwrite`` replaces the files an
-    earlier run wrote in ``out``; ``progress`` shows a progress bar on rank 0. Returns on every
-    rank once every rank has closed its files.
+    earlier run wrote in ``out``; ``progress`` shows a progress bar on rank 0. ``after_step``:
+    callables ``hook(image, step)`` each rank calls in order after every denoising step, once
+    the step is in its rank file; an exception raised there fails the run like any other (with
+    several ranks the whole job ends and ``run.h5`` records ``failed``). Returns on every rank
+    once every rank has closed its files.
     """
     world = _mpi_world()
     from pcpp_mpi.comm.context import RankComm
@@ -88,7 +98,7 @@ def run(
     size = world.Get_size()
     cfg_groups = cfg_group_count(job.parallel.cfg_parallel, size)
     comm = RankComm(world, cfg_groups, cuda_aware=bool(cuda_aware()))
-    result = run_job(job, comm, out, overwrite=overwrite, progress=progress)
+    result = run_job(job, comm, out, overwrite=overwrite, progress=progress, after_step=after_step)
     world.Barrier()
     return RunDirectory(result.run_file.parent, rank=world.Get_rank())
 

@@ -2,7 +2,7 @@
 
 Triton kernels (``runtime.norm_kernels: triton``) run in Triton's interpreter on CPU tensors:
 ``TRITON_INTERPRET`` must be set before a kernel is defined, i.e. before
-:mod:`pcpp_mpi.parallel.norm_kernels` or :mod:`pcpp_mpi.parallel.copy_kernels` is first
+:mod:`pcpp_mpi.parallel.norm_kernels` or ``tools/research/copy_kernels.py`` is first
 imported. The interpreter keeps global state while a kernel runs: never run interpreted
 kernels from several threads.
 """

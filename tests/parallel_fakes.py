@@ -77,18 +77,13 @@ def _clone(t: Tensor | None) -> Tensor | None:
 Shape = tuple[int, ...]
 
 
-def unfilled(shape: Shape | None) -> Tensor | None:
-    """A send buffer handed to a layer to fill: NaN until written."""
-    return None if shape is None else torch.full(shape, float("nan"))
-
-
 class FakeRows:
-    """Band ``index``'s end of a neighbour exchange (halos, pcpp K/V rows). With
-    ``send_shapes`` (to the band above, to the band below) a layer may also fill send buffers
-    itself (``fillable_sends`` / ``post_filled``). With ``frames`` (K/V rows) the buffers are
-    placed in them around the band as in :class:`pcpp_mpi.comm.exchanges.NeighbourExchange`:
-    what is waited for at step ``t`` is written into frame ``t + 1``, sends come from frame
-    ``t``."""
+    """Band ``index``'s end of a neighbour exchange (halos, pcpp K/V rows). With ``frames``
+    (K/V rows; ``send_shapes`` and ``recv_shapes`` to and from the band above, the band below)
+    the buffers are placed in them around the band as in
+    :class:`pcpp_mpi.comm.exchanges.NeighbourExchange`: what is waited for at step ``t`` is
+    written into frame ``t + 1``, sends come from frame ``t``, and a layer that filled its own
+    part of a frame posts it with ``post_filled``."""
 
     def __init__(
         self,
@@ -100,9 +95,7 @@ class FakeRows:
         frames: TokenFrames | None = None,
     ) -> None:
         self.box, self.index, self.n = box, index, n_bands
-        self.send_shapes = send_shapes
         self.frames = frames
-        self.filling: dict[int, tuple[Tensor | None, Tensor | None]] = {}
         self.filled_steps: list[int] = []
         self.posted_steps: list[int] = []
         self.waited_steps: list[int] = []
@@ -110,13 +103,6 @@ class FakeRows:
             assert send_shapes is not None and recv_shapes is not None
             self.send_tokens = [0 if s is None else s[1] for s in send_shapes]
             self.recv_tokens = [0 if s is None else s[1] for s in recv_shapes]
-
-    def fillable_sends(self, step: int) -> tuple[Tensor | None, Tensor | None] | None:
-        if self.send_shapes is None:
-            return None
-        up, down = self.send_shapes
-        buffers = self.filling[step] = (unfilled(up), unfilled(down))
-        return buffers
 
     def frame(self, step: int) -> tuple[Tensor, Tensor] | None:
         if self.frames is None:
@@ -128,9 +114,6 @@ class FakeRows:
 
     def post_filled(self, step: int) -> None:
         self.filled_steps.append(step)
-        if step in self.filling:
-            self.post(step, *self.filling.pop(step))
-            return
         assert self.frames is not None
         own = self.frames.tokens(step % 2, *self.frames.band(self.index))
         up, down = self.send_tokens

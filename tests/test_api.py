@@ -105,3 +105,48 @@ def test_readme_example_under_mpirun(tmp_path: Path) -> None:
     done = mpirun(2, [sys.executable, str(script)], cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     _check_written(tmp_path, 2, done.stdout)
+
+
+def test_after_step_hooks_run_after_every_step_and_a_raising_one_fails_the_run(
+    tmp_path: Path,
+) -> None:
+    """``run(after_step=...)`` on one rank, in this process: the hooks are called in order with
+    ``(image, step)`` after every step of every image, each step already in the rank file; an
+    exception in a hook ends the run with that exception and ``failed`` in ``run.h5``."""
+    from pcpp_mpi.output.rank_file import read_table
+
+    job = pcpp_mpi.load_job(
+        TINY,
+        {
+            "generation.height": 32,
+            "generation.width": 32,
+            "generation.steps": 3,
+            "generation.prompts": ["a red circle", "a blue square"],
+            "parallel.warmup_steps": 1,
+        },
+    )
+    calls: list[tuple[str, int, int]] = []
+    recorded: list[int] = []
+
+    def first(image: int, step: int) -> None:
+        calls.append(("first", image, step))
+        recorded.append(len(read_table(tmp_path / "run" / "rank-0000.h5", "steps")))
+
+    def second(image: int, step: int) -> None:
+        calls.append(("second", image, step))
+
+    run = pcpp_mpi.run(job, tmp_path / "run", after_step=[first, second])
+    assert run.status == "complete"
+    steps = [(image, step) for image in range(2) for step in range(3)]
+    assert calls == [(name, *s) for s in steps for name in ("first", "second")]
+    assert recorded == list(range(1, 7))  # the step was written before the hooks ran
+
+    def fail(image: int, step: int) -> None:
+        if (image, step) == (1, 0):
+            raise RuntimeError("a hook failed")
+
+    with pytest.raises(RuntimeError, match="a hook failed"):
+        pcpp_mpi.run(job, tmp_path / "failed", after_step=[fail])
+    failed = pcpp_mpi.open_run(tmp_path / "failed")
+    assert failed.status == "failed" and "a hook failed" in failed.info().error
+    assert len(failed.images()) == 1  # image 0 finished before the failure

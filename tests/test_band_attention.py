@@ -26,7 +26,6 @@ from pcpp_mpi.comm.exchanges import WireSpec
 from pcpp_mpi.comm.frames import TokenFrames
 from pcpp_mpi.geometry import pcpp_rows
 from pcpp_mpi.parallel.band_attention import BandSelfAttnProcessor, KVRows
-from pcpp_mpi.parallel.block_copies import copy_each
 from pcpp_mpi.parallel.clock import StepClock
 
 
@@ -156,7 +155,6 @@ def test_band_attention_follows_weight_changes_and_hooks_of_its_projections() ->
     assert torch.allclose(layer(x), reference(x), atol=1e-6)
 
 
-COPIES = pytest.mark.parametrize("copies", [None, copy_each], ids=["concatenate", "block-copies"])
 FRAMES = pytest.mark.parametrize("frames", [False, True], ids=["buffers", "frames"])
 
 

@@ -1,6 +1,5 @@
-"""The Triton block copies (displaced steps assemble layer inputs and fill send buffers with
-them), run by Triton's interpreter on CPU tensors. The layers using them are tested in
-``test_halo_conv.py``, ``test_band_attention.py`` and ``test_parallel_unet.py``."""
+"""The research kernel ``tools/research/copy_kernels.py`` (several block copies in one Triton
+launch; not used by runs), run by Triton's interpreter on CPU tensors."""
 
 from __future__ import annotations
 
@@ -15,7 +14,7 @@ Tensor = torch.Tensor
 
 @pytest.fixture(scope="module")
 def kernels(triton_module: Callable[[str], ModuleType]) -> ModuleType:
-    return triton_module("pcpp_mpi.parallel.copy_kernels")
+    return triton_module("tools.research.copy_kernels")
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])

@@ -506,38 +506,12 @@ def test_recorded_post_and_wait_leave_mpi_to_launch_and_complete(mpi: ModuleType
         exchange.complete(8)
 
 
-# -- send buffers written by the caller (fillable_sends / post_filled) ---------------------------
+# -- host-staged buffers -------------------------------------------------------------------------
 
 
-def test_neighbour_fillable_sends_round_trip(mpi: ModuleType) -> None:
-    """A caller may write the send buffers of a step itself and post them: the same messages
-    and byte counts as ``post`` with the data; the buffers of a step whose parity is still in
-    flight are refused."""
-    counter = TrafficCounter()
-    exchange = both_sides_self(mpi, tag=11, counter=counter)
-    for step in range(3):
-        buffers = exchange.fillable_sends(step)
-        assert buffers is not None
-        to_up, to_down = buffers
-        assert to_up is not None and to_down is not None
-        assert to_up.shape == (1, 2, 1, 3) and to_down.shape == (1, 2, 2, 3)
-        to_up.copy_(torch.randn(1, 2, 1, 3))
-        to_down.copy_(torch.randn(1, 2, 2, 3))
-        expected = (to_up.clone(), to_down.clone())
-        exchange.post_filled(step)
-        with pytest.raises(ExchangeError, match="still pending"):
-            exchange.fillable_sends(step + 2)
-        from_up, from_down = exchange.wait(step)
-        assert from_up is not None and from_down is not None
-        assert torch.equal(from_up, expected[0]) and torch.equal(from_down, expected[1])
-    sent, received = counter.step_totals(0, 2)
-    assert sent == {"kv": (6 + 12) * 4} and received == {"kv": (6 + 12) * 4}
-
-
-def test_fillable_sends_and_frames_are_none_for_host_staged_buffers(mpi: ModuleType) -> None:
-    """Buffers in host memory while the compute device is another one: callers copy into
-    them with ``post`` (the kernels that fill device buffers cannot write them), and layers
-    cannot read frames in place."""
+def test_frames_are_none_for_host_staged_buffers(mpi: ModuleType) -> None:
+    """Buffers in host memory while the compute device is another one: layers cannot read
+    frames in place (callers copy their data in with ``post``)."""
     staged = WireSpec(compute_device=torch.device("meta"), wire_device=CPU, dtype=torch.float32)
     common = dict(
         comm=mpi.COMM_SELF,
@@ -555,7 +529,6 @@ def test_fillable_sends_and_frames_are_none_for_host_staged_buffers(mpi: ModuleT
     blocks = AllBandsExchange(
         name="kv", kind="kv", tag=13, shapes=[(1, 4, 2)], frames=frames, **common
     )
-    assert rows.fillable_sends(0) is None
     assert rows.frame(0) is None and blocks.frame(0) is None
 
 

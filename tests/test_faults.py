@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,10 +26,19 @@ from pcpp_mpi.output.rank_file import read_rank_attrs, read_table
 pytestmark = pytest.mark.mpi
 
 CLI = [sys.executable, "-m", "pcpp_mpi.cli", "run", "jobs/tiny.yaml", "--no-progress"]
+#: The same job through the Python API, with a fault injected by a step hook (tests/fault_job.py).
+FAULT_JOB = [sys.executable, "tests/fault_job.py", "jobs/tiny.yaml"]
 SMALL = ["--set", "generation.height=128", "--set", "generation.width=96"]
 
 
-def launch(n: int, out: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+def launch(
+    n: int,
+    out: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    program: Sequence[str] = CLI,
+) -> subprocess.Popen:
+    """``program`` (default ``pcpp-mpi run`` of the tiny job, small) on ``n`` ranks into ``out``."""
     command = [
         mpirun_path(),
         "-np",
@@ -36,7 +46,7 @@ def launch(n: int, out: Path, *extra: str, env: dict[str, str] | None = None) ->
         "--oversubscribe",
         "--bind-to",
         "none",
-        *CLI,
+        *program,
         "--out",
         str(out),
         *SMALL,
@@ -80,8 +90,7 @@ def finish(process: subprocess.Popen, timeout: float) -> tuple[int, str]:
 
 def test_failing_rank_ends_job_promptly_and_is_recorded(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    env = mpi_env() | {"PCPP_MPI_FAULT": "1:3"}
-    process = launch(3, out, "--set", "generation.steps=40", env=env)
+    process = launch(3, out, "--set", "generation.steps=40", "--fail-at", "1:3", program=FAULT_JOB)
     wait_for_steps(out, 3, 3)
     started = time.monotonic()
     code, stderr = finish(process, timeout=60)

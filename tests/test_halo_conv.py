@@ -19,7 +19,6 @@ from parallel_fakes import (
 from torch import nn
 
 from pcpp_mpi.geometry import conv_halo
-from pcpp_mpi.parallel.block_copies import BlockCopies, copy_each
 from pcpp_mpi.parallel.clock import StepClock
 from pcpp_mpi.parallel.halo_conv import HaloConv2d
 
@@ -45,25 +44,11 @@ def halo_convs(
     conv: nn.Conv2d,
     clocks: Sequence[StepClock],
     box: Mailbox,
-    copies: BlockCopies | None = None,
-    band: tuple[int, int, int] | None = None,
 ) -> list[HaloConv2d]:
-    """One layer per band; with ``copies``, displaced steps assemble their input through it,
-    writing send buffers for bands of ``band`` = ``(B, C, W)``."""
+    """One layer per band, exchanging halo rows through ``box``."""
     halo = conv_halo(conv.kernel_size[0], conv.stride[0], conv.padding[0], conv.dilation[0])
     n = len(clocks)
-    layers = []
-    for i in range(n):
-        sends = None
-        if band is not None:
-            batch, channels, width = band
-            sends = (
-                None if i == 0 or not halo.below else (batch, channels, halo.below, width),
-                None if i + 1 == n or not halo.above else (batch, channels, halo.above, width),
-            )
-        exchange = FakeRows(box, i, n, sends)
-        layers.append(HaloConv2d(conv, halo, exchange, clocks[i], copies=copies))
-    return layers
+    return [HaloConv2d(conv, halo, FakeRows(box, i, n), clocks[i]) for i in range(n)]
 
 
 CONV_CASES = [
@@ -131,18 +116,16 @@ def test_halo_conv_naive_differs_at_band_edges(stride: int, rows: tuple[int, ...
     assert torch.equal(torch.cat(outs_alone, dim=2), naive)
 
 
-@pytest.mark.parametrize("copies", [None, copy_each], ids=["concatenate", "block-copies"])
-def test_halo_conv_displaced_uses_previous_step(copies: BlockCopies | None) -> None:
+def test_halo_conv_displaced_uses_previous_step() -> None:
     """Step 0 sync (x0), step 1 displaced (x1), step 2 displaced_last (x1 again): step 1 sees
-    step 0's halos, step 2 sees step 1's and is exact again. Displaced steps may assemble the
-    input and fill the send buffers through block copies (same results)."""
+    step 0's halos, step 2 sees step 1's and is exact again."""
     conv = make_conv(1, seed=3)
     rows = (4, 3, 5)
     n = len(rows)
     x0 = torch.randn(2, 3, sum(rows), 6)
     x1 = x0 + torch.randn_like(x0)
     clocks = [StepClock("distrifusion", 3, 1) for _ in range(n)]
-    layers = halo_convs(conv, clocks, Mailbox(), copies, band=(2, 3, 6))
+    layers = halo_convs(conv, clocks, Mailbox())
 
     def step(step: int, x: Tensor) -> Tensor:
         for clock in clocks:
@@ -174,4 +157,4 @@ def test_halo_conv_displaced_uses_previous_step(copies: BlockCopies | None) -> N
         assert isinstance(exchange, FakeRows)
         assert exchange.posted_steps == [0, 1]  # the last step posts nothing
         assert exchange.waited_steps == [0, 0, 1]
-        assert exchange.filled_steps == ([] if copies is None else [1])
+        assert exchange.filled_steps == []  # every post hands over the rows to send

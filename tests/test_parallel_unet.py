@@ -1,6 +1,6 @@
 """The UNet family's parallelize (apply/remove) on the whole tiny UNet with a fake RankComm:
-sync equals one process, naive has seams, displaced runs, block copies, frames and step
-statistics, conv_in."""
+sync equals one process, naive has seams, displaced runs, frames and step statistics,
+conv_in."""
 
 from __future__ import annotations
 
@@ -29,7 +29,6 @@ from pcpp_mpi.geometry import Band, level_unit, split_bands
 from pcpp_mpi.models import unet_config
 from pcpp_mpi.parallel.apply import BandOptions
 from pcpp_mpi.parallel.band_norm import BandGroupNorm
-from pcpp_mpi.parallel.block_copies import BlockCopies, copy_each
 from pcpp_mpi.parallel.clock import StepClock
 from pcpp_mpi.parallel.halo_conv import HaloConv2d
 from pcpp_mpi.plan.inventory import LayerInventory
@@ -76,7 +75,6 @@ def parallel_unets(
     steps: int,
     warmup: int,
     ratio: float = 0.3,
-    block_copies: BlockCopies | None = None,
     kv_frames: bool = True,
     stats_per_step: bool = True,
 ) -> tuple[list[UNet2DConditionModel], list[StepClock], tuple[Band, ...]]:
@@ -90,8 +88,7 @@ def parallel_unets(
         clock = StepClock(mode, steps, warmup)
         comm: Any = FakeComm(boxes, lock, index, n)
         options = BandOptions(
-            mode=mode, ratio=ratio, batch=2, block_copies=block_copies, kv_frames=kv_frames,
-            stats_per_step=stats_per_step,
+            mode=mode, ratio=ratio, batch=2, kv_frames=kv_frames, stats_per_step=stats_per_step,
         )  # fmt: skip
         FAMILY.parallelize(band_unet, inventory, comm, bands, clock, options)
         unets.append(band_unet)
@@ -148,29 +145,23 @@ def test_parallelized_tiny_unet_naive_has_seams(
     assert (out - full).abs().max() > 1e-3 * full.abs().max()
 
 
-@pytest.mark.parametrize(
-    "copies,frames",
-    [(None, True), (copy_each, True), (None, False)],
-    ids=["frames-step-stats", "frames-step-stats-block-copies", "buffers-norm-stats"],
-)
+@pytest.mark.parametrize("frames", [True, False], ids=["frames-step-stats", "buffers-norm-stats"])
 @pytest.mark.parametrize("mode,n,ratio", [("distrifusion", 3, 0.3), ("pcpp", 2, 1.0)])
 def test_parallelized_tiny_unet_displaced_on_constant_input(
     tiny_unet: tuple[UNet2DConditionModel, LayerInventory],
     mode: str,
     n: int,
     ratio: float,
-    copies: BlockCopies | None,
     frames: bool,
 ) -> None:
     """With the same input at every step, stale context equals fresh context: distrifusion,
     and pcpp with ratio 1 on two bands, equal single at every step, displaced ones included
     (checks which step each layer posts and reads, and the corrected stale GroupNorm; with
-    block copies, also the send buffers the convolutions fill themselves; with K/V frames or
-    without)."""
+    K/V frames or without)."""
     sample, text = unet_inputs(seed=21)
     full = tiny_unet[0](sample, 500, encoder_hidden_states=text).sample
     unets, clocks, bands = parallel_unets(
-        tiny_unet, n, mode, 4, 1, ratio, copies, kv_frames=frames, stats_per_step=frames
+        tiny_unet, n, mode, 4, 1, ratio, kv_frames=frames, stats_per_step=frames
     )
     scale = full.abs().max()
     kinds = []
@@ -179,31 +170,15 @@ def test_parallelized_tiny_unet_displaced_on_constant_input(
         kinds.append(clocks[0].kind)
         assert (out - full).abs().max() <= 1e-5 * scale, (step, clocks[0].kind)
     assert kinds == ["sync", "displaced", "displaced", "displaced_last"]
-    filled = [
-        module.exchange.filled_steps
+    posted = [
+        module.exchange.posted_steps
         for unet in unets
         for module in unet.modules()
         if isinstance(module, HaloConv2d) and isinstance(module.exchange, FakeRows)
         and not module.always_fresh  # conv_in: fresh rows of the step's own latent
     ]  # fmt: skip
-    assert filled and all(steps == ([] if copies is None else [1, 2]) for steps in filled)
-
-
-def test_block_copies_change_no_bit_of_a_displaced_run(
-    tiny_unet: tuple[UNet2DConditionModel, LayerInventory],
-) -> None:
-    """pcpp on 3 bands with a new input every step: assembling the layers' inputs through
-    block copies gives exactly the outputs of concatenations (the Triton kernel's copies equal
-    PyTorch's: ``test_copy_kernels.py``)."""
-    outputs = {}
-    for name, copies in (("concatenate", None), ("block-copies", copy_each)):
-        unets, clocks, bands = parallel_unets(tiny_unet, 3, "pcpp", 4, 1, 0.3, copies)
-        outputs[name] = [
-            run_unet_bands(unets, clocks, bands, step, *unet_inputs(seed=30 + step))
-            for step in range(4)
-        ]
-    for concatenated, copied in zip(outputs["concatenate"], outputs["block-copies"], strict=True):
-        assert torch.equal(concatenated, copied)
+    # the last step posts nothing (no step reads it)
+    assert posted and all(steps == [0, 1, 2] for steps in posted)
 
 
 @pytest.mark.parametrize("mode,ratio", [("pcpp", 0.3), ("distrifusion", 0.3)])
@@ -218,7 +193,7 @@ def test_frames_and_step_stats_match_separate_exchanges_in_a_displaced_run(
     outputs = {}
     for frames in (False, True):
         unets, clocks, bands = parallel_unets(
-            tiny_unet, 3, mode, 5, 1, ratio, None, kv_frames=frames, stats_per_step=frames
+            tiny_unet, 3, mode, 5, 1, ratio, kv_frames=frames, stats_per_step=frames
         )
         outputs[frames] = [
             run_unet_bands(unets, clocks, bands, step, *unet_inputs(seed=40 + step))

@@ -176,9 +176,11 @@ class RankComm:
         theirs = torch.empty_like(own)
         partner = 1 - self.pair.Get_rank()
         start = self.tracer.now()
+        self.tracer.ranges.push("wait cfg_swap")
         self.pair.Sendrecv(
             mpi_buffer(own), dest=partner, recvbuf=mpi_buffer(theirs), source=partner
         )
+        self.tracer.ranges.pop()
         self.counter.add(step, "cfg", sent=own.nbytes, received=theirs.nbytes)
         self.tracer.blocking("cfg_swap", "cfg", step, [(partner, own.nbytes, theirs.nbytes)], start)
         return wire.to_compute(theirs)

@@ -79,11 +79,13 @@ def _frame_tokens(
 class _TwoSets:
     """Book-keeping of the two buffer sets: which step each holds and its pending requests.
 
-    Waits are reported to the tracer (the time the caller was blocked: exposed communication).
+    Waits are reported to the tracer (the time the caller was blocked: exposed communication)
+    and marked as ranges ``wait NAME`` in its :attr:`~pcpp_mpi.trace.recorder.Tracer.ranges`.
     """
 
     def __init__(self, name: str, tracer: Tracer, deferred: DeferredStarts) -> None:
         self.name = name
+        self.wait_range = f"wait {name}"
         self.tracer = tracer
         self.deferred = deferred
         self.step: list[int | None] = [None, None]
@@ -124,7 +126,10 @@ class _TwoSets:
         if self.step[parity] != step:
             raise ExchangeError(f"{self.name}: wait for step {step}, which was never posted")
         if not self.completed[parity]:
+            ranges = self.tracer.ranges
+            ranges.push(self.wait_range)
             blocked_from = self._finish(parity)
+            ranges.pop()
             self.tracer.waited(self.name, step, blocked_from, self.tracer.now())
             self.requests[parity] = []
             self.completed[parity] = True
@@ -366,7 +371,8 @@ class NeighbourExchange(_Exchange[tuple[torch.Tensor | None, torch.Tensor | None
                 [[None if b is None else b.transpose(0, 1) for b in sides] for sides in sets]
                 for sets in (send_wire, recv_wire)
             )
-        # MPI message specs of every buffer, built once (converting per call costs ~15 us)
+        # MPI message specs of every buffer, built once (converting them per call was a
+        # measurable host cost per exchange: docs/BENCHMARKS.md, "Cheaper host side")
         self._send_spec = [[_spec(b) for b in sides] for sides in send_wire]
         self._recv_spec = [[_spec(b) for b in sides] for sides in recv_wire]
 
@@ -375,20 +381,9 @@ class NeighbourExchange(_Exchange[tuple[torch.Tensor | None, torch.Tensor | None
         self._post(step, (to_up, to_down))
 
     def post_filled(self, step: int) -> None:
-        """As :meth:`post`, with the send buffers of :meth:`fillable_sends` already written
-        (by work queued on the compute stream)."""
+        """As :meth:`post`, with the send buffers already written in place (the own part of
+        :meth:`frame`, by work queued on the compute stream)."""
         self._post(step, None)
-
-    def fillable_sends(self, step: int) -> tuple[torch.Tensor | None, torch.Tensor | None] | None:
-        """The send buffers of ``step`` (to the band above, to the band below; ``None`` at an
-        image edge) for a caller that writes them itself and then calls :meth:`post_filled`
-        (e.g. in the same kernel as other copies); ``None`` when they are host memory (use
-        :meth:`post`)."""
-        if self._wire.staged:
-            return None
-        self.check_free(step)
-        up, down = self._send[step % 2]
-        return up, down
 
     def frame(self, step: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """For a displaced step ``step``, which reads what step ``step - 1`` received, when

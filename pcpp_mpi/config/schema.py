@@ -94,6 +94,8 @@ class RuntimeConfig:
     or ``aot_eager`` to check tracing without generating code) and still replayed as CUDA
     graphs with MPI between them; ``compile_cache``: the directory of inductor's on-disk
     caches (default ``~/.cache/pcpp-mpi/torch-compile``), which make later jobs compile fast.
+    ``nvtx``: on a GPU, NVTX ranges around every phase, step and exchange wait, for Nsight
+    Systems timelines (no effect on the CPU).
     """
 
     dtype: DtypeName = "float32"
@@ -109,6 +111,7 @@ class RuntimeConfig:
     compile: CompileName = "auto"
     compile_backend: CompileBackendName = "inductor"
     compile_cache: str | None = None
+    nvtx: bool = False
 
 
 @dataclass(frozen=True)

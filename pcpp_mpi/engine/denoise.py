@@ -97,9 +97,10 @@ def denoise_band(
         texts = [negative_prompt if topology.cfg_index == 0 else prompt]
     else:
         texts = [negative_prompt, prompt]
-    conditioning = ctx.family.conditioning(
-        bundle, texts, generation.height, generation.width, ctx.device, ctx.dtype
-    )
+    with ctx.comm.tracer.ranges.range("encode"):
+        conditioning = ctx.family.conditioning(
+            bundle, texts, generation.height, generation.width, ctx.device, ctx.dtype
+        )
     in_rank_cfg = ctx.guided and not ctx.cfg_parallel
     scale = generation.guidance_scale
 

@@ -16,7 +16,7 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from pcpp_mpi.engine.decode import ImageDecoder
 from pcpp_mpi.engine.denoise import BandContext, denoise_band
 from pcpp_mpi.engine.finite import FiniteWatch
 from pcpp_mpi.engine.gpu_timer import GpuStepTimer
+from pcpp_mpi.engine.nvtx import nvtx_ranges
 from pcpp_mpi.engine.schedulers import check_schedule
 from pcpp_mpi.engine.setup import DTYPES, prepare_band_context
 from pcpp_mpi.engine.stopping import NonFiniteLatent, RunInterrupted, StopSignals
@@ -56,6 +57,12 @@ log = logging.getLogger("pcpp_mpi")
 
 class JobError(RuntimeError):
     """A problem every rank agreed on before denoising; its message is for the user."""
+
+
+#: ``hook(image, step)``: called on every rank after each denoising step of each image, once the
+#: step is recorded in the rank file and before the ranks agree on stop signals; an exception it
+#: raises fails the run like any other error on that rank (the whole job ends, ``failed``).
+StepHook = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -132,6 +139,7 @@ def run_job(
     signals: StopSignals | None = None,
     bundle: ModelBundle | None = None,
     break_lock: bool = False,
+    after_step: Sequence[StepHook] = (),
 ) -> RunResult:
     """Run ``job`` on this rank; every rank of ``comm.world`` calls it together.
 
@@ -144,10 +152,13 @@ def run_job(
 
     ``break_lock``: take over the run directory's lock from a job on another host (see
     :mod:`pcpp_mpi.output.run_lock`); rank 0 holds the lock until this returns or raises.
+
+    ``after_step``: :data:`StepHook` callables, called in order after every step (e.g. a
+    caller's progress report, or a test's injected fault).
     """
     start = _agree_on_start(job, comm, out_dir, overwrite, break_lock)
     try:
-        return _run_started(job, comm, start, progress, signals, bundle)
+        return _run_started(job, comm, start, progress, signals, bundle, after_step)
     finally:
         if start.lock is not None:
             start.lock.release()
@@ -160,6 +171,7 @@ def _run_started(
     progress: bool,
     signals: StopSignals | None,
     bundle: ModelBundle | None,
+    after_step: Sequence[StepHook],
 ) -> RunResult:
     """Everything after the agreed start: model, parallel layers, files, images."""
     _log_start(job, comm, start)
@@ -167,6 +179,7 @@ def _run_started(
     with compute_stream(start.device, job.runtime.compute_stream):
         tracer = comm.tracer
         tracer.enabled = job.runtime.trace
+        tracer.ranges = nvtx_ranges(job.runtime.nvtx, start.device)
         tracer.reset_epoch()
         epoch_unix = time.time()
         if bundle is None:
@@ -184,7 +197,9 @@ def _run_started(
         rank_file = _create_rank_file(ctx, start, epoch_unix)
         run_file = _create_run_file(comm, start, world_info)
         try:
-            _generate_and_record(ctx, decoder, start, rank_file, run_file, progress, signals)
+            _generate_and_record(
+                ctx, decoder, start, rank_file, run_file, progress, signals, after_step
+            )
         finally:
             decoder.close()
         return RunResult(start.run_dir / "run.h5", start.layout)
@@ -321,6 +336,7 @@ def _generate_and_record(
     run_file: RunFile | None,
     progress: bool,
     signals: StopSignals | None,
+    after_step: Sequence[StepHook],
 ) -> None:
     """Every image, then the final status in the files: ``complete``, ``interrupted`` (every
     rank stopped at the same step boundary) or ``failed`` (the whole job is ended)."""
@@ -330,7 +346,9 @@ def _generate_and_record(
     channel = FailureChannel(comm.world, recorder.record, _thread_preparation(device))
     try:
         with contextlib.nullcontext(signals) if signals else StopSignals() as active:
-            _generate_all(ctx, decoder, run_file, rank_file, start.run_dir, progress, active)
+            _generate_all(
+                ctx, decoder, run_file, rank_file, start.run_dir, progress, active, after_step
+            )
         rank_file.append(phases=comm.tracer.take_finished()[2])
         rank_file.set_attrs(
             status="complete",
@@ -403,10 +421,17 @@ def _finish_rank_file(
 
 class _StepHooks:
     """Per step: trace (host times, and GPU times with ``gpu_timer``), flush the rank file,
-    progress bar, finiteness and stop checks."""
+    progress bar, finiteness check, the caller's ``after_step`` hooks, stop check."""
 
     def __init__(
-        self, ctx, rank_file, bar, signals, image: int, gpu_timer: GpuStepTimer | None
+        self,
+        ctx,
+        rank_file,
+        bar,
+        signals,
+        image: int,
+        gpu_timer: GpuStepTimer | None,
+        after_step: Sequence[StepHook],
     ) -> None:
         self.ctx = ctx
         self.rank_file = rank_file
@@ -414,6 +439,7 @@ class _StepHooks:
         self.signals = signals
         self.image = image
         self.gpu_timer = gpu_timer
+        self.after_step = tuple(after_step)
         self.finite = (
             FiniteWatch(ctx.device, self._not_finite) if ctx.job.runtime.check_finite else None
         )
@@ -449,9 +475,8 @@ class _StepHooks:
         self.bar.update(1)
         if self.finite is not None:  # on a GPU: reads the previous step's verdict
             self.finite.submit(step, latent)
-        fault_step = _injected_fault(comm.world.Get_rank())
-        if fault_step is not None and fault_step == step:
-            raise RuntimeError(f"injected fault (PCPP_MPI_FAULT) at step {step}")
+        for hook in self.after_step:
+            hook(self.image, step)
         signum = comm.max_over_ranks(self.signals.received)
         if signum:
             raise RunInterrupted(
@@ -475,17 +500,6 @@ def _gpu_timer(ctx: BandContext) -> GpuStepTimer | None:
     return GpuStepTimer(ctx.device, ctx.comm.tracer.now)
 
 
-def _injected_fault(rank: int) -> int | None:
-    """Test-only fault injection: ``PCPP_MPI_FAULT=RANK:STEP`` raises on that rank and step."""
-    value = os.environ.get("PCPP_MPI_FAULT")
-    if not value:
-        return None
-    fault_rank, _, fault_step = value.partition(":")
-    if int(fault_rank) != rank:
-        return None
-    return int(fault_step)
-
-
 DENOISE_RANGE = "pcpp-mpi denoise"  # names each image's denoising in a torch.profiler trace
 
 
@@ -497,6 +511,7 @@ def _generate_all(
     run_dir: Path,
     progress: bool,
     signals: StopSignals,
+    after_step: Sequence[StepHook],
 ) -> None:
     job = ctx.job
     generation = job.generation
@@ -512,7 +527,7 @@ def _generate_all(
             _warn_if_truncated(ctx.bundle, index, prompt, negative)
         comm.counter.begin_image(index)
         bar = _progress_bar(generation.steps, f"image {index + 1}/{len(generation.prompts)}", show)
-        hooks = _StepHooks(ctx, rank_file, bar, signals, index, gpu_timer)
+        hooks = _StepHooks(ctx, rank_file, bar, signals, index, gpu_timer, after_step)
         with tracer.phase("denoise", index), torch.profiler.record_function(DENOISE_RANGE):
             latent = denoise_band(ctx, prompt, negative, seed, hooks)
             hooks.finish()

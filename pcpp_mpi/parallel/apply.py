@@ -21,7 +21,6 @@ from pcpp_mpi.geometry import Band, conv_halo
 from pcpp_mpi.parallel.band_attention import BandSelfAttnProcessor, KVRows
 from pcpp_mpi.parallel.band_comm import BandComm
 from pcpp_mpi.parallel.band_norm import BandGroupNorm, NormKernels
-from pcpp_mpi.parallel.block_copies import BlockCopies
 from pcpp_mpi.parallel.clock import StepClock
 from pcpp_mpi.parallel.exchange_ops import ExchangeOps
 from pcpp_mpi.parallel.halo_conv import HaloConv2d
@@ -87,11 +86,6 @@ class BandOptions:
     steps read and write in place. ``stats_per_step``: displaced steps exchange the statistics
     of every GroupNorm in one all-reduce (:mod:`~pcpp_mpi.comm.step_stats`) instead of one per
     norm.
-    ``block_copies``: how displaced steps assemble a layer's input from its own and received
-    rows while filling its send buffers, in convolutions (:mod:`~.block_copies`, e.g. the
-    Triton :func:`~.copy_kernels.copy_blocks`); ``None``: concatenations and one copy per send
-    buffer. Runs do not pass it: on an H200 the Triton block copies were slower than
-    concatenations and copies (docs/benchmarks/results/14-block-copies-1xh200/).
     ``traced``: the layers take their ``torch.compile`` path, each exchange behind a custom
     operator of one :class:`~pcpp_mpi.parallel.exchange_ops.ExchangeOps` (``handle.ops``); a
     one-band run then installs nothing (the plain model compiles as it is).
@@ -104,7 +98,6 @@ class BandOptions:
     norm_kernels: NormKernels = "torch"
     kv_frames: bool = True
     stats_per_step: bool = True
-    block_copies: BlockCopies | None = None
     traced: bool = False
 
 
@@ -170,7 +163,7 @@ def parallelize(
         assert isinstance(conv, nn.Conv2d)
         replace(
             spec.name,
-            HaloConv2d(conv, halo, exchange, clock, spec.always_fresh, options.block_copies, ops),
+            HaloConv2d(conv, halo, exchange, clock, spec.always_fresh, ops=ops),
         )
 
     step_stats = None

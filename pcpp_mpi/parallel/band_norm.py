@@ -42,10 +42,10 @@ def local_group_stats(x: torch.Tensor, groups: int) -> torch.Tensor:
 
     On the CPU the sums accumulate in float64. On a GPU a half-precision band is reduced
     straight into float32 (a reduction to float64 would first copy the whole band to float64:
-    two full copies per norm, ~1.2 ms of a 27 ms SDXL band step at 1024 px), without a squared
-    copy of ``x`` (a half-precision square would also overflow above 256); squares of float16
-    values are exact in float32, so only the summation rounds, like PyTorch's own GroupNorm
-    statistics. The per-group results are then widened to float64.
+    two full copies per norm, a large share of a band step, see docs/BENCHMARKS.md), without a
+    squared copy of ``x`` (a half-precision square would also overflow above 256); squares of
+    float16 values are exact in float32, so only the summation rounds, like PyTorch's own
+    GroupNorm statistics. The per-group results are then widened to float64.
     """
     batch = x.shape[0]
     grouped = x.reshape(batch, groups, -1)
@@ -259,8 +259,8 @@ class BandGroupNorm(nn.Module):
         """``x`` normalised with group statistics ``(3, B, G)`` (sums, squares, counts), then
         the affine map: one batch norm in inference form over ``x`` viewed as
         ``(1, B*C, h, W)``, whose per-(sample, channel) mean and variance are its group's. Five
-        kernels in all (in a CUDA graph every small kernel costs ~1 us of idle GPU besides its
-        own time, and a step has ~50 norms)."""
+        kernels in all (in a CUDA graph every small kernel also leaves the GPU idle for a
+        moment, docs/BENCHMARKS.md, and a step has ~50 norms)."""
         norm = self.norm
         batch, channels = x.shape[:2]
         groups = norm.num_groups

@@ -9,21 +9,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from pcpp_mpi.geometry import Halo
-from pcpp_mpi.parallel.block_copies import BlockCopies, CopyList, as_rows
 from pcpp_mpi.parallel.clock import StepClock
 from pcpp_mpi.parallel.exchange_ops import ExchangeOps
-
-Sends = tuple[torch.Tensor | None, torch.Tensor | None]
 
 
 class RowExchange(Protocol):
     def post(self, step: int, to_up: torch.Tensor | None, to_down: torch.Tensor | None) -> None: ...
 
     def wait(self, step: int) -> tuple[torch.Tensor | None, torch.Tensor | None]: ...
-
-    def fillable_sends(self, step: int) -> Sends | None: ...
-
-    def post_filled(self, step: int) -> None: ...
 
 
 class HaloConv2d(nn.Module):
@@ -34,12 +27,8 @@ class HaloConv2d(nn.Module):
     below (zeros beyond the image edges, or for ``naive``), with no padding along the height:
     output ``(B, C', h / stride, W')`` equals the matching rows of the full-image convolution.
     In displaced steps the halo is the neighbours' rows from the previous step, except with
-    ``always_fresh`` (``conv_in``, whose input is the step's own latent).
-
-    ``copies`` (e.g. :func:`pcpp_mpi.parallel.copy_kernels.copy_blocks`): in a displaced step,
-    the halo-extended input and the rows sent to the neighbours are written by one call of it
-    (one kernel instead of a concatenation and a copy per send buffer), when the exchange's
-    send buffers are on the compute device and the band is contiguous.
+    ``always_fresh`` (``conv_in``, whose input is the step's own latent). The halo-extended
+    input is a concatenation along the height.
     """
 
     def __init__(
@@ -49,7 +38,6 @@ class HaloConv2d(nn.Module):
         exchange: RowExchange | None,
         clock: StepClock,
         always_fresh: bool = False,
-        copies: BlockCopies | None = None,
         ops: ExchangeOps | None = None,
     ) -> None:
         super().__init__()
@@ -58,7 +46,6 @@ class HaloConv2d(nn.Module):
         self.exchange = exchange
         self.clock = clock
         self.always_fresh = always_fresh
-        self.copies = copies
         self._zero_rows: dict[tuple, torch.Tensor] = {}
         self._ops = ops
         self._op_index = -1 if ops is None else ops.add_conv(self)
@@ -83,10 +70,6 @@ class HaloConv2d(nn.Module):
             if above == below == conv.padding[0]:  # zero halos are the conv's own padding
                 return conv(x)
         else:
-            if self.copies is not None and not (clock.fresh or self.always_fresh):
-                sends = self._fillable_sends(x)
-                if sends is not None:
-                    return self._conv(self._displaced_input(x, sends))
             from_up, from_down = self._exchange(x)
         parts = []
         if above:
@@ -152,45 +135,6 @@ class HaloConv2d(nn.Module):
         """Shapes of what :meth:`exchange_halo` returns for a band shaped like ``x``."""
         batch, channels, _, width = x.shape
         return [(batch, channels, n, width) for n in (self.halo.above, self.halo.below) if n]
-
-    def _fillable_sends(self, x: torch.Tensor) -> Sends | None:
-        """The send buffers a displaced step writes itself (``(None, None)`` when it posts
-        nothing), or ``None`` for the plain path."""
-        if not x.is_contiguous():
-            return None
-        assert self.exchange is not None
-        if not self.clock.posts_for_next:
-            return None, None
-        return self.exchange.fillable_sends(self.clock.step)
-
-    def _displaced_input(self, x: torch.Tensor, sends: Sends) -> torch.Tensor:
-        """``(B, C, above + h + below, W)``: the previous step's neighbour rows around the band
-        ``x``, written with the rows for the neighbours' next step by one ``copies`` call,
-        then posted."""
-        assert self.exchange is not None and self.copies is not None
-        above, below = self.halo.above, self.halo.below
-        clock = self.clock
-        from_up, from_down = self.exchange.wait(clock.step - 1)
-        batch, channels, rows, width = x.shape
-        extended = x.new_empty((batch, channels, above + rows + below, width))
-        target, own = as_rows(extended, 2), as_rows(x, 2)
-        top, bottom = above * width, (above + rows) * width
-        copies: CopyList = [(own, target[:, top:bottom])]
-        if above:
-            up = from_up if from_up is not None else self._zeros(x, above)
-            copies.append((as_rows(up, 2), target[:, :top]))
-        if below:
-            down = from_down if from_down is not None else self._zeros(x, below)
-            copies.append((as_rows(down, 2), target[:, bottom:]))
-        to_up, to_down = sends
-        if to_up is not None:
-            copies.append((own[:, : below * width], as_rows(to_up, 2)))
-        if to_down is not None:
-            copies.append((own[:, (rows - above) * width :], as_rows(to_down, 2)))
-        self.copies(copies)
-        if clock.posts_for_next:
-            self.exchange.post_filled(clock.step)
-        return extended
 
     def _conv(self, extended: torch.Tensor) -> torch.Tensor:
         """The wrapped convolution over a halo-extended band, no padding along the height."""

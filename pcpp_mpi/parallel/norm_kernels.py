@@ -2,9 +2,10 @@
 
 A band's GroupNorm in a displaced step written with PyTorch operations takes ~16 kernels
 (two reductions and their memsets, float64 conversions, the statistics correction, a per-channel
-expansion, a batch norm); in a CUDA graph each costs ~1 us of idle GPU besides its own time, and
-an SDXL step has ~50 norms. Here a displaced norm takes three kernels and the copies of the
-statistics to and from the host buffers MPI uses:
+expansion, a batch norm); in a CUDA graph each also leaves the GPU idle for a moment besides its
+own time (docs/BENCHMARKS.md, "Changes after run 6"), and an SDXL step has ~50 norms. Here a
+displaced norm takes three kernels and the copies of the statistics to and from the host
+buffers MPI uses:
 
 1. :func:`group_stats` — per-group sum, sum of squares (float32 partial sums of contiguous
    chunks, added in float64) and element count, ``(3, B, G)`` float64 like
@@ -14,10 +15,11 @@ statistics to and from the host buffers MPI uses:
    fresh ones) in float64.
 
 The band's sums are copied to the host, and the other bands' copied back, one after the other
-(two copies in a row cost less idle GPU than copies between kernels). Tried and dropped on an
-H200: kernels writing the sums into the pinned send buffer (inside a displaced step's graph
-the GPU then sat idle for ~90 us at a time) or reading them from the pinned receive buffer
-(no clear gain over the copy, which needs no mapped host memory).
+(two copies in a row cost less idle GPU than copies between kernels). Tried and dropped
+(docs/benchmarks/results/12-triton-group-norm-1xh200/): kernels writing the sums into the
+pinned send buffer (long idle gaps on the GPU inside a displaced step's graph) or reading them
+from the pinned receive buffer (no clear gain over the copy, which needs no mapped host
+memory).
 
 Input and output are local bands ``(B, C, h, W)``, contiguous, float16, bfloat16 or float32.
 This module imports Triton; :func:`pcpp_mpi.parallel.band_norm.resolve_norm_kernels` says
@@ -32,7 +34,7 @@ import triton
 import triton.language as tl
 
 STATS_BLOCK = 2048  # elements a stats program loads per iteration
-STATS_PROGRAMS = 1024  # about how many stats programs a norm launches (~8 per SM on an H100)
+STATS_PROGRAMS = 1024  # about how many stats programs a norm launches (a few per SM of a big GPU)
 APPLY_BLOCK = 2048  # most elements of one channel an apply program handles
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)

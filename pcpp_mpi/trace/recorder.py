@@ -11,6 +11,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from pcpp_mpi.trace.ranges import Ranges
+
 
 @dataclass
 class StepRow:
@@ -86,6 +88,9 @@ class Tracer:
     """Collects rows; :meth:`take_finished` hands over everything that is complete.
 
     With ``enabled=False`` nothing is kept (byte counting lives in the TrafficCounter).
+    ``ranges`` marks phases and steps for a profiler's timeline whether or not rows are kept
+    (off unless given functions, see :mod:`pcpp_mpi.trace.ranges`); exchanges mark their waits
+    in it too.
     """
 
     enabled: bool = True
@@ -96,6 +101,7 @@ class Tracer:
     _done: list[ExchangeRow] = field(default_factory=list)
     _pending: dict[tuple[str, int], list[ExchangeRow]] = field(default_factory=dict)
     _phases: list[PhaseRow] = field(default_factory=list)
+    ranges: Ranges = field(default_factory=Ranges)
 
     def now(self) -> float:
         return time.perf_counter() - self.epoch
@@ -106,10 +112,13 @@ class Tracer:
     # ------------------------------------------------------------ steps
     def begin_step(self, image: int, step: int, kind: str) -> None:
         self.image = image
+        if self.ranges.enabled:
+            self.ranges.push(f"image {image} step {step} {kind}")
         if self.enabled:
             self._step = StepRow(image, step, kind, self.now())
 
     def end_step(self) -> None:
+        self.ranges.pop()
         if self._step is not None:
             self._step.t_end = self.now()
             self._steps.append(self._step)
@@ -177,9 +186,13 @@ class Tracer:
     @contextmanager
     def phase(self, name: str, image: int = -1) -> Iterator[None]:
         start = self.now()
+        depth = self.ranges.depth
+        if self.ranges.enabled:
+            self.ranges.push(name if image < 0 else f"{name} image {image}")
         try:
             yield
         finally:
+            self.ranges.unwind(depth)
             if self.enabled:
                 self._phases.append(PhaseRow(name, image, start, self.now()))
 

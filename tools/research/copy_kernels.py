@@ -1,16 +1,21 @@
-"""Several block copies in one Triton kernel launch.
+"""Several block copies in one Triton kernel launch (research code, not used by runs).
+
+Measured slower than ``torch.cat`` plus two copies
+(docs/benchmarks/results/14-block-copies-1xh200/), so the package's convolutions always
+concatenate. Until the commit that moved this file here it was
+``pcpp_mpi/parallel/copy_kernels.py``, reached through ``parallelize(block_copies=...)``.
 
 A displaced step of a band assembles, for every convolution with a halo and every
 self-attention layer, an input from its own rows and the rows its neighbours sent in the
 previous step (a concatenation), and copies its edge rows into the send buffers of the next
 exchange: two to four small copies per layer, each a kernel of its own in PyTorch (and in a
-CUDA graph every kernel also leaves ~1 us of idle GPU). :func:`copy_blocks` does up to
+CUDA graph every kernel also leaves some idle GPU time). :func:`copy_blocks` does up to
 :data:`MAX_COPIES` of them in one launch.
 
 Each copy is a pair of 2-D views ``(outer, inner)`` with unit stride along ``inner`` (e.g. a
 band ``(B, C, h, W)`` viewed as ``(B*C, h*W)``, or some of its rows as a column slice of that
 view). This module imports Triton; under ``TRITON_INTERPRET=1`` the kernel runs on CPU tensors
-(tests).
+(``tests/test_copy_kernels.py``).
 """
 
 from __future__ import annotations
