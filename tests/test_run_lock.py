@@ -8,13 +8,22 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pcpp_mpi.output import prepare_run_dir
-from pcpp_mpi.output.run_lock import BREAK_NAME, LOCK_NAME, RunDirLocked, RunLock
+from pcpp_mpi.output.run_lock import (
+    BREAK_NAME,
+    LOCK_NAME,
+    LockHolder,
+    RunDirLocked,
+    RunLock,
+    _create,
+    _read,
+)
 
 HOST = socket.gethostname()
 
@@ -153,3 +162,33 @@ def test_a_refused_directory_is_left_unlocked(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="not empty"):
         prepare_run_dir(tmp_path, overwrite=False)
     assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_a_lock_file_is_never_seen_half_written(tmp_path: Path) -> None:
+    """Two jobs started together: the second read the first's lock file between its creation
+    and its content and refused with "locked by a job on another host (unreadable lock
+    file)". The lock file now appears whole or not at all."""
+    path = tmp_path / LOCK_NAME
+    me = LockHolder.current()
+    seen: list[LockHolder] = []
+    done = threading.Event()
+
+    def read_until_done() -> None:
+        while not done.is_set():
+            holder = _read(path)
+            if holder is not None:
+                seen.append(holder)
+
+    reader = threading.Thread(target=read_until_done)
+    reader.start()
+    try:
+        for _ in range(400):
+            assert _create(path, me)
+            assert not _create(path, me)  # exclusive
+            path.unlink()
+    finally:
+        done.set()
+        reader.join()
+    assert seen, "the reader never saw a lock file: the test proves nothing"
+    assert all(holder == me for holder in seen), {h for h in seen if h != me}
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no file of ours left behind

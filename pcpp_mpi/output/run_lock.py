@@ -1,7 +1,9 @@
 """One job at a time in a run directory: the lock file ``DIR/.pcpp-mpi.lock``.
 
-The lock is a small JSON file created with ``O_CREAT | O_EXCL`` (atomic on local file systems
-and on the NFS v3+/Lustre/GPFS file systems clusters share), holding who owns the directory:
+The lock is a small JSON file, written whole under a name of the job's own and then
+hard-linked to ``DIR/.pcpp-mpi.lock`` (atomic and exclusive on local file systems and on the
+NFS/Lustre/GPFS file systems clusters share; ``O_CREAT | O_EXCL`` where there are no hard
+links), holding who owns the directory:
 host, pid, the start time of that process, the Slurm job id if any and when the run started.
 Rank 0 takes it before the directory is cleared (``--overwrite``) or any model is loaded, and
 removes it when the run ends, whatever the outcome. A job killed before it could remove it
@@ -103,7 +105,31 @@ def _read(path: Path) -> LockHolder | None:
 
 
 def _create(path: Path, holder: LockHolder) -> bool:
-    """Create lock file ``path`` holding ``holder``; False if it exists already."""
+    """Create lock file ``path`` holding ``holder``; False if it exists already.
+
+    The content is written to a file of this process first and then hard-linked to ``path``
+    (atomic, and exclusive on NFS too): another job never sees the lock file empty or half
+    written, which it would take for an unreadable lock. Where the file system has no hard
+    links, the file is created with ``O_EXCL`` and written in place."""
+    own = path.with_name(f"{path.name}.{holder.host}.{holder.pid}")
+    try:
+        with open(own, "w") as file:
+            json.dump(asdict(holder), file)
+            file.flush()
+            os.fsync(file.fileno())
+        try:
+            os.link(own, path)
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here
+            return _create_in_place(path, holder)
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            own.unlink()
+
+
+def _create_in_place(path: Path, holder: LockHolder) -> bool:
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
