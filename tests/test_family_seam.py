@@ -29,7 +29,9 @@ from pcpp_mpi.config.schema import ModelConfig
 from pcpp_mpi.engine.graphs import StepGraphs
 from pcpp_mpi.families import FAMILIES, family_named
 from pcpp_mpi.families.base import ModelFamily
+from pcpp_mpi.families.vae_decoder.inventory import trace_decoder
 from pcpp_mpi.geometry import Band, level_unit, split_bands
+from pcpp_mpi.models import vae_config
 from pcpp_mpi.parallel import apply
 from pcpp_mpi.parallel.band_attention import BandSelfAttnProcessor
 from pcpp_mpi.parallel.band_comm import BandComm
@@ -296,7 +298,8 @@ def test_the_plan_takes_the_toy_family_shape_and_inventory() -> None:
     )
     layout = plan_layout(job, 2, FAMILY.model_shape(MODEL))
     assert (layout.latent_height, layout.latent_width, layout.unit) == (*LATENT, 2)
-    plan = build_plan(job, layout, FAMILY.trace_inventory(MODEL, *LATENT))
+    decoder = trace_decoder(vae_config(MODEL), *LATENT)  # the image decode: the tiny VAE's
+    plan = build_plan(job, layout, FAMILY.trace_inventory(MODEL, *LATENT), decoder)
     sent = plan.step_traffic(0, "sync", 0).sent
     assert {kind for kind, size in sent.items() if size > 0} >= {"halo", "norm", "kv"}
 

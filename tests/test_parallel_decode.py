@@ -34,25 +34,25 @@ from pcpp_mpi.plan.decode import (
     decode_traffic,
     position_world_rank,
 )
-from pcpp_mpi.plan.layout import plan_layout
+from pcpp_mpi.plan.layout import ModelShape, plan_layout
 from pcpp_mpi.plan.topology import Topology
 from pcpp_mpi.planning import make_plan
 
 EXACT = 1e-4
 BASE = REPO / "tests" / "data_tiny_exact.yaml"
-UNET_CONFIG = {"block_out_channels": (32, 64, 64), "in_channels": 4}
+UNET_SHAPE = ModelShape(levels=3, latent_channels=4, vae_scale_factor=8)
 
 
 # ---------------------------------------------------------------- planning (pure)
 def test_decode_bands_follow_the_layout_and_split_cfg_bands() -> None:
     plain = job_from_dict({"generation": {"height": 160, "width": 128}})
-    layout = plan_layout(plain, 3, UNET_CONFIG, 8)
+    layout = plan_layout(plain, 3, UNET_SHAPE)
     assert decode_bands("parallel", layout) == layout.bands
     assert decode_bands("rank0", layout) == (Band(0, 0, 20),)
     cfg = job_from_dict(
         {"generation": {"height": 160, "width": 128}, "parallel": {"cfg_parallel": True}}
     )
-    split = plan_layout(cfg, 4, UNET_CONFIG, 8)  # bands [0, 12) and [12, 20)
+    split = plan_layout(cfg, 4, UNET_SHAPE)  # bands [0, 12) and [12, 20)
     assert [(b.start, b.stop) for b in decode_bands("parallel", split)] == [
         (0, 6), (6, 12), (12, 16), (16, 20)
     ]  # fmt: skip
@@ -75,7 +75,7 @@ def test_one_decode_band_sends_nothing_and_one_row_cfg_bands_are_refused() -> No
     assert set(plan.final(1).sent) == {"decode", "image", "gather"}
     no_latents = make_plan(job_from_dict({"output": {"latents": False}}), 2)
     assert "gather" not in no_latents.final(1).sent
-    layout = plan_layout(job_from_dict({}), 2, {"block_out_channels": (32,), "in_channels": 4}, 8)
+    layout = plan_layout(job_from_dict({}), 2, ModelShape(1, 4, 8))
     one_row = type(layout)(**{**layout.__dict__, "cfg_groups": 2, "bands": (Band(0, 0, 1),)})
     with pytest.raises(ConfigError, match=r"output\.decode"):
         decode_bands("parallel", one_row)
