@@ -86,6 +86,14 @@ def test_a_run_compiles_the_phase_its_steps_are_made_of(mode: str, phase: str) -
     assert compiled_phases(mode) == frozenset({phase})
 
 
+def test_compile_warmup_adds_the_fresh_phase_to_displaced_modes_only() -> None:
+    assert compiled_phases("pcpp", warmup=True) == frozenset({"stale", "fresh"})
+    assert compiled_phases("distrifusion", warmup=True) == frozenset({"stale", "fresh"})
+    assert compiled_phases("sync", warmup=True) == frozenset({"fresh"})
+    assert compiled_phases("single", warmup=True) == frozenset({"local"})
+    assert job_from_dict({"runtime": {"compile_warmup": True}}).runtime.compile_warmup
+
+
 def test_cache_dir_from_the_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(CACHE_VARIABLE, raising=False)
     chosen = use_cache_dir(str(tmp_path / "cache"))

@@ -80,6 +80,7 @@ RUNS: dict[int, dict[str, list[str]]] = {
         "sync_compiled": COMPILED,
         "pcpp_compiled": ["parallel.mode=pcpp", *COMPILED],
         "pcpp_compiled_graphs": ["parallel.mode=pcpp", *COMPILED, "runtime.graphs=emulate"],
+        "pcpp_compiled_warmup": ["parallel.mode=pcpp", *COMPILED, "runtime.compile_warmup=true"],
     },
     3: {
         "sync": [],
@@ -200,6 +201,16 @@ def test_compiled_pcpp_equals_uncompiled_pcpp(runs) -> None:
     assert max_diff(compiled, runs(2) / "pcpp") <= EXACT
     for rank in range(2):
         assert read_rank_attrs(compiled / f"rank-{rank:04d}.h5")["compiled_phases"] == "stale"
+
+
+def test_compiled_warmup_steps_equal_uncompiled_pcpp(runs) -> None:
+    """``runtime.compile_warmup`` compiles the ``sync`` warm-up steps as a second phase: the
+    latent is still the uncompiled one's."""
+    compiled = runs(2) / "pcpp_compiled_warmup"
+    assert max_diff(compiled, runs(2) / "pcpp") <= EXACT
+    for rank in range(2):
+        attrs = read_rank_attrs(compiled / f"rank-{rank:04d}.h5")
+        assert attrs["compiled_phases"] == "fresh,stale"
 
 
 @pytest.mark.parametrize("n", [2, 3])

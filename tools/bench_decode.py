@@ -11,12 +11,13 @@ decoded ``--repeats`` times after ``--warmup`` untimed decodes in each mode:
   through the band-parallel decoder, converts it to uint8 and sends the rows to rank 0, which
   assembles the image.
 
-Per rank and mode: the peak of ``torch.cuda.max_memory_allocated`` during the decodes (the
-weights and the latent included; on the CPU the process's peak resident set instead, which
-never decreases) and the median decode time (from a barrier to the assembled image on rank
-0, the slowest rank's). A float16 VAE with ``force_upcast`` in its config (SDXL's) decodes in
-float32, as runs do; ``--no-upcast`` keeps float16. Output: ``decode.json`` and ``decode.md``
-in ``--out``.
+Per rank and mode: the peak of ``torch.cuda.max_memory_allocated`` during the decodes (the weights
+and the latent included; on the CPU the process's peak resident set instead, which never decreases)
+and the median decode time (from a barrier to the assembled image on rank 0, the slowest rank's); a
+rank-0 decode that runs out of GPU memory is reported as such (``out_of_memory``, its peak is then
+the memory it had when it failed). A float16 VAE with ``force_upcast`` in its config (SDXL's)
+decodes in float32, as runs do; ``--no-upcast`` keeps float16. Output: ``decode.json`` and
+``decode.md`` in ``--out``.
 
     mpirun -np 2 python3 tools/bench_decode.py --size 2048 4096 --out decode-bench
 
@@ -130,6 +131,7 @@ def measure(
     inventory = trace_decoder(config, latent_size, latent_size) if group else None
     wire = comm.wire_spec(device, vae.dtype)
     times = []
+    out_of_memory = False
     settle(device)
     reset_peak(device)
     for repeat in range(args.warmup + args.repeats):
@@ -137,9 +139,13 @@ def measure(
         start = time.perf_counter()
         if group is None:
             if world.Get_rank() == 0:
-                with torch.no_grad():
-                    image = to_uint8(decode_latent(vae, latent))
-                assert image.shape == (size, size, 3)
+                try:
+                    with torch.no_grad():
+                        image = to_uint8(decode_latent(vae, latent))
+                    assert image.shape == (size, size, 3)
+                except torch.OutOfMemoryError:
+                    # only rank 0 works in this mode, so it can report instead of hanging
+                    out_of_memory = True
         else:
             assert inventory is not None
             band = bands[group.rank]
@@ -149,9 +155,14 @@ def measure(
             assert group.rank != 0 or (image is not None and image.shape == (size, size, 3))
         settle(device)
         elapsed = world.allreduce(time.perf_counter() - start, op=MPI.MAX)
+        if world.allreduce(out_of_memory, op=MPI.LOR):
+            out_of_memory = True
+            break
         if repeat >= args.warmup:
             times.append(elapsed)
     peak = peak_bytes(device)
+    if out_of_memory and device.type == "cuda":
+        torch.cuda.empty_cache()
     if group is not None:
         group.free()
     comm.counter.drain()
@@ -164,7 +175,8 @@ def measure(
         if mode == "parallel"
         else ([0, latent_size] if world.Get_rank() == 0 else None),
         "peak_memory_bytes": peak,
-        "time_median_s": statistics.median(times),
+        "out_of_memory": out_of_memory,
+        "time_median_s": statistics.median(times) if times else None,
         "times_s": times,
     }
 
@@ -182,9 +194,10 @@ def markdown(report: dict[str, Any]) -> str:
         rows = (
             "-" if r["latent_rows"] is None else f"[{r['latent_rows'][0]}, {r['latent_rows'][1]})"
         )
+        median = "out of memory" if r["time_median_s"] is None else f"{r['time_median_s']:.3f}"
         lines.append(
             f"| {r['size']} | {r['mode']} | {r['rank']} | {rows} | "
-            f"{r['peak_memory_bytes'] / 2**20:.1f} | {r['time_median_s']:.3f} |"
+            f"{r['peak_memory_bytes'] / 2**20:.1f} | {median} |"
         )
     lines += ["", "| size | rank0 peak (MiB) | parallel peak, max over ranks (MiB) | share |"]
     lines.append("|---:|---:|---:|---:|")
@@ -204,7 +217,7 @@ def shares(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             r for r in results if r["size"] == size and r["mode"] == "rank0" and r["rank"] == 0
         ]
         parallel = [r for r in results if r["size"] == size and r["mode"] == "parallel"]
-        if alone and parallel:
+        if alone and parallel and not alone[0]["out_of_memory"]:
             single = alone[0]["peak_memory_bytes"]
             most = max(r["peak_memory_bytes"] for r in parallel)
             out.append(

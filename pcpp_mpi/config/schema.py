@@ -93,7 +93,9 @@ class RuntimeConfig:
     the UNet call of a step is compiled by ``torch.compile`` (``compile_backend``: inductor,
     or ``aot_eager`` to check tracing without generating code) and still replayed as CUDA
     graphs with MPI between them; ``compile_cache``: the directory of inductor's on-disk
-    caches (default ``~/.cache/pcpp-mpi/torch-compile``), which make later jobs compile fast.
+    caches (default ``~/.cache/pcpp-mpi/torch-compile``), which make later jobs compile fast;
+    ``compile_warmup``: also compile the ``sync`` warm-up steps of the displaced modes (a
+    second compiled phase: faster warm-up steps for about twice the compile time).
     ``nvtx``: on a GPU, NVTX ranges around every phase, step and exchange wait, for Nsight
     Systems timelines (no effect on the CPU).
     """
@@ -111,6 +113,7 @@ class RuntimeConfig:
     compile: CompileName = "auto"
     compile_backend: CompileBackendName = "inductor"
     compile_cache: str | None = None
+    compile_warmup: bool = False
     nvtx: bool = False
 
 

@@ -6,16 +6,15 @@ residual additions and concatenations fused with their producers, far fewer laun
 parallel layers take their traced path (:mod:`pcpp_mpi.parallel.exchange_ops`): each exchange
 is one custom operator in the compiled graph, so MPI stays outside the graphs as before.
 
-The compiled code depends only on the step's *phase* (``local``, ``fresh``, ``stale``), and
-a run compiles one phase (:func:`compiled_phases`): the one its steps are made of. The few
-``sync`` warm-up steps of the displaced modes run uncompiled (the layers' traced path, still
-replayed as CUDA graphs): compiling them too would double the compile time for a few percent
-of the steps. :class:`~pcpp_mpi.engine.graphs.StepGraphs` compiles in a dry run of the phase's
-first step (the exchanges record instead of calling MPI, as while a step is captured), so no rank
-compiles while others wait for it in MPI, and no compilation happens inside a CUDA graph
-capture. Inductor keeps what it generated in an on-disk cache (``runtime.compile_cache``): a
-second job with the same model, size, band and mode loads it instead of generating it again.
-"""
+The compiled code depends only on the step's *phase* (``local``, ``fresh``, ``stale``), and a run
+compiles the phase its steps are made of (:func:`compiled_phases`). The few ``sync`` warm-up steps
+of the displaced modes run uncompiled (the layers' traced path, still replayed as CUDA graphs)
+unless ``runtime.compile_warmup`` compiles their ``fresh`` phase too, at about twice the compile
+time. :class:`~pcpp_mpi.engine.graphs.StepGraphs` compiles in a dry run of the phase's first step
+(the exchanges record instead of calling MPI, as while a step is captured), so no rank compiles
+while others wait for it in MPI, and no compilation happens inside a CUDA graph capture. Inductor
+keeps what it generated in an on-disk cache (``runtime.compile_cache``): a second job with the same
+model, size, band and mode loads it instead of generating it again."""
 
 from __future__ import annotations
 
@@ -40,11 +39,12 @@ def compile_enabled(runtime: RuntimeConfig, device: torch.device) -> bool:
     return bool(runtime.compile)
 
 
-def compiled_phases(mode: str) -> frozenset[str]:
-    """The step phase a run of ``mode`` compiles: ``stale`` for the displaced modes,
-    ``fresh`` for ``sync``, ``local`` for ``single`` and ``naive``."""
+def compiled_phases(mode: str, warmup: bool = False) -> frozenset[str]:
+    """The step phases a run of ``mode`` compiles: ``stale`` for the displaced modes (and
+    ``fresh``, their warm-up steps', with ``warmup``), ``fresh`` for ``sync``, ``local`` for
+    ``single`` and ``naive``."""
     if mode in DISPLACED_MODES:
-        return frozenset({"stale"})
+        return frozenset({"stale", "fresh"} if warmup else {"stale"})
     if mode == "sync":
         return frozenset({"fresh"})
     return frozenset({"local"})

@@ -91,7 +91,7 @@ def prepare_band_context(
             graph_backend(job, device),
             comm.deferred,
             compiled=compiled,
-            compiled_phases=compiled_phases(layout.mode),
+            compiled_phases=compiled_phases(layout.mode, job.runtime.compile_warmup),
         ),
         device=device,
         dtype=DTYPES[job.runtime.dtype],
