@@ -32,7 +32,7 @@ from pcpp_mpi.engine.denoise import BandContext, denoise_band
 from pcpp_mpi.engine.finite import FiniteWatch
 from pcpp_mpi.engine.gpu_timer import GpuStepTimer
 from pcpp_mpi.engine.nvtx import nvtx_ranges
-from pcpp_mpi.engine.schedulers import check_schedule
+from pcpp_mpi.engine.schedulers import check_schedule, check_scheduler
 from pcpp_mpi.engine.setup import DTYPES, prepare_band_context
 from pcpp_mpi.engine.stopping import NonFiniteLatent, RunInterrupted, StopSignals
 from pcpp_mpi.engine.streams import compute_stream
@@ -92,7 +92,9 @@ def _check_job(job: JobConfig, n_ranks: int) -> RunLayout:
     if job.model.path is not None:
         check_model_folder(job.model.path)
     generation = job.generation
-    check_schedule(generation.scheduler, scheduler_config(job.model), generation.steps)
+    schedule = scheduler_config(job.model)
+    check_scheduler(generation.scheduler, schedule, trained=job.model.source == "path")
+    check_schedule(generation.scheduler, schedule, generation.steps)
     layout = plan_layout(job, n_ranks, denoiser_family(job.model).model_shape(job.model))
     decode_bands(job.output.decode, layout)  # raises if the bands cannot be decoded in parallel
     return layout
