@@ -215,3 +215,16 @@ def test_the_run_refuses_a_mismatched_scheduler_before_loading_weights(tmp_path:
     check("flow-euler")
     with pytest.raises(ValueError, match=r"generation\.scheduler: 'ddim'"):
         check("ddim")
+
+
+def test_the_run_refuses_a_vae_of_other_latent_channels_before_loading_weights(
+    tmp_path: Path,
+) -> None:
+    """Latent channels come from the model: a 16-channel VAE (SD3's) under a 4-channel UNet
+    would fail only at the decode, after every step; it is refused when the job starts."""
+    folder = make_model_folder(tmp_path / "sd", kind="sd")
+    config_path = folder / "vae" / "config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "latent_channels": 16, "shift_factor": 0.06}))
+    with pytest.raises(ValueError, match=r"^model: the UNet steps latents of 4 channels, but "):
+        _check_job(job_from_dict({"model": {"path": str(folder)}}), 1)

@@ -42,6 +42,7 @@ from pcpp_mpi.models import (
     check_model_folder,
     load_model,
     scheduler_config,
+    vae_config,
 )
 from pcpp_mpi.output import RunFile, prepare_run_dir, write_png
 from pcpp_mpi.output.provenance import collect_package_versions, git_revision
@@ -95,7 +96,14 @@ def _check_job(job: JobConfig, n_ranks: int) -> RunLayout:
     schedule = scheduler_config(job.model)
     check_scheduler(generation.scheduler, schedule, trained=job.model.source == "path")
     check_schedule(generation.scheduler, schedule, generation.steps)
-    layout = plan_layout(job, n_ranks, denoiser_family(job.model).model_shape(job.model))
+    shape = denoiser_family(job.model).model_shape(job.model)
+    vae_channels = int(vae_config(job.model)["latent_channels"])
+    if vae_channels != shape.latent_channels:
+        raise ValueError(
+            f"model: the {shape.network} steps latents of {shape.latent_channels} channels, "
+            f"but the VAE decodes {vae_channels} (latent_channels of its config)"
+        )
+    layout = plan_layout(job, n_ranks, shape)
     decode_bands(job.output.decode, layout)  # raises if the bands cannot be decoded in parallel
     return layout
 
