@@ -1,7 +1,7 @@
 """Models: the built-in tiny model, random-weight SD architectures and local diffusers folders.
 
 :func:`load_model` turns a :class:`~pcpp_mpi.config.schema.ModelConfig` into a
-:class:`ModelBundle` (UNet, VAE, prompt encoder, scheduler config); :func:`unet_config`,
+:class:`ModelBundle` (denoiser, VAE, prompt encoder, scheduler config); :func:`unet_config`,
 :func:`vae_config` and :func:`vae_scale_factor` answer shape questions without loading
 weights, and :func:`check_model_folder` validates a folder before any heavy work.
 """

@@ -281,7 +281,7 @@ def load_folder(path: str, dtype: torch.dtype, device: torch.device) -> ModelBun
         module.requires_grad_(False).eval()
         place(module, device, dtype)
     return ModelBundle(
-        unet=unet,
+        denoiser=unet,
         vae=vae,
         encoder=FolderPromptEncoder(
             tokenizers=tokenizers, text_encoders=encoders, device=device, sdxl=layout.is_sdxl

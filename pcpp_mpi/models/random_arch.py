@@ -189,7 +189,7 @@ def load_random_arch(arch: str, seed: int, dtype: torch.dtype, device: torch.dev
     unet = build_random(UNet2DConditionModel, arch_unet_config(arch), seed, dtype, device)
     vae = build_random(AutoencoderKL, arch_vae_config(arch), seed + 1, dtype, device)
     return ModelBundle(
-        unet=unet,
+        denoiser=unet,
         vae=vae,
         encoder=arch_prompt_encoder(arch, seed),
         scheduler_config=default_scheduler_config(),
