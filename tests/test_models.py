@@ -117,7 +117,9 @@ def test_tiny_other_dtype_rounds_the_same_weights() -> None:
     full = load_model(TINY, torch.float32, CPU)
     assert half.denoiser.dtype == torch.bfloat16
     weight = "conv_in.weight"
-    assert torch.equal(half.denoiser.state_dict()[weight], full.denoiser.state_dict()[weight].bfloat16())
+    assert torch.equal(
+        half.denoiser.state_dict()[weight], full.denoiser.state_dict()[weight].bfloat16()
+    )
 
 
 def test_prompt_encoder_is_deterministic_and_prompt_dependent(tiny: ModelBundle) -> None:

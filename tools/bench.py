@@ -303,7 +303,11 @@ def _time_plain(
     static_in = torch.randn(shape, device=device, dtype=dtype)
     static_t = torch.tensor(500, device=device)
 
-    model = torch.compile(bundle.denoiser, fullgraph=True, dynamic=False) if compiled else bundle.denoiser
+    model = (
+        torch.compile(bundle.denoiser, fullgraph=True, dynamic=False)
+        if compiled
+        else bundle.denoiser
+    )
 
     def unet_call() -> torch.Tensor:
         return model(

@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from importlib.util import find_spec
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -30,7 +30,13 @@ from pcpp_mpi.models.t5_text import T5PromptEncoder
 FolderNetwork = Literal["unet", "pixart"]
 BASE_COMPONENTS: tuple[str, ...] = ("unet", "vae", "scheduler", "tokenizer", "text_encoder")
 SDXL_COMPONENTS: tuple[str, ...] = ("tokenizer_2", "text_encoder_2")
-PIXART_COMPONENTS: tuple[str, ...] = ("transformer", "vae", "scheduler", "tokenizer", "text_encoder")
+PIXART_COMPONENTS: tuple[str, ...] = (
+    "transformer",
+    "vae",
+    "scheduler",
+    "tokenizer",
+    "text_encoder",
+)
 PIXART_CLASS = "PixArtTransformer2DModel"
 CONFIG_FILE = {
     "unet": "config.json",

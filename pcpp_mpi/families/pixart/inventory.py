@@ -91,7 +91,9 @@ def _trace(
     )
     if inventory.convs or inventory.norms:
         names = [spec.name for spec in (*inventory.convs, *inventory.norms)]
-        raise UnsupportedModelError(f"PixArt transformer with spatial layers besides attention: {names}")
+        raise UnsupportedModelError(
+            f"PixArt transformer with spatial layers besides attention: {names}"
+        )
     if any(attn.level != levels - 1 for attn in inventory.attns):
         raise UnsupportedModelError("PixArt self-attention off the patch grid")
     return inventory
