@@ -27,7 +27,11 @@ from pcpp_mpi.families.pixart.pos_embed import BandPatchEmbed, band_pos_embed, g
 from pcpp_mpi.families.unet import UNetFamily
 from pcpp_mpi.geometry import Band, split_bands
 from pcpp_mpi.models import ModelError, load_model, scheduler_config, transformer_config
-from pcpp_mpi.models.pixart import pixart_scheduler_config, tiny_pixart_config
+from pcpp_mpi.models.pixart import (
+    build_seeded_transformer,
+    pixart_scheduler_config,
+    tiny_pixart_config,
+)
 from pcpp_mpi.models.random_arch import arch_vae_config
 from pcpp_mpi.parallel import apply
 from pcpp_mpi.parallel.band_attention import BandSelfAttnProcessor
@@ -287,3 +291,21 @@ def test_sync_bands_equal_the_whole_and_remove_restores() -> None:
             for m in network.modules()
             if hasattr(m, "processor")
         )
+
+
+def test_seeded_transformers_repeat_and_leave_the_rng_alone() -> None:
+    """``arch`` transformers are drawn from their seed on the device (the constructor's own
+    initialisation, positional buffer included), whatever the caller's RNG state."""
+    cpu = torch.device("cpu")
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    a = build_seeded_transformer(tiny_pixart_config(), 5, torch.float32, cpu)
+    assert torch.equal(torch.rand(1), before)
+    b = build_seeded_transformer(tiny_pixart_config(), 5, torch.bfloat16, cpu)
+    c = build_seeded_transformer(tiny_pixart_config(), 6, torch.float32, cpu)
+    for name, value in a.state_dict().items():
+        assert torch.equal(value.bfloat16(), b.state_dict()[name]), name
+    assert not torch.equal(a.scale_shift_table, c.scale_shift_table)
+    assert torch.equal(a.pos_embed.pos_embed, c.pos_embed.pos_embed)
+    assert not a.training and not any(p.requires_grad for p in a.parameters())
