@@ -13,6 +13,7 @@ from diffusers import UNet2DConditionModel
 from model_folder import TEXT_DIM, make_model_folder
 
 from pcpp_mpi.config.schema import ModelConfig
+from pcpp_mpi.families.unet import added_cond_kwargs
 from pcpp_mpi.models import (
     ModelBundle,
     ModelError,
@@ -65,14 +66,14 @@ def test_tiny_builds_bitwise_identical_without_touching_global_rng(tiny: ModelBu
     rng = torch.random.get_rng_state()
     again = load_model(TINY, torch.float32, CPU)
     assert torch.equal(rng, torch.random.get_rng_state())
-    for module, other in ((tiny.unet, again.unet), (tiny.vae, again.vae)):
+    for module, other in ((tiny.denoiser, again.denoiser), (tiny.vae, again.vae)):
         ours, theirs = module.state_dict(), other.state_dict()
         assert ours.keys() == theirs.keys()
         assert all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
 def test_tiny_structure(tiny: ModelBundle) -> None:
-    config = tiny.unet.config
+    config = tiny.denoiser.config
     assert len(config.block_out_channels) >= 3
     assert config.layers_per_block == 1
     assert sum(t.startswith("CrossAttn") for t in config.down_block_types) >= 2
@@ -80,11 +81,11 @@ def test_tiny_structure(tiny: ModelBundle) -> None:
     assert config.mid_block_type == "UNetMidBlock2DCrossAttn"
     assert config.use_linear_projection and config.cross_attention_dim == 32
     assert config.addition_embed_type is None
-    groups = {m.num_groups for m in tiny.unet.modules() if isinstance(m, torch.nn.GroupNorm)}
+    groups = {m.num_groups for m in tiny.denoiser.modules() if isinstance(m, torch.nn.GroupNorm)}
     assert groups == {config.norm_num_groups}
     assert tiny.vae_scale_factor == 8 == vae_scale_factor(TINY)
     assert tiny.vae.config.latent_channels == 4
-    assert not any(p.requires_grad for p in tiny.unet.parameters())
+    assert not any(p.requires_grad for p in tiny.denoiser.parameters())
     assert tiny.scheduler_config["prediction_type"] == "epsilon"
     assert tiny.scheduler_config["steps_offset"] == 1
     assert tiny.scheduler_config["set_alpha_to_one"] is False
@@ -92,7 +93,7 @@ def test_tiny_structure(tiny: ModelBundle) -> None:
 
 def test_tiny_unet_config_matches_built_unet(tiny: ModelBundle) -> None:
     config = unet_config(TINY)
-    built = {k: tuple(v) if isinstance(v, list) else v for k, v in tiny.unet.config.items()}
+    built = {k: tuple(v) if isinstance(v, list) else v for k, v in tiny.denoiser.config.items()}
     assert {k: built[k] for k in config} == config
 
 
@@ -100,7 +101,7 @@ def test_tiny_unet_forward_shape(tiny: ModelBundle) -> None:
     latent = torch.randn(2, 4, 16, 24, generator=torch.Generator().manual_seed(0))
     text = tiny.encoder.encode(["a cat", "a dog"])
     with torch.no_grad():
-        out = tiny.unet(latent, 500, encoder_hidden_states=text.hidden).sample
+        out = tiny.denoiser(latent, 500, encoder_hidden_states=text.hidden).sample
     assert out.shape == (2, 4, 16, 24)
     assert torch.isfinite(out).all()
 
@@ -114,9 +115,11 @@ def test_tiny_vae_decodes_to_pixels(tiny: ModelBundle) -> None:
 def test_tiny_other_dtype_rounds_the_same_weights() -> None:
     half = load_model(TINY, torch.bfloat16, CPU)
     full = load_model(TINY, torch.float32, CPU)
-    assert half.unet.dtype == torch.bfloat16
+    assert half.denoiser.dtype == torch.bfloat16
     weight = "conv_in.weight"
-    assert torch.equal(half.unet.state_dict()[weight], full.unet.state_dict()[weight].bfloat16())
+    assert torch.equal(
+        half.denoiser.state_dict()[weight], full.denoiser.state_dict()[weight].bfloat16()
+    )
 
 
 def test_prompt_encoder_is_deterministic_and_prompt_dependent(tiny: ModelBundle) -> None:
@@ -135,7 +138,7 @@ def test_prompt_encoder_is_deterministic_and_prompt_dependent(tiny: ModelBundle)
 
 
 def test_added_cond_kwargs_is_none_for_tiny(tiny: ModelBundle) -> None:
-    assert tiny.added_cond_kwargs(None, 160, 160) is None
+    assert added_cond_kwargs(tiny.denoiser, None, 160, 160) is None
 
 
 # -- random-weight architectures --------------------------------------------------------
@@ -217,12 +220,12 @@ def test_folder_loads_offline(sd_folder: Path) -> None:
     assert not torch.allclose(emb.hidden, bundle.encoder.encode(["a dog"]).hidden)
     assert bundle.vae_scale_factor == 8 == vae_scale_factor(model)
     assert bundle.scheduler_config["_class_name"] == "DDIMScheduler"
-    assert bundle.added_cond_kwargs(emb.pooled, 64, 64) is None
+    assert added_cond_kwargs(bundle.denoiser, emb.pooled, 64, 64) is None
     config = unet_config(model)
-    assert config["cross_attention_dim"] == bundle.unet.config.cross_attention_dim == TEXT_DIM
-    assert config["block_out_channels"] == tuple(bundle.unet.config.block_out_channels)
+    assert config["cross_attention_dim"] == bundle.denoiser.config.cross_attention_dim == TEXT_DIM
+    assert config["block_out_channels"] == tuple(bundle.denoiser.config.block_out_channels)
     with torch.no_grad():
-        out = bundle.unet(torch.randn(1, 4, 8, 8), 10, encoder_hidden_states=emb.hidden).sample
+        out = bundle.denoiser(torch.randn(1, 4, 8, 8), 10, encoder_hidden_states=emb.hidden).sample
     assert out.shape == (1, 4, 8, 8)
 
 
@@ -232,17 +235,17 @@ def test_sdxl_folder_has_pooled_embeddings_and_time_ids(sdxl_folder: Path) -> No
     emb = bundle.encoder.encode(["a cat", "a dog"])
     assert emb.hidden.shape == (2, 77, 2 * TEXT_DIM)
     assert emb.pooled is not None and emb.pooled.shape == (2, TEXT_DIM)
-    extra = bundle.added_cond_kwargs(emb.pooled, 96, 128)
+    extra = added_cond_kwargs(bundle.denoiser, emb.pooled, 96, 128)
     assert extra is not None
     assert extra["text_embeds"].shape == (2, TEXT_DIM)
     assert extra["time_ids"].tolist() == [[96, 128, 0, 0, 96, 128]] * 2
     with torch.no_grad():
-        out = bundle.unet(
+        out = bundle.denoiser(
             torch.randn(2, 4, 12, 16), 10, encoder_hidden_states=emb.hidden, added_cond_kwargs=extra
         ).sample
     assert out.shape == (2, 4, 12, 16)
     with pytest.raises(ModelError, match="pooled"):
-        bundle.added_cond_kwargs(None, 96, 128)
+        added_cond_kwargs(bundle.denoiser, None, 96, 128)
 
 
 def test_folder_missing_component_is_named(sd_folder: Path, tmp_path: Path) -> None:

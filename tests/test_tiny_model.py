@@ -44,7 +44,7 @@ def tiny() -> ModelBundle:
 
 def _states(bundle: ModelBundle) -> list[dict[str, torch.Tensor]]:
     return [
-        bundle.unet.state_dict(),
+        bundle.denoiser.state_dict(),
         bundle.vae.state_dict(),
         bundle.encoder.encoder.state_dict(),  # type: ignore[attr-defined]
     ]
@@ -79,7 +79,7 @@ def test_tiny_loads_bitwise_identically_twice(tiny: ModelBundle) -> None:
 def test_loaded_weights_are_the_files_float16_values(tiny: ModelBundle) -> None:
     stored = load_file(str(WEIGHTS_PATH))
     assert all(t.dtype == torch.float16 for t in stored.values())
-    weight = tiny.unet.state_dict()["conv_in.weight"]
+    weight = tiny.denoiser.state_dict()["conv_in.weight"]
     assert weight.dtype == torch.float32
     assert torch.equal(weight, stored["unet.conv_in.weight"].float())
 
@@ -88,7 +88,7 @@ def test_loaded_weights_are_the_files_float16_values(tiny: ModelBundle) -> None:
 
 
 def test_tiny_structure_fits_the_engine(tiny: ModelBundle) -> None:
-    unet = tiny.unet
+    unet = tiny.denoiser
     assert isinstance(unet, UNet2DConditionModel)
     assert len(unet.config.block_out_channels) >= 3
     assert unet.config.mid_block_type == "UNetMidBlock2DCrossAttn"
@@ -127,9 +127,9 @@ def test_prompt_encoder_contract(tiny: ModelBundle) -> None:
 
 def test_bfloat16_copy_rounds_the_same_weights() -> None:
     half = load_tiny(torch.bfloat16, CPU)
-    assert half.unet.dtype == torch.bfloat16 and half.vae.dtype == torch.bfloat16
+    assert half.denoiser.dtype == torch.bfloat16 and half.vae.dtype == torch.bfloat16
     full = load_tiny_modules()[0].state_dict()["conv_in.weight"]
-    assert torch.equal(half.unet.state_dict()["conv_in.weight"], full.bfloat16())
+    assert torch.equal(half.denoiser.state_dict()["conv_in.weight"], full.bfloat16())
 
 
 def test_loader_refuses_missing_foreign_and_stale_files(tmp_path: Path) -> None:

@@ -58,6 +58,7 @@ from pcpp_mpi.config import job_from_dict  # noqa: E402
 from pcpp_mpi.config.arguments import add_settings_argument  # noqa: E402
 from pcpp_mpi.engine.runner import DENOISE_RANGE, run_job  # noqa: E402
 from pcpp_mpi.engine.setup import DTYPES  # noqa: E402
+from pcpp_mpi.families.unet import added_cond_kwargs  # noqa: E402
 from pcpp_mpi.models import load_model  # noqa: E402
 from pcpp_mpi.models.random_arch import measurement_model  # noqa: E402
 from pcpp_mpi.output.rank_file import read_table  # noqa: E402
@@ -286,23 +287,27 @@ def _time_plain(
     ``compiled``: the UNet ``torch.compile``'d first). Returns the loop times and the seconds
     the warm-up calls took (compiling, with ``compiled``)."""
     if channels_last:
-        bundle.unet.to(memory_format=torch.channels_last)
+        bundle.denoiser.to(memory_format=torch.channels_last)
         try:
             return _time_plain(args, size, bundle, device, graph)
         finally:
-            bundle.unet.to(memory_format=torch.contiguous_format)
+            bundle.denoiser.to(memory_format=torch.contiguous_format)
     from pcpp_mpi.engine.schedulers import make_scheduler
 
     dtype = DTYPES[args.dtype]
     factor = bundle.vae_scale_factor
-    shape = (2, bundle.unet.config.in_channels, size // factor, size // factor)
+    shape = (2, bundle.denoiser.config.in_channels, size // factor, size // factor)
     embeddings = bundle.encoder.encode(["", PROMPT])
     hidden = embeddings.hidden.to(device, dtype)
-    added = bundle.added_cond_kwargs(embeddings.pooled, size, size)
+    added = added_cond_kwargs(bundle.denoiser, embeddings.pooled, size, size)
     static_in = torch.randn(shape, device=device, dtype=dtype)
     static_t = torch.tensor(500, device=device)
 
-    model = torch.compile(bundle.unet, fullgraph=True, dynamic=False) if compiled else bundle.unet
+    model = (
+        torch.compile(bundle.denoiser, fullgraph=True, dynamic=False)
+        if compiled
+        else bundle.denoiser
+    )
 
     def unet_call() -> torch.Tensor:
         return model(

@@ -420,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         # Evaluate the weights as they are shipped (rounded to float16).
         unet, vae, text_encoder, _ = load_tiny_modules(path)
         bundle = ModelBundle(
-            unet=unet.to(device),
+            denoiser=unet.to(device),
             vae=vae.to(device),
             encoder=TinyPromptEncoder(WordTokenizer(), text_encoder),
             scheduler_config=default_scheduler_config(),

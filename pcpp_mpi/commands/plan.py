@@ -48,13 +48,13 @@ def format_plan(plan: JobPlan) -> str:
     lines = [
         f"{data['ranks']} rank(s): {len(data['bands'])} band(s) x {data['cfg_groups']} CFG "
         f"group(s); latent {data['latent'][0]}x{data['latent'][1]}, {data['levels']} levels, "
-        f"band unit {data['unit']} rows; UNet batch per rank {data['batch']}; "
+        f"band unit {data['unit']} rows; model batch per rank {data['batch']}; "
         f"{data['steps']} steps, warm-up {data['warmup_steps']}, pcpp ratio {data['ratio']}",
         f"layers split: {data['layers']['halo_convs']} convolutions with halos, "
         f"{data['layers']['group_norms']} GroupNorms, "
         f"{data['layers']['self_attentions']} self-attentions",
         "",
-        "bands (latent rows [start, stop) at each UNet level; pcpp rows received from the "
+        "bands (latent rows [start, stop) at each level; pcpp rows received from the "
         "band above / below):",
     ]
     for rank in data["per_rank"]:

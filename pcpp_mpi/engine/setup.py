@@ -46,7 +46,7 @@ def prepare_band_context(
     norm_kernels: NormKernels | None = None,
 ) -> BandContext:
     """Install the parallel layers for ``job`` on the network its model family denoises with
-    (``bundle.unet`` for the UNet; undo with ``ctx.handle.remove()``) and return everything
+    (``bundle.denoiser``; undo with ``ctx.handle.remove()``) and return everything
     :func:`denoise_band` needs.
     ``norm_kernels``: ``runtime.norm_kernels`` already resolved (resolved here if None; a
     compiled run always takes inductor's)."""

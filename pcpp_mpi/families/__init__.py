@@ -9,14 +9,17 @@ from __future__ import annotations
 
 from pcpp_mpi.config.schema import ModelConfig
 from pcpp_mpi.families.base import DenoiserFamily, ModelFamily, StepInputs
+from pcpp_mpi.families.pixart import PixArtFamily
 from pcpp_mpi.families.unet import UNetFamily
+from pcpp_mpi.models import denoiser_network
 
 #: every family, by name (constant: families are stateless)
-FAMILIES: tuple[ModelFamily, ...] = (UNetFamily(),)
+FAMILIES: tuple[ModelFamily, ...] = (UNetFamily(), PixArtFamily())
 
 
 def family_named(name: str) -> ModelFamily:
-    """The family called ``name`` (``"unet"``); ValueError naming the known ones."""
+    """The family called ``name`` (``"unet"``, ``"pixart"``); ValueError naming the known
+    ones."""
     for family in FAMILIES:
         if family.name == name:
             return family
@@ -25,8 +28,12 @@ def family_named(name: str) -> ModelFamily:
 
 
 def denoiser_family(model: ModelConfig) -> DenoiserFamily:
-    """The family of the network that denoises ``model``'s latent: the UNet for every model
-    source there is (the built-in tiny model, ``arch`` and diffusers folders with ``unet/``)."""
+    """The family of the network that denoises ``model``'s latent: PixArt for ``arch:
+    pixart-sigma`` and for diffusers folders whose ``transformer/`` is a PixArt transformer;
+    the UNet for everything else (the built-in tiny model, the SD archs, folders with
+    ``unet/``). Reads at most a folder's JSON files."""
+    if denoiser_network(model) == "pixart":
+        return PixArtFamily()
     return UNetFamily()
 
 

@@ -78,7 +78,7 @@ class ModelFamily(Protocol[InputsT]):
 
     # -- a run: a loaded model on one rank -----------------------------------------------------
     def network(self, bundle: ModelBundle) -> nn.Module:
-        """The module of a loaded model this family parallelises (the UNet: ``bundle.unet``)."""
+        """The module of a loaded model this family parallelises (``bundle.denoiser``)."""
         ...
 
     def inventory_of(

@@ -1,4 +1,5 @@
-"""What a loaded model is: a UNet, a VAE, a prompt encoder and a scheduler configuration."""
+"""What a loaded model is: a denoising network (a UNet or a diffusion transformer), a VAE, a
+prompt encoder and a scheduler configuration."""
 
 from __future__ import annotations
 
@@ -8,21 +9,22 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
-
-from pcpp_mpi.models.errors import ModelError
+from diffusers import AutoencoderKL
 
 
 @dataclass(frozen=True)
 class PromptEmbeddings:
     """Text conditioning for B prompts.
 
-    ``hidden``: (B, seq, dim) encoder hidden states for the UNet's cross-attention;
-    ``pooled``: (B, pooled_dim) pooled text embedding for SDXL-type models, else ``None``.
+    ``hidden``: (B, seq, dim) encoder hidden states for the network's cross-attention;
+    ``pooled``: (B, pooled_dim) pooled text embedding for SDXL-type models, else ``None``;
+    ``mask``: (B, seq) attention mask of the tokens (1 = a token, 0 = padding) for encoders
+    whose padding the network must ignore (PixArt's T5), else ``None`` (every position counts).
     """
 
     hidden: torch.Tensor
     pooled: torch.Tensor | None
+    mask: torch.Tensor | None = None
 
 
 class PromptEncoder(Protocol):
@@ -112,39 +114,14 @@ class HashPromptEncoder:
 class ModelBundle:
     """Everything a run needs from a model, on its device and in its dtype.
 
+    ``denoiser``: the network the denoising loop steps (a diffusers ``UNet2DConditionModel``
+    or ``PixArtTransformer2DModel``; its model family knows how to call it);
     ``scheduler_config`` is a diffusers scheduler config (pass it to ``Scheduler.from_config``);
     ``vae_scale_factor`` is the number of pixels per latent element along each axis.
     """
 
-    unet: UNet2DConditionModel
+    denoiser: torch.nn.Module
     vae: AutoencoderKL
     encoder: PromptEncoder
     scheduler_config: dict[str, Any]
     vae_scale_factor: int
-
-    def added_cond_kwargs(
-        self, pooled: torch.Tensor | None, height: int, width: int
-    ) -> dict[str, torch.Tensor] | None:
-        """SDXL micro-conditioning for a batch of B images of ``height`` x ``width`` pixels.
-
-        Returns ``{'text_embeds': (B, D), 'time_ids': (B, 6)}`` with time ids
-        ``[height, width, 0, 0, height, width]`` (original size, crop corner, target size) in
-        the UNet's dtype and on its device, or ``None`` for a UNet without
-        ``addition_embed_type``.
-        """
-        kind = self.unet.config.get("addition_embed_type")
-        if kind is None:
-            return None
-        if kind != "text_time":
-            raise ModelError(f"unsupported UNet addition_embed_type {kind!r} (only 'text_time')")
-        if pooled is None or pooled.ndim != 2:
-            raise ModelError(
-                "this UNet (addition_embed_type 'text_time') needs pooled text embeddings of "
-                f"shape (B, D); got {None if pooled is None else tuple(pooled.shape)}"
-            )
-        dtype, device = self.unet.dtype, self.unet.device
-        time_ids = torch.tensor([height, width, 0, 0, height, width], dtype=dtype, device=device)
-        return {
-            "text_embeds": pooled.to(device=device, dtype=dtype),
-            "time_ids": time_ids.expand(pooled.shape[0], 6).clone(),
-        }

@@ -1,9 +1,11 @@
 """Local diffusers folders (``model_index.json`` + component folders), loaded offline.
 
+Two kinds of folder (:func:`folder_network`): UNet pipelines (SD 1.x/2.x, SDXL) and PixArt
+pipelines (``transformer/`` holding a ``PixArtTransformer2DModel``, a T5 text encoder).
 :func:`check_model_folder` checks the layout without loading anything, so a bad path fails
-before MPI-heavy work starts; :func:`load_folder` then loads the UNet, the VAE, the scheduler
-config and the text side (tokenizer + text encoder, plus ``tokenizer_2`` + ``text_encoder_2``
-for SDXL) with ``local_files_only=True``.
+before MPI-heavy work starts; :func:`load_folder` then loads the denoising network (UNet or
+transformer), the VAE, the scheduler config and the text side (tokenizer + text encoder, plus
+``tokenizer_2`` + ``text_encoder_2`` for SDXL) with ``local_files_only=True``.
 """
 
 from __future__ import annotations
@@ -11,30 +13,46 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib.util import find_spec
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import transformers
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import AutoencoderKL, PixArtTransformer2DModel, UNet2DConditionModel
 
 from pcpp_mpi.models.bundle import ModelBundle, PromptEmbeddings, place, scale_factor_of
 from pcpp_mpi.models.configs import complete_config
 from pcpp_mpi.models.errors import ModelError
+from pcpp_mpi.models.pixart import ALPHA_TEXT_TOKENS, SIGMA_TEXT_TOKENS
+from pcpp_mpi.models.t5_text import T5PromptEncoder
 
+FolderNetwork = Literal["unet", "pixart"]
 BASE_COMPONENTS: tuple[str, ...] = ("unet", "vae", "scheduler", "tokenizer", "text_encoder")
 SDXL_COMPONENTS: tuple[str, ...] = ("tokenizer_2", "text_encoder_2")
+PIXART_COMPONENTS: tuple[str, ...] = (
+    "transformer",
+    "vae",
+    "scheduler",
+    "tokenizer",
+    "text_encoder",
+)
+PIXART_CLASS = "PixArtTransformer2DModel"
 CONFIG_FILE = {
     "unet": "config.json",
+    "transformer": "config.json",
     "vae": "config.json",
     "scheduler": "scheduler_config.json",
     "text_encoder": "config.json",
     "text_encoder_2": "config.json",
 }
 TOKENIZER_FILES: tuple[str, ...] = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
-WEIGHTED: tuple[str, ...] = ("unet", "vae", "text_encoder", "text_encoder_2")
+#: a T5 tokenizer without ``tokenizer.json`` is a sentencepiece model, read only with sentencepiece
+SENTENCEPIECE_FILE = "spiece.model"
+WEIGHTED: tuple[str, ...] = ("unet", "transformer", "vae", "text_encoder", "text_encoder_2")
 EXPECTED_CLASS = {
     "unet": ("diffusers", "UNet2DConditionModel"),
+    "transformer": ("diffusers", PIXART_CLASS),
     "vae": ("diffusers", "AutoencoderKL"),
 }
 DEFAULT_CLASS = {
@@ -43,6 +61,9 @@ DEFAULT_CLASS = {
     "text_encoder": "CLIPTextModel",
     "text_encoder_2": "CLIPTextModelWithProjection",
 }
+#: PixArt's text side: T5's encoder, and its fast tokenizer whatever model_index.json names
+#: (the slow ``T5Tokenizer`` needs sentencepiece; the fast one reads ``tokenizer.json``)
+PIXART_TEXT_CLASS = {"tokenizer": "T5TokenizerFast", "text_encoder": "T5EncoderModel"}
 
 
 @dataclass(frozen=True)
@@ -52,13 +73,23 @@ class FolderLayout:
     root: Path
     model_index: dict[str, Any]
     components: tuple[str, ...]
+    network: FolderNetwork = "unet"
 
     @property
     def is_sdxl(self) -> bool:
         return "text_encoder_2" in self.components
 
+    @property
+    def text_tokens(self) -> int:
+        """PixArt: the prompt tokens its pipeline reads (300 for Sigma, 120 for alpha)."""
+        if str(self.model_index.get("_class_name", "")).startswith("PixArtSigma"):
+            return SIGMA_TEXT_TOKENS
+        return ALPHA_TEXT_TOKENS
+
     def class_name(self, component: str) -> str:
         """The transformers class of a tokenizer or text encoder (model_index.json or default)."""
+        if self.network == "pixart":
+            return PIXART_TEXT_CLASS[component]
         entry = self.model_index.get(component)
         if isinstance(entry, list) and len(entry) == 2 and entry[1]:
             return str(entry[1])
@@ -84,6 +115,29 @@ def read_component_config(path: str | Path, component: str) -> dict[str, Any]:
     if not file.is_file():
         raise ModelError(f"model folder {root}: missing {component}/{CONFIG_FILE[component]}")
     return _read_json(file)
+
+
+def folder_network(path: str | Path) -> FolderNetwork:
+    """``"pixart"`` when the folder's ``transformer/config.json`` or ``model_index.json`` names
+    a ``PixArtTransformer2DModel`` (or a PixArt pipeline), else ``"unet"``. Reads only JSON."""
+    root = Path(path)
+    config = root / "transformer" / CONFIG_FILE["transformer"]
+    if config.is_file() and _read_json(config).get("_class_name") == PIXART_CLASS:
+        return "pixart"
+    index = root / "model_index.json"
+    if index.is_file():
+        model_index = _read_json(index)
+        entry = model_index.get("transformer")
+        if isinstance(entry, list) and len(entry) == 2 and entry[1] == PIXART_CLASS:
+            return "pixart"
+        if str(model_index.get("_class_name", "")).startswith("PixArt"):
+            return "pixart"
+    return "unet"
+
+
+def folder_transformer_config(path: str | Path) -> dict[str, Any]:
+    """``<path>/transformer/config.json`` with the diffusers defaults filled in; no weights."""
+    return complete_config(PixArtTransformer2DModel, read_component_config(path, "transformer"))
 
 
 def folder_unet_config(path: str | Path) -> dict[str, Any]:
@@ -119,7 +173,25 @@ def _needs_sdxl_text(root: Path, model_index: dict[str, Any]) -> bool:
     return False
 
 
-def _component_problems(root: Path, model_index: dict[str, Any], name: str) -> list[str]:
+def _t5_tokenizer_problems(name: str, directory: Path) -> list[str]:
+    """A T5 tokenizer is read from ``tokenizer.json`` (fast), or from its sentencepiece model
+    when sentencepiece is installed."""
+    if (directory / "tokenizer.json").is_file():
+        return []
+    if not (directory / SENTENCEPIECE_FILE).is_file():
+        return [f"{name}/tokenizer.json (a T5 tokenizer; or {SENTENCEPIECE_FILE})"]
+    if find_spec("sentencepiece") is None:
+        return [
+            f"{name}/tokenizer.json: the folder has only a sentencepiece model "
+            f"({SENTENCEPIECE_FILE}), which needs the sentencepiece package: install it "
+            "(pip install sentencepiece) or add the fast tokenizer's tokenizer.json"
+        ]
+    return []
+
+
+def _component_problems(
+    root: Path, model_index: dict[str, Any], name: str, network: FolderNetwork = "unet"
+) -> list[str]:
     entry = model_index.get(name)
     if name in model_index and (entry is None or entry == [None, None]):
         return [f"{name} (set to null in model_index.json)"]
@@ -133,6 +205,8 @@ def _component_problems(root: Path, model_index: dict[str, Any], name: str) -> l
         return [f"{name}/ (directory)"]
     if name in CONFIG_FILE and not (directory / CONFIG_FILE[name]).is_file():
         return [f"{name}/{CONFIG_FILE[name]}"]
+    if name.startswith("tokenizer") and network == "pixart":
+        return _t5_tokenizer_problems(name, directory)
     if name.startswith("tokenizer") and not any((directory / f).is_file() for f in TOKENIZER_FILES):
         return [f"{name}/ tokenizer files (one of {', '.join(TOKENIZER_FILES)})"]
     if name in WEIGHTED and not _has_weights(directory):
@@ -150,19 +224,24 @@ def inspect_model_folder(path: str | Path) -> FolderLayout:
     if not index_file.is_file():
         raise ModelError(f"model folder {root}: missing model_index.json (not a diffusers folder?)")
     model_index = _read_json(index_file)
+    network = folder_network(root)
     components = BASE_COMPONENTS
-    if _needs_sdxl_text(root, model_index):
+    if network == "pixart":
+        components = PIXART_COMPONENTS
+    elif _needs_sdxl_text(root, model_index):
         components = (*BASE_COMPONENTS, *SDXL_COMPONENTS)
-    problems = [p for name in components for p in _component_problems(root, model_index, name)]
+    problems = [
+        p for name in components for p in _component_problems(root, model_index, name, network)
+    ]
     if problems:
         raise ModelError(f"model folder {root}: missing {'; '.join(problems)}")
-    return FolderLayout(root=root, model_index=model_index, components=components)
+    return FolderLayout(root=root, model_index=model_index, components=components, network=network)
 
 
 def check_model_folder(path: str) -> None:
     """Raise :class:`ModelError` naming the folder and what is missing, unless ``path`` is a
-    loadable diffusers folder (model_index.json, unet, vae, scheduler, tokenizer(s), text
-    encoder(s)). Reads only JSON files."""
+    loadable diffusers folder (model_index.json, unet or a PixArt transformer, vae, scheduler,
+    tokenizer(s), text encoder(s)). Reads only JSON files."""
     inspect_model_folder(path)
 
 
@@ -255,11 +334,16 @@ def load_folder(path: str, dtype: torch.dtype, device: torch.device) -> ModelBun
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
             raise ModelError(f"model folder {root}: cannot load {component}: {exc}") from exc
 
-    unet = load(
-        "unet",
-        UNet2DConditionModel.from_pretrained,
+    network_name, network_class = (
+        ("transformer", PixArtTransformer2DModel)
+        if layout.network == "pixart"
+        else ("unet", UNet2DConditionModel)
+    )
+    network = load(
+        network_name,
+        network_class.from_pretrained,
         torch_dtype=dtype,
-        variant=_variant(root / "unet"),
+        variant=_variant(root / network_name),
     )
     vae = load(
         "vae", AutoencoderKL.from_pretrained, torch_dtype=dtype, variant=_variant(root / "vae")
@@ -277,15 +361,20 @@ def load_folder(path: str, dtype: torch.dtype, device: torch.device) -> ModelBun
         load(f"tokenizer{s}", _transformers_class(layout, f"tokenizer{s}").from_pretrained)
         for s in suffixes
     )
-    for module in (unet, vae, *encoders):
+    for module in (network, vae, *encoders):
         module.requires_grad_(False).eval()
         place(module, device, dtype)
-    return ModelBundle(
-        unet=unet,
-        vae=vae,
-        encoder=FolderPromptEncoder(
+    encoder: Any
+    if layout.network == "pixart":
+        encoder = T5PromptEncoder(tokenizers[0], encoders[0], device, layout.text_tokens)
+    else:
+        encoder = FolderPromptEncoder(
             tokenizers=tokenizers, text_encoders=encoders, device=device, sdxl=layout.is_sdxl
-        ),
+        )
+    return ModelBundle(
+        denoiser=network,
+        vae=vae,
+        encoder=encoder,
         scheduler_config=read_component_config(root, "scheduler"),
         vae_scale_factor=scale_factor_of(vae.config.block_out_channels),
     )

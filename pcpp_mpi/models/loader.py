@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -10,11 +10,19 @@ from pcpp_mpi.config.schema import ModelConfig
 from pcpp_mpi.models.bundle import ModelBundle, default_scheduler_config
 from pcpp_mpi.models.errors import ModelError
 from pcpp_mpi.models.folder import (
+    folder_network,
+    folder_transformer_config,
     folder_unet_config,
     folder_vae_config,
     folder_vae_scale_factor,
     load_folder,
     read_component_config,
+)
+from pcpp_mpi.models.pixart import (
+    PIXART_ARCHS,
+    check_pixart_arch,
+    pixart_scheduler_config,
+    pixart_sigma_config,
 )
 from pcpp_mpi.models.random_arch import (
     arch_unet_config,
@@ -38,6 +46,36 @@ def _source(model: ModelConfig) -> str:
     if model.arch is not None and model.weights != "random":
         raise ModelError(f"model.arch={model.arch!r} needs weights: random (got {model.weights!r})")
     return chosen[0]
+
+
+DenoiserNetwork = Literal["unet", "pixart"]
+
+
+def denoiser_network(model: ModelConfig) -> DenoiserNetwork:
+    """Which network denoises ``model``'s latent: ``"pixart"`` for ``arch: pixart-sigma`` and
+    for a folder whose ``transformer/`` (or ``model_index.json``) names a
+    ``PixArtTransformer2DModel``; ``"unet"`` for everything else. Reads at most JSON."""
+    source = _source(model)
+    if source == "arch":
+        return "pixart" if model.arch in PIXART_ARCHS else "unet"
+    if source == "path":
+        assert model.path is not None
+        return folder_network(model.path)
+    return "unet"
+
+
+def transformer_config(model: ModelConfig) -> dict[str, Any]:
+    """A PixArt model's transformer config (diffusers defaults filled in), without building it:
+    from code for ``arch``, from ``<path>/transformer/config.json`` for a folder."""
+    source = _source(model)
+    if source == "arch":
+        assert model.arch is not None
+        check_pixart_arch(model.arch)
+        return pixart_sigma_config()
+    if source == "path":
+        assert model.path is not None
+        return folder_transformer_config(model.path)
+    raise ModelError(f"model.builtin {model.builtin!r} is a UNet model: it has no transformer")
 
 
 def unet_config(model: ModelConfig) -> dict[str, Any]:
@@ -81,9 +119,12 @@ def vae_scale_factor(model: ModelConfig) -> int:
 
 def scheduler_config(model: ModelConfig) -> dict[str, Any]:
     """The model's noise-schedule config, without loading weights."""
-    if _source(model) == "path":
+    source = _source(model)
+    if source == "path":
         assert model.path is not None
         return read_component_config(model.path, "scheduler")
+    if source == "arch" and model.arch in PIXART_ARCHS:
+        return pixart_scheduler_config()
     return default_scheduler_config()
 
 

@@ -1,4 +1,5 @@
-"""Full-size SD 1.5 / SD 2.1 / SDXL UNets and VAEs with random weights (for speed measurements).
+"""Full-size SD 1.5 / SD 2.1 / SDXL UNets and VAEs with random weights (for speed measurements),
+and the entry for the PixArt architectures (:mod:`pcpp_mpi.models.pixart`, with SDXL's VAE).
 
 The configurations are the published ones (``unet/config.json`` and ``vae/config.json`` of
 runwayml/stable-diffusion-v1-5, stabilityai/stable-diffusion-2-1 and
@@ -26,15 +27,25 @@ from pcpp_mpi.models.bundle import (
 )
 from pcpp_mpi.models.configs import complete_config
 from pcpp_mpi.models.errors import ModelError
+from pcpp_mpi.models.pixart import PIXART_ARCHS, load_pixart_arch
 
-ARCHS: tuple[str, ...] = ("sd15", "sd21", "sdxl")
+ARCHS: tuple[str, ...] = ("sd15", "sd21", "sdxl")  # UNet architectures
+#: the VAE of each transformer architecture (one of ARCHS')
+TRANSFORMER_VAE = {"pixart-sigma": "sdxl"}
 TEXT_SEQ_LEN = 77
 SDXL_POOLED_DIM = 1280
 
 
 def _check_arch(arch: str) -> None:
+    if arch not in (*ARCHS, *PIXART_ARCHS):
+        known = ", ".join((*ARCHS, *PIXART_ARCHS))
+        raise ModelError(f"unknown model arch {arch!r}; expected one of {known}")
+
+
+def _check_unet_arch(arch: str) -> None:
+    _check_arch(arch)
     if arch not in ARCHS:
-        raise ModelError(f"unknown model arch {arch!r}; expected one of {', '.join(ARCHS)}")
+        raise ModelError(f"model arch {arch!r} is a transformer: it has no UNet")
 
 
 def measurement_model(arch: str, seed: int = 0) -> dict[str, Any]:
@@ -48,7 +59,7 @@ def measurement_model(arch: str, seed: int = 0) -> dict[str, Any]:
 
 
 def _raw_unet_config(arch: str) -> dict[str, Any]:
-    _check_arch(arch)
+    _check_unet_arch(arch)
     sd_blocks = {
         "sample_size": 64,
         "in_channels": 4,
@@ -109,8 +120,10 @@ def arch_unet_config(arch: str) -> dict[str, Any]:
 
 
 def arch_vae_config(arch: str) -> dict[str, Any]:
-    """The SD VAE config (8 pixels per latent element); SDXL's differs in its scaling factor."""
+    """The SD VAE config (8 pixels per latent element); SDXL's differs in its scaling factor.
+    A transformer architecture has the VAE it was trained with (PixArt-Sigma: SDXL's)."""
     _check_arch(arch)
+    arch = TRANSFORMER_VAE.get(arch, arch)
     raw = {
         "sample_size": 1024 if arch == "sdxl" else 768 if arch == "sd21" else 512,
         "in_channels": 3,
@@ -134,7 +147,7 @@ def arch_vae_scale_factor(arch: str) -> int:
 
 
 def arch_prompt_encoder(arch: str, seed: int) -> HashPromptEncoder:
-    """Random text conditioning of ``arch``'s shapes: hidden (B, 77, 768 | 1024 | 2048);
+    """Random text conditioning of ``arch``'s UNet shapes: hidden (B, 77, 768 | 1024 | 2048);
     pooled (B, 1280) for SDXL only."""
     dim = arch_unet_config(arch)["cross_attention_dim"]
     pooled = SDXL_POOLED_DIM if arch == "sdxl" else None
@@ -185,11 +198,16 @@ def build_random(
 
 
 def load_random_arch(arch: str, seed: int, dtype: torch.dtype, device: torch.device) -> ModelBundle:
-    """The ``arch`` UNet and VAE with random weights from ``seed``, in ``dtype`` on ``device``."""
+    """The ``arch`` network (UNet or transformer) and VAE with random weights from ``seed``, in
+    ``dtype`` on ``device``."""
+    _check_arch(arch)
+    if arch in PIXART_ARCHS:
+        vae = build_random(AutoencoderKL, arch_vae_config(arch), seed + 1, dtype, device)
+        return load_pixart_arch(arch, seed, dtype, device, vae, arch_vae_scale_factor(arch))
     unet = build_random(UNet2DConditionModel, arch_unet_config(arch), seed, dtype, device)
     vae = build_random(AutoencoderKL, arch_vae_config(arch), seed + 1, dtype, device)
     return ModelBundle(
-        unet=unet,
+        denoiser=unet,
         vae=vae,
         encoder=arch_prompt_encoder(arch, seed),
         scheduler_config=default_scheduler_config(),

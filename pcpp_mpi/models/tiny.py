@@ -260,7 +260,7 @@ def load_tiny(dtype: torch.dtype, device: torch.device) -> ModelBundle:
     for module in (unet, vae):
         place(module, torch.device(device), dtype)
     return ModelBundle(
-        unet=unet,
+        denoiser=unet,
         vae=vae,
         encoder=TinyPromptEncoder(WordTokenizer(), text_encoder),
         scheduler_config=default_scheduler_config(),

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from diffusers.models.attention_processor import Attention
 from torch import nn
 
+from pcpp_mpi.geometry import level_unit
+
 # the inventory as plain data lives in the planning layer; re-exported for the families
 from pcpp_mpi.plan.inventory import AttnSpec as AttnSpec
 from pcpp_mpi.plan.inventory import ConvSpec as ConvSpec
@@ -40,6 +42,20 @@ def _attn_level(tokens: int, latent_height: int, latent_width: int) -> int:
     raise UnsupportedModelError(f"self-attention over {tokens} tokens matches no level")
 
 
+def _patchifies(conv: nn.Conv2d) -> bool:
+    """A convolution cutting its input into non-overlapping patches along the height (kernel
+    = stride, no padding, no dilation, e.g. a transformer's patch embedding): on a band that
+    starts on a patch boundary it needs no row of another band."""
+    kernel, stride = conv.kernel_size[0], conv.stride[0]
+    return (
+        kernel > 1
+        and kernel == stride
+        and conv.padding[0] == 0
+        and conv.dilation[0] == 1
+        and not isinstance(conv.padding, str)
+    )
+
+
 def is_self_attention(module: nn.Module) -> bool:
     return isinstance(module, Attention) and not module.is_cross_attention
 
@@ -59,7 +75,9 @@ def trace_layers(
 
     Every Conv2d whose kernel spans more than one row, every GroupNorm and every
     self-attention layer records the shape of its first call's input, from which its level
-    follows (``latent_height / 2**level`` rows). ``fresh_convs``: the convolutions that read the
+    follows (``latent_height / 2**level`` rows). A patchify convolution (kernel = stride, no
+    padding) needs nothing once bands are whole patches (checked against the band unit
+    ``2**(levels - 1)``) and is left out. ``fresh_convs``: the convolutions that read the
     step's own input (their halo is exchanged fresh in every step). ``levels`` and
     ``latent_channels`` describe the model (its family reads them from its configuration).
     """
@@ -92,6 +110,15 @@ def trace_layers(
             kernel_h, _ = module.kernel_size
             if kernel_h == 1 and module.stride[0] == 1 and module.padding[0] == 0:
                 continue
+            if _patchifies(module):
+                level = _level_of(shape[2], latent_height)
+                if (level_unit(levels) >> level) % kernel_h:
+                    raise UnsupportedModelError(
+                        f"{name}: a patchify convolution of {kernel_h} rows at level {level} "
+                        f"needs bands of whole patches; the band unit is {level_unit(levels)} "
+                        "latent rows"
+                    )
+                continue  # reads its band's own rows only: nothing to exchange
             if module.padding_mode != "zeros" or isinstance(module.padding, str):
                 raise UnsupportedModelError(f"{name}: only zero-padded convolutions are supported")
             convs.append(

@@ -18,13 +18,16 @@ class ModelShape:
     ``levels``: resolution levels; level ``l`` has ``latent_height / 2**l`` rows, so a band is a
     multiple of ``2**(levels - 1)`` latent rows. ``latent_channels``: channels of the latent the
     model steps. ``vae_scale_factor``: pixels per latent element along each axis. ``network``:
-    what messages call the model (``UNet``).
+    what messages call the model (``UNet``). ``unit_reason``: why bands are multiples of
+    ``2**(levels - 1)`` rows, for messages (default: the network's levels; a transformer's
+    is its patch size).
     """
 
     levels: int
     latent_channels: int
     vae_scale_factor: int
     network: str = "UNet"
+    unit_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -65,11 +68,12 @@ def plan_layout(job: JobConfig, n_ranks: int, shape: ModelShape) -> RunLayout:
     pixels = vae_scale_factor * unit
     for key, size in (("height", generation.height), ("width", generation.width)):
         if size % pixels:
+            why = shape.unit_reason or (
+                f"2**{levels - 1} for a {shape.network} with {levels} levels"
+            )
             raise ConfigError(
                 f"generation.{key}: {size} px is not a multiple of {pixels} px (VAE scale "
-                f"{vae_scale_factor} x 2**{levels - 1} for a {shape.network} with {levels} "
-                f"levels); "
-                f"{_nearest_sizes(size, pixels)}"
+                f"{vae_scale_factor} x {why}); {_nearest_sizes(size, pixels)}"
             )
     latent_height = generation.height // vae_scale_factor
     latent_width = generation.width // vae_scale_factor

@@ -45,7 +45,7 @@ def generate(
     factor = bundle.vae_scale_factor
     if height % factor or width % factor:
         raise ValueError(f"height and width must be multiples of {factor}")
-    unet, vae = bundle.unet, bundle.vae
+    unet, vae = bundle.denoiser, bundle.vae
     device, dtype = unet.device, unet.dtype
     images = []
     for begin in range(0, len(prompts), batch_size):

@@ -11,6 +11,7 @@ from torch import nn
 
 from pcpp_mpi.config.schema import ModelConfig
 from pcpp_mpi.families.unet import inventory as unet_inventory
+from pcpp_mpi.families.unet.conditioning import added_cond_kwargs
 from pcpp_mpi.families.unet.inputs import UNetConditioning, UNetInputs
 from pcpp_mpi.geometry import Band
 from pcpp_mpi.models import unet_config, vae_scale_factor
@@ -48,7 +49,7 @@ class UNetFamily:
         return unet_inventory.trace_inventory(unet_config(model), latent_height, latent_width)
 
     def network(self, bundle: ModelBundle) -> nn.Module:
-        return bundle.unet
+        return bundle.denoiser
 
     def inventory_of(
         self, network: nn.Module, latent_height: int, latent_width: int
@@ -81,7 +82,7 @@ class UNetFamily:
         embeddings = bundle.encoder.encode(prompts)
         return UNetConditioning(
             hidden=embeddings.hidden.to(device, dtype),
-            added=bundle.added_cond_kwargs(embeddings.pooled, height, width),
+            added=added_cond_kwargs(bundle.denoiser, embeddings.pooled, height, width),
         )
 
     def step_inputs(

@@ -1,0 +1,99 @@
+"""The PixArt transformer's layer inventory: its levels, example inputs and traced layers.
+
+A PixArt transformer has one spatial exchange: the self-attention (``attn1``) of every block,
+over the tokens of the patch grid, row-major (``latent_height / p`` rows of ``latent_width /
+p`` tokens). With ``p = 2**l`` that grid is level ``l`` of the band geometry, so the model has
+``l + 1`` levels and bands are whole patches (``p`` latent rows). The patchify convolution
+(kernel = stride = ``p``) reads its band's own rows only; cross-attention, AdaLN-single, the
+caption projection, the feed-forward layers and the final layer are per token or per sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from diffusers import PixArtTransformer2DModel
+from torch import nn
+
+from pcpp_mpi.parallel.inventory import LayerInventory, UnsupportedModelError, trace_layers
+
+#: caption tokens of the example call (any count: the inventory does not depend on it)
+EXAMPLE_CAPTION_TOKENS = 8
+
+
+def pixart_levels(config: Mapping[str, Any]) -> int:
+    """Levels of the band geometry: ``log2(patch_size) + 1`` (the patch grid is the last)."""
+    patch = int(config["patch_size"])
+    if patch < 1 or patch & (patch - 1):
+        raise UnsupportedModelError(
+            f"PixArt patch_size {patch} is not a power of two: bands cannot split its grid"
+        )
+    return patch.bit_length()
+
+
+def example_call(
+    config: Mapping[str, Any], height: int, width: int
+) -> Callable[[nn.Module], object]:
+    """A function calling a PixArt transformer of ``config`` once on meta inputs
+    ``(1, C, height, width)`` (with PixArt-alpha's size conditioning when it uses it)."""
+    meta = torch.device("meta")
+    caption = config["caption_channels"] or config["cross_attention_dim"]
+    kwargs: dict[str, Any] = {
+        "timestep": torch.empty(1, device=meta),
+        "encoder_hidden_states": torch.empty(1, EXAMPLE_CAPTION_TOKENS, caption, device=meta),
+    }
+    if config.get("use_additional_conditions"):
+        kwargs["added_cond_kwargs"] = {
+            "resolution": torch.empty(1, 2, device=meta),
+            "aspect_ratio": torch.empty(1, 1, device=meta),
+        }
+    sample = torch.empty(1, config["in_channels"], height, width, device=meta)
+
+    def run(transformer: nn.Module) -> object:
+        return transformer(sample, **kwargs)
+
+    return run
+
+
+def _meta_twin(config: Mapping[str, Any]) -> nn.Module:
+    with torch.device("meta"):
+        return PixArtTransformer2DModel.from_config(dict(config))
+
+
+def trace_inventory(
+    config: Mapping[str, Any], latent_height: int, latent_width: int
+) -> LayerInventory:
+    """Trace a PixArt transformer built from ``config`` on the meta device at a global
+    latent size."""
+    return _trace(_meta_twin(config), config, latent_height, latent_width)
+
+
+def inventory_of(transformer: nn.Module, latent_height: int, latent_width: int) -> LayerInventory:
+    """The same for a built transformer (traced on a meta twin built from its config: only
+    shapes are recorded)."""
+    config = dict(transformer.config)
+    return _trace(_meta_twin(config), config, latent_height, latent_width)
+
+
+def _trace(
+    transformer: nn.Module, config: Mapping[str, Any], latent_height: int, latent_width: int
+) -> LayerInventory:
+    levels = pixart_levels(config)
+    inventory = trace_layers(
+        transformer,
+        example_call(config, latent_height, latent_width),
+        latent_height,
+        latent_width,
+        levels=levels,
+        latent_channels=config["in_channels"],
+    )
+    if inventory.convs or inventory.norms:
+        names = [spec.name for spec in (*inventory.convs, *inventory.norms)]
+        raise UnsupportedModelError(
+            f"PixArt transformer with spatial layers besides attention: {names}"
+        )
+    if any(attn.level != levels - 1 for attn in inventory.attns):
+        raise UnsupportedModelError("PixArt self-attention off the patch grid")
+    return inventory
