@@ -16,10 +16,10 @@ alone. Variants are named ``kind/previous kind/parity``; a displaced mode's stea
 (``local/local/0``, ``displaced/displaced/0``), the kernels of a few more replays under
 ``torch.profiler``: count, busy and idle time and time by category per step. The bounds: a
 ``--image-steps``-step image timed as the sum of the variants its steps replay (slowest rank),
-and the fastest one-GPU image's over each mode's. The one-GPU references are ``single`` and
-the plain diffusers UNet (no pcpp-mpi) replayed as one CUDA graph per call, uncompiled
-(``plain-graph``) and ``torch.compile``'d first (``plain-compile``: ``fullgraph``, inductor),
-timed on rank 0 like ``single``. Whether the pcpp-mpi modes are compiled follows
+and the fastest one-GPU image's over each mode's. The one-GPU references are ``single`` and the
+plain diffusers network (UNet or transformer, no pcpp-mpi) replayed as one CUDA graph per call,
+uncompiled (``plain-graph``) and ``torch.compile``'d first (``plain-compile``: ``fullgraph``,
+inductor), timed on rank 0 like ``single``. Whether the pcpp-mpi modes are compiled follows
 ``runtime.compile`` (``--set runtime.compile=false`` for the uncompiled path). Output:
 ``band_steps.json`` and ``band_steps.md`` in ``--out``.
 
@@ -43,6 +43,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import get_args
 
 import mpi4py
 
@@ -55,6 +56,7 @@ from pcpp_mpi.comm.context import RankComm  # noqa: E402
 from pcpp_mpi.comm.mpi_info import cuda_aware  # noqa: E402
 from pcpp_mpi.config import ConfigError, job_from_dict  # noqa: E402
 from pcpp_mpi.config.arguments import add_settings_argument  # noqa: E402
+from pcpp_mpi.config.schema import ArchName  # noqa: E402
 from pcpp_mpi.engine.compile import compile_enabled  # noqa: E402
 from pcpp_mpi.engine.denoise import denoise_band  # noqa: E402
 from pcpp_mpi.engine.setup import DTYPES, prepare_band_context  # noqa: E402
@@ -66,7 +68,7 @@ from pcpp_mpi.parallel.band_norm import resolve_norm_kernels  # noqa: E402
 from pcpp_mpi.plan.schedule import step_kind  # noqa: E402
 
 MODES = ("single", "naive", "pcpp", "distrifusion", "sync", "plain-graph", "plain-compile")
-PLAIN = ("plain-graph", "plain-compile")  # one-GPU references: plain diffusers UNet calls
+PLAIN = ("plain-graph", "plain-compile")  # one-GPU references: plain diffusers network calls
 PROFILED = ("local/local/0", "displaced/displaced/0")
 PROFILE_RANGE = "pcpp-mpi band step replays"
 PROFILE_REPLAYS = 5
@@ -80,7 +82,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--arch", default="sdxl", choices=("tiny", "sd15", "sd21", "sdxl"))
+    parser.add_argument("--arch", default="sdxl", choices=("tiny", *get_args(ArchName)))
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--steps", type=int, default=8, help="steps of the capturing image")
@@ -200,7 +202,7 @@ def _measure(args, mode: str, comm: RankComm, bundle, device, world) -> dict[str
 
 
 def _measure_plain(args, mode: str, bundle, device) -> dict[str, dict]:
-    """``plain-graph`` / ``plain-compile``: the plain diffusers UNet (the model family's
+    """``plain-graph`` / ``plain-compile``: the plain diffusers network (the model family's
     network, no band layers) on the whole latent (CFG batch 2) captured as one CUDA graph
     (after ``torch.compile`` for ``plain-compile``) and replayed alone; the figure is given for
     every variant name a ``single`` image uses, so the bounds treat it as a one-GPU image."""

@@ -6,14 +6,15 @@
 #
 # Sources tools/device/env.sh, then runs tools/bench_band_step.py --profile once per mode
 # (plain-graph, plain-compile, single, naive, pcpp, distrifusion; BAND_MODES="..." picks
-# others; extra bench_band_step.py options in BAND_OPTIONS, e.g. "--set runtime.compile=false"
-# for the uncompiled path), each in a process of its own (modes measured in one
-# process disturbed each other once: docs/benchmarks/results/15-*), and joins the reports with
-# the bounds (bench_band_step.py --merge) into OUT/band-SIZE. Logs go to OUT/band-SIZE*.log; a
-# failing command does not stop the later ones, and the exit status is that of the last failure
-# (0 if none). Everything is packed into OUT/band-SIZE.tgz (the device tool brings back at most
-# 8 files); the archive is rewritten after every mode, so a call cut off by its time limit still
-# brings back the modes that finished (join them later with bench_band_step.py --merge).
+# others; BAND_ARCH the model, default sdxl, e.g. pixart-sigma; extra bench_band_step.py
+# options in BAND_OPTIONS, e.g. "--set runtime.compile=false" for the uncompiled path), each in
+# a process of its own (modes measured in one process disturbed each other once:
+# docs/benchmarks/results/15-*), and joins the reports with the bounds (bench_band_step.py
+# --merge) into OUT/band-SIZE. Logs go to OUT/band-SIZE*.log; a failing command does not stop
+# the later ones, and the exit status is that of the last failure (0 if none). Everything is
+# packed into OUT/band-SIZE.tgz (the device tool brings back at most 8 files); the archive is
+# rewritten after every mode, so a call cut off by its time limit still brings back the modes
+# that finished (join them later with bench_band_step.py --merge).
 set -u
 # shellcheck source=tools/device/common.sh
 source tools/device/common.sh
@@ -41,7 +42,7 @@ pack() {
 }
 for mode in ${BAND_MODES:-plain-graph plain-compile single naive pcpp distrifusion}; do
     step "band-$size-$mode" "${mpirun_gpu[@]}" -np "$ranks" python3 tools/bench_band_step.py \
-        --arch sdxl --size "$size" --modes "$mode" --profile --out "$out/band-$size/$mode" \
+        --arch "${BAND_ARCH:-sdxl}" --size "$size" --modes "$mode" --profile --out "$out/band-$size/$mode" \
         ${BAND_OPTIONS:-}
     pack
 done
