@@ -150,7 +150,7 @@ def check_engine(comm: RankComm) -> dict[str, Any]:
     reference = vae.decode(latent / config["scaling_factor"] + config["shift_factor"]).sample
     unshifted = vae.decode(latent / config["scaling_factor"]).sample
     bundle = ModelBundle(
-        unet=None, vae=vae, encoder=None, scheduler_config={}, vae_scale_factor=factor
+        denoiser=None, vae=vae, encoder=None, scheduler_config={}, vae_scale_factor=factor
     )  # the decode reads only the VAE
     generation = {"height": LATENT_HEIGHT * factor, "width": LATENT_WIDTH * factor}
     job = job_from_dict({"generation": generation, "parallel": {"mode": "sync"}})
