@@ -100,7 +100,7 @@ def test_ints_accepted_for_floats() -> None:
     ("section", "key", "allowed"),
     [
         ("parallel", "mode", "'single', 'naive', 'sync', 'distrifusion', 'pcpp'"),
-        ("generation", "scheduler", "'ddim', 'euler', 'dpmsolver++'"),
+        ("generation", "scheduler", "'auto', 'ddim', 'euler', 'dpmsolver++', 'flow-euler'"),
         ("runtime", "dtype", "'float32', 'float16', 'bfloat16'"),
         ("runtime", "device", "'cpu', 'cuda'"),
     ],

@@ -47,10 +47,12 @@ RUNS: dict[int, dict[str, list[str]]] = {
         "single_256": ["generation.height=256"],
         "single_dpm": ["generation.scheduler=dpmsolver++"],
         "single_euler": ["generation.scheduler=euler"],
+        "single_flow": ["generation.scheduler=flow-euler"],
     },
     2: {
         "sync": [],
         "sync_dpm": ["generation.scheduler=dpmsolver++"],
+        "sync_flow": ["generation.scheduler=flow-euler"],
         "distrifusion_warm": ["parallel.mode=distrifusion", f"parallel.warmup_steps={STEPS}"],
         "pcpp_r1_warm": [
             "parallel.mode=pcpp",
@@ -230,6 +232,9 @@ def test_cfg_parallel_sync_equals_single(runs, n: int) -> None:
 def test_sharded_schedulers_equal_single(runs) -> None:
     assert max_diff(runs(2) / "sync_dpm", runs(1) / "single_dpm") < EXACT
     assert max_diff(runs(3) / "sync_euler", runs(1) / "single_euler") < EXACT
+    # flow matching (SD3's Euler steps, timesteps 1000 sigma) on the tiny model's network
+    assert max_diff(runs(2) / "sync_flow", runs(1) / "single_flow") < EXACT
+    assert max_diff(runs(1) / "single_flow", runs(1) / "single") > 1e-2  # a schedule of its own
 
 
 def test_local_folders_sync_equals_single(runs) -> None:

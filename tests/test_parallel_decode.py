@@ -96,14 +96,23 @@ def test_parallel_decode_equals_the_whole_decode(tmp_path: Path, n: int) -> None
     done = mpirun(n, [sys.executable, str(REPO / "tests" / "decode_driver.py"), str(out)])
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(out.read_text())
-    assert set(results) == {"tiny", "sdxl_shaped"}
+    engine = results.pop("engine")
+    assert set(results) == {"tiny", "sdxl_shaped", "sd3_shaped"}
     assert results["sdxl_shaped"]["attentions"] == 1  # the mid-block attention is split too
+    assert results["sd3_shaped"]["attentions"] == 1
     for name, result in results.items():
         assert result["max_diff"] < EXACT, (name, result)
         assert result["alone_diff"] > 1e-2, (name, result)  # the neighbours' rows matter
         assert result["scale"] > 0.5, (name, result)
         assert result["bytes_match"], (name, result)
         assert result["decode_sent"] > 0
+    # SD3's VAE (16 latent channels, a shift factor): the engine's band-parallel decode equals
+    # its rank-0 decode, and both equal diffusers' decode of latent / scaling + shift
+    assert engine["parallel_vs_rank0"] < EXACT, engine
+    assert engine["parallel_vs_reference"] < EXACT, engine
+    assert engine["rank0_vs_reference"] < EXACT, engine
+    assert engine["shift_matters"] > 1e-2, engine  # the shift is not lost in the comparison
+    assert engine["scale"] > 0.1, engine
 
 
 # ---------------------------------------------------------------- the run path

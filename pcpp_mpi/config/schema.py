@@ -14,7 +14,7 @@ from pcpp_mpi.config.modes import DISPLACED_MODES as DISPLACED_MODES
 from pcpp_mpi.config.modes import MODES as MODES
 
 ModeName = Literal["single", "naive", "sync", "distrifusion", "pcpp"]  # == config.modes.MODES
-SchedulerName = Literal["ddim", "euler", "dpmsolver++"]
+SchedulerName = Literal["auto", "ddim", "euler", "dpmsolver++", "flow-euler"]
 DtypeName = Literal["float32", "float16", "bfloat16"]
 DeviceName = Literal["cpu", "cuda"]
 GraphsName = Literal["auto", "eager", "emulate"]
@@ -57,7 +57,12 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    """What to generate. ``height``/``width`` are in pixels; one image per prompt."""
+    """What to generate. ``height``/``width`` are in pixels; one image per prompt.
+
+    ``scheduler``: ``ddim``, ``euler`` or ``dpmsolver++`` for noise-prediction models,
+    ``flow-euler`` for flow-matching ones (SD3); ``auto`` picks ``flow-euler`` when the
+    model's scheduler config is a flow-matching one and ``ddim`` otherwise.
+    """
 
     prompts: tuple[str, ...] = ("a red circle at the top left on a blue background",)
     negative_prompts: tuple[str, ...] = ("",)
@@ -65,7 +70,7 @@ class GenerationConfig:
     width: int = 128
     steps: int = 20
     guidance_scale: float = 5.0
-    scheduler: SchedulerName = "ddim"
+    scheduler: SchedulerName = "auto"
     seed: int = 0
 
 

@@ -16,6 +16,7 @@ from pcpp_mpi.families.vae_decoder.band_decode import decode_band
 from pcpp_mpi.families.vae_decoder.inventory import decode_latent, trace_decoder
 from pcpp_mpi.geometry import Band
 from pcpp_mpi.models.bundle import ModelBundle
+from pcpp_mpi.models.latent_scale import to_vae_latent
 from pcpp_mpi.plan.decode import (
     IMAGE_KIND,
     DecoderInventory,
@@ -42,12 +43,17 @@ def to_uint8(pixels: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def latent_to_image(bundle: ModelBundle, latent: torch.Tensor) -> np.ndarray:
-    """Decode a global latent ``(1, C, H, W)`` with the VAE into an ``(H*f, W*f, 3)`` uint8
-    image (``f`` the VAE scale factor)."""
+def latent_to_pixels(bundle: ModelBundle, latent: torch.Tensor) -> torch.Tensor:
+    """Decode a global latent ``(1, C, H, W)`` (the denoiser's: unscaled and shifted by the VAE
+    config's factors first) whole into pixels ``(1, 3, H*f, W*f)`` (about [-1, 1], the VAE's
+    dtype; ``f`` the VAE scale factor): rank 0's decode."""
     vae = decoding_vae(bundle)
-    scaled = latent.to(vae.device, vae.dtype) / vae.config.scaling_factor
-    return to_uint8(decode_latent(vae, scaled))
+    return decode_latent(vae, to_vae_latent(latent.to(vae.device, vae.dtype), vae.config))
+
+
+def latent_to_image(bundle: ModelBundle, latent: torch.Tensor) -> np.ndarray:
+    """Decode a global latent ``(1, C, H, W)`` into an ``(H*f, W*f, 3)`` uint8 image."""
+    return to_uint8(latent_to_pixels(bundle, latent))
 
 
 @dataclass
@@ -107,20 +113,23 @@ class ImageDecoder:
             with tracer.phase("decode", index):
                 return latent_to_image(self.bundle, full), full
         with tracer.phase("decode", index):
-            pixels = to_uint8(self._decode_band(latent, last))
+            pixels = to_uint8(self.band_pixels(latent, last))
         with tracer.phase("collect", index):
             rows = [b.rows * self.layout.vae_scale_factor for b in self.bands]
             image = self.group.gather_rows(last, IMAGE_KIND, pixels, rows)
         return image, full
 
-    def _decode_band(self, latent: torch.Tensor, step: int) -> torch.Tensor:
-        """This rank's decode band (inside its own latent band) through the parallel decoder."""
+    def band_pixels(self, latent: torch.Tensor, step: int) -> torch.Tensor:
+        """This rank's decode band (latent rows inside its own band ``latent``
+        ``(1, C, rows, W)``, local) through the parallel decoder: its pixels
+        ``(1, 3, decode rows * f, W * f)`` (local, the VAE's dtype). Every rank calls it
+        together; exchanges are counted in ``step``."""
         assert self.group is not None and self.inventory is not None
         vae = decoding_vae(self.bundle)
         own = self.layout.bands[self.comm.topology.band_index]
         band = self.bands[self.group.rank]
         rows = latent[:, :, band.start - own.start : band.stop - own.start]
-        scaled = rows.to(vae.device, vae.dtype) / vae.config.scaling_factor
+        scaled = to_vae_latent(rows.to(vae.device, vae.dtype), vae.config)
         wire = self.comm.wire_spec(vae.device, vae.dtype)
         return decode_band(
             vae, self.inventory, self.group, self.bands, scaled, step=step, wire=wire

@@ -32,7 +32,7 @@ from pcpp_mpi.engine.denoise import BandContext, denoise_band
 from pcpp_mpi.engine.finite import FiniteWatch
 from pcpp_mpi.engine.gpu_timer import GpuStepTimer
 from pcpp_mpi.engine.nvtx import nvtx_ranges
-from pcpp_mpi.engine.schedulers import check_schedule
+from pcpp_mpi.engine.schedulers import check_schedule, check_scheduler
 from pcpp_mpi.engine.setup import DTYPES, prepare_band_context
 from pcpp_mpi.engine.stopping import NonFiniteLatent, RunInterrupted, StopSignals
 from pcpp_mpi.engine.streams import compute_stream
@@ -42,6 +42,7 @@ from pcpp_mpi.models import (
     check_model_folder,
     load_model,
     scheduler_config,
+    vae_config,
 )
 from pcpp_mpi.output import RunFile, prepare_run_dir, write_png
 from pcpp_mpi.output.provenance import collect_package_versions, git_revision
@@ -92,8 +93,17 @@ def _check_job(job: JobConfig, n_ranks: int) -> RunLayout:
     if job.model.path is not None:
         check_model_folder(job.model.path)
     generation = job.generation
-    check_schedule(generation.scheduler, scheduler_config(job.model), generation.steps)
-    layout = plan_layout(job, n_ranks, denoiser_family(job.model).model_shape(job.model))
+    schedule = scheduler_config(job.model)
+    check_scheduler(generation.scheduler, schedule, trained=job.model.source == "path")
+    check_schedule(generation.scheduler, schedule, generation.steps)
+    shape = denoiser_family(job.model).model_shape(job.model)
+    vae_channels = int(vae_config(job.model)["latent_channels"])
+    if vae_channels != shape.latent_channels:
+        raise ValueError(
+            f"model: the {shape.network} steps latents of {shape.latent_channels} channels, "
+            f"but the VAE decodes {vae_channels} (latent_channels of its config)"
+        )
+    layout = plan_layout(job, n_ranks, shape)
     decode_bands(job.output.decode, layout)  # raises if the bands cannot be decoded in parallel
     return layout
 

@@ -14,21 +14,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from pcpp_mpi.engine.schedulers import make_scheduler
 from pcpp_mpi.models.bundle import ModelBundle
-
-
-def _scheduler(name: str, config: dict) -> object:
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
-
-    if name == "ddim":
-        return DDIMScheduler.from_config(config, thresholding=False)
-    if name == "euler":
-        return EulerDiscreteScheduler.from_config(config)
-    if name == "dpmsolver++":
-        return DPMSolverMultistepScheduler.from_config(
-            config, algorithm_type="dpmsolver++", thresholding=False
-        )
-    raise ValueError(f"unknown scheduler {name!r}")
+from pcpp_mpi.models.latent_scale import to_vae_latent
 
 
 def initial_noise(seed: int, channels: int, height: int, width: int) -> torch.Tensor:
@@ -64,7 +52,7 @@ def generate(
         chunk = list(prompts[begin : begin + batch_size])
         chunk_seeds = seeds[begin : begin + batch_size]
         n = len(chunk)
-        sched = _scheduler(scheduler, dict(bundle.scheduler_config))
+        sched = make_scheduler(scheduler, bundle.scheduler_config)
         sched.set_timesteps(steps, device=device)
         noise = torch.cat(
             [
@@ -80,7 +68,7 @@ def generate(
             uncond, cond = prediction.chunk(2)
             latent = sched.step(uncond + guidance_scale * (cond - uncond), timestep, latent)
             latent = latent.prev_sample
-        decoded = vae.decode(latent.to(vae.dtype) / vae.config.scaling_factor).sample.float()
+        decoded = vae.decode(to_vae_latent(latent.to(vae.dtype), vae.config)).sample.float()
         pixels = ((decoded / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
         images.append(pixels.permute(0, 2, 3, 1).cpu().numpy())
     return np.concatenate(images)

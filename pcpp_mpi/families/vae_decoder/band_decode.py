@@ -29,9 +29,10 @@ def decode_band(
     wire: WireSpec,
 ) -> torch.Tensor:
     """Decode this rank's band ``latent`` ``(1, C, rows, W)`` (local: the latent rows of
-    ``bands[group.rank]``, already divided by the scaling factor, in the VAE's dtype) into its
-    pixels ``(1, 3, rows*f, W*f)`` (local), equal to those rows of the whole image's decode.
-    Every rank of ``group`` calls it together.
+    ``bands[group.rank]``, already unscaled and shifted by
+    :func:`~pcpp_mpi.models.latent_scale.to_vae_latent`, in the VAE's dtype) into its pixels
+    ``(1, 3, rows*f, W*f)`` (local), equal to those rows of the whole image's decode. Every
+    rank of ``group`` calls it together.
 
     The parallel layers and their buffers exist only during the call (they would otherwise
     hold memory through the denoising); the exchanges are counted and traced in ``step``.

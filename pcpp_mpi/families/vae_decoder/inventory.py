@@ -48,9 +48,10 @@ def meta_vae(config: Mapping[str, Any]) -> AutoencoderKL:
 
 
 def decode_latent(vae: AutoencoderKL, latent: torch.Tensor) -> torch.Tensor:
-    """``post_quant_conv`` then the decoder: ``(B, C, h, w)`` latent (already divided by the
-    scaling factor) to ``(B, 3, h*f, w*f)`` pixels in about [-1, 1]. Bypasses ``decode``'s
-    tiling and slicing, so a band decodes exactly like the whole latent."""
+    """``post_quant_conv`` then the decoder: ``(B, C, h, w)`` latent (already unscaled and
+    shifted by :func:`~pcpp_mpi.models.latent_scale.to_vae_latent`) to ``(B, 3, h*f, w*f)``
+    pixels in about [-1, 1]. Bypasses ``decode``'s tiling and slicing, so a band decodes
+    exactly like the whole latent."""
     if vae.post_quant_conv is not None:
         latent = vae.post_quant_conv(latent)
     return vae.decoder(latent)
