@@ -116,7 +116,7 @@ def test_literal_fields_in_model() -> None:
     )
     message = error_of({"model": {"arch": "sd3", "weights": "random"}})
     assert message == (
-        "model.arch: must be one of 'sd15', 'sd21', 'sdxl', 'pixart-sigma', got 'sd3'"
+        "model.arch: must be one of 'sd15', 'sd21', 'sdxl', 'pixart-sigma', 'sd3-medium', got 'sd3'"
     )
     message = error_of({"model": {"arch": "sdxl", "weights": "pretrained"}})
     assert message == "model.weights: must be one of 'random', got 'pretrained'"

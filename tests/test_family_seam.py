@@ -304,9 +304,10 @@ def test_the_plan_takes_the_toy_family_shape_and_inventory() -> None:
     assert {kind for kind, size in sent.items() if size > 0} >= {"halo", "norm", "kv"}
 
 
-def test_the_lookup_knows_the_unet_and_pixart_not_the_toy() -> None:
-    assert [family.name for family in FAMILIES] == ["unet", "pixart"]
+def test_the_lookup_knows_the_unet_and_the_transformers_not_the_toy() -> None:
+    assert [family.name for family in FAMILIES] == ["unet", "pixart", "sd3"]
     assert family_named("unet") is FAMILIES[0]
     assert family_named("pixart") is FAMILIES[1]
+    assert family_named("sd3") is FAMILIES[2]
     with pytest.raises(ValueError, match="no model family 'toy'"):
         family_named("toy")

@@ -23,7 +23,6 @@ from pcpp_mpi.config.schema import ModelConfig
 from pcpp_mpi.families import denoiser_family
 from pcpp_mpi.families.pixart import PixArtFamily, PixArtInputs
 from pcpp_mpi.families.pixart.family import size_conditioning
-from pcpp_mpi.families.pixart.pos_embed import BandPatchEmbed, band_pos_embed, global_pos_embed
 from pcpp_mpi.families.unet import UNetFamily
 from pcpp_mpi.geometry import Band, split_bands
 from pcpp_mpi.models import ModelError, load_model, scheduler_config, transformer_config
@@ -36,6 +35,7 @@ from pcpp_mpi.models.random_arch import arch_vae_config
 from pcpp_mpi.parallel import apply
 from pcpp_mpi.parallel.band_attention import BandSelfAttnProcessor
 from pcpp_mpi.parallel.clock import StepClock
+from pcpp_mpi.parallel.pos_embed import BandPatchEmbed, band_pos_embed, global_pos_embed
 from pcpp_mpi.planning import make_plan
 
 SIGMA = ModelConfig(arch="pixart-sigma", weights="random")

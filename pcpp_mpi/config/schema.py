@@ -22,7 +22,7 @@ NormKernelsName = Literal["auto", "torch", "triton"]
 ComputeStreamName = Literal["own", "default"]
 CompileName = Literal["auto", True, False]
 CompileBackendName = Literal["inductor", "aot_eager"]
-ArchName = Literal["sd15", "sd21", "sdxl", "pixart-sigma"]
+ArchName = Literal["sd15", "sd21", "sdxl", "pixart-sigma", "sd3-medium"]
 BuiltinName = Literal["tiny"]
 DecodeName = Literal["parallel", "rank0"]
 
@@ -33,11 +33,11 @@ class ModelConfig:
 
     - ``builtin: tiny``: the small model shipped with the package.
     - ``path: /models/sd15``: a local diffusers folder (``model_index.json``, ``unet/`` or a
-      PixArt ``transformer/``, ``vae/``, ``scheduler/``, tokenizer(s), text encoder(s));
-      loaded offline.
-    - ``arch: sd15 | sd21 | sdxl | pixart-sigma`` with ``weights: random``: full-size UNet (or
-      PixArt-Sigma transformer) and VAE built from configurations with random weights seeded
-      by ``seed`` (for speed measurements).
+      PixArt or SD3 ``transformer/``, ``vae/``, ``scheduler/``, tokenizer(s), text
+      encoder(s)); loaded offline.
+    - ``arch: sd15 | sd21 | sdxl | pixart-sigma | sd3-medium`` with ``weights: random``:
+      full-size UNet (or PixArt-Sigma or SD3-medium transformer) and VAE built from
+      configurations with random weights seeded by ``seed`` (for speed measurements).
     """
 
     builtin: BuiltinName | None = None

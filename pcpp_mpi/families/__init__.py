@@ -10,16 +10,17 @@ from __future__ import annotations
 from pcpp_mpi.config.schema import ModelConfig
 from pcpp_mpi.families.base import DenoiserFamily, ModelFamily, StepInputs
 from pcpp_mpi.families.pixart import PixArtFamily
+from pcpp_mpi.families.sd3 import SD3Family
 from pcpp_mpi.families.unet import UNetFamily
 from pcpp_mpi.models import denoiser_network
 
 #: every family, by name (constant: families are stateless)
-FAMILIES: tuple[ModelFamily, ...] = (UNetFamily(), PixArtFamily())
+FAMILIES: tuple[ModelFamily, ...] = (UNetFamily(), PixArtFamily(), SD3Family())
 
 
 def family_named(name: str) -> ModelFamily:
-    """The family called ``name`` (``"unet"``, ``"pixart"``); ValueError naming the known
-    ones."""
+    """The family called ``name`` (``"unet"``, ``"pixart"``, ``"sd3"``); ValueError naming
+    the known ones."""
     for family in FAMILIES:
         if family.name == name:
             return family
@@ -30,10 +31,14 @@ def family_named(name: str) -> ModelFamily:
 def denoiser_family(model: ModelConfig) -> DenoiserFamily:
     """The family of the network that denoises ``model``'s latent: PixArt for ``arch:
     pixart-sigma`` and for diffusers folders whose ``transformer/`` is a PixArt transformer;
-    the UNet for everything else (the built-in tiny model, the SD archs, folders with
-    ``unet/``). Reads at most a folder's JSON files."""
-    if denoiser_network(model) == "pixart":
+    SD3 for ``arch: sd3-*`` and folders whose ``transformer/`` is an SD3 transformer; the UNet
+    for everything else (the built-in tiny model, the SD archs, folders with ``unet/``).
+    Reads at most a folder's JSON files."""
+    network = denoiser_network(model)
+    if network == "pixart":
         return PixArtFamily()
+    if network == "sd3":
+        return SD3Family()
     return UNetFamily()
 
 

@@ -1,7 +1,9 @@
 """Local diffusers folders (``model_index.json`` + component folders), loaded offline.
 
-Two kinds of folder (:func:`folder_network`): UNet pipelines (SD 1.x/2.x, SDXL) and PixArt
-pipelines (``transformer/`` holding a ``PixArtTransformer2DModel``, a T5 text encoder).
+Three kinds of folder (:func:`folder_network`): UNet pipelines (SD 1.x/2.x, SDXL), PixArt
+pipelines (``transformer/`` holding a ``PixArtTransformer2DModel``, a T5 text encoder) and SD3
+pipelines (an ``SD3Transformer2DModel``, two CLIP text encoders with projection and an
+optional T5, :mod:`.sd3_text`).
 :func:`check_model_folder` checks the layout without loading anything, so a bad path fails
 before MPI-heavy work starts; :func:`load_folder` then loads the denoising network (UNet or
 transformer), the VAE, the scheduler config and the text side (tokenizer + text encoder, plus
@@ -19,15 +21,22 @@ from typing import Any, Literal
 
 import torch
 import transformers
-from diffusers import AutoencoderKL, PixArtTransformer2DModel, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    PixArtTransformer2DModel,
+    SD3Transformer2DModel,
+    UNet2DConditionModel,
+)
 
 from pcpp_mpi.models.bundle import ModelBundle, PromptEmbeddings, place, scale_factor_of
 from pcpp_mpi.models.configs import complete_config
 from pcpp_mpi.models.errors import ModelError
 from pcpp_mpi.models.pixart import ALPHA_TEXT_TOKENS, SIGMA_TEXT_TOKENS
+from pcpp_mpi.models.sd3 import SD3_CLASS
+from pcpp_mpi.models.sd3_text import SD3PromptEncoder
 from pcpp_mpi.models.t5_text import T5PromptEncoder
 
-FolderNetwork = Literal["unet", "pixart"]
+FolderNetwork = Literal["unet", "pixart", "sd3"]
 BASE_COMPONENTS: tuple[str, ...] = ("unet", "vae", "scheduler", "tokenizer", "text_encoder")
 SDXL_COMPONENTS: tuple[str, ...] = ("tokenizer_2", "text_encoder_2")
 PIXART_COMPONENTS: tuple[str, ...] = (
@@ -38,6 +47,10 @@ PIXART_COMPONENTS: tuple[str, ...] = (
     "text_encoder",
 )
 PIXART_CLASS = "PixArtTransformer2DModel"
+SD3_COMPONENTS: tuple[str, ...] = (*PIXART_COMPONENTS, *SDXL_COMPONENTS)
+#: SD3's T5 side: optional (a folder without it gets zeros for the T5 tokens)
+SD3_T5_COMPONENTS: tuple[str, ...] = ("tokenizer_3", "text_encoder_3")
+TRANSFORMER_CLASS = {"pixart": PixArtTransformer2DModel, "sd3": SD3Transformer2DModel}
 CONFIG_FILE = {
     "unet": "config.json",
     "transformer": "config.json",
@@ -45,11 +58,19 @@ CONFIG_FILE = {
     "scheduler": "scheduler_config.json",
     "text_encoder": "config.json",
     "text_encoder_2": "config.json",
+    "text_encoder_3": "config.json",
 }
 TOKENIZER_FILES: tuple[str, ...] = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
 #: a T5 tokenizer without ``tokenizer.json`` is a sentencepiece model, read only with sentencepiece
 SENTENCEPIECE_FILE = "spiece.model"
-WEIGHTED: tuple[str, ...] = ("unet", "transformer", "vae", "text_encoder", "text_encoder_2")
+WEIGHTED: tuple[str, ...] = (
+    "unet",
+    "transformer",
+    "vae",
+    "text_encoder",
+    "text_encoder_2",
+    "text_encoder_3",
+)
 EXPECTED_CLASS = {
     "unet": ("diffusers", "UNet2DConditionModel"),
     "transformer": ("diffusers", PIXART_CLASS),
@@ -64,6 +85,13 @@ DEFAULT_CLASS = {
 #: PixArt's text side: T5's encoder, and its fast tokenizer whatever model_index.json names
 #: (the slow ``T5Tokenizer`` needs sentencepiece; the fast one reads ``tokenizer.json``)
 PIXART_TEXT_CLASS = {"tokenizer": "T5TokenizerFast", "text_encoder": "T5EncoderModel"}
+#: SD3's text side: CLIPs with projection (their pooled embeddings), T5 as PixArt's
+SD3_TEXT_CLASS = {
+    "text_encoder": "CLIPTextModelWithProjection",
+    "text_encoder_2": "CLIPTextModelWithProjection",
+    "tokenizer_3": "T5TokenizerFast",
+    "text_encoder_3": "T5EncoderModel",
+}
 
 
 @dataclass(frozen=True)
@@ -77,7 +105,7 @@ class FolderLayout:
 
     @property
     def is_sdxl(self) -> bool:
-        return "text_encoder_2" in self.components
+        return self.network == "unet" and "text_encoder_2" in self.components
 
     @property
     def text_tokens(self) -> int:
@@ -90,6 +118,8 @@ class FolderLayout:
         """The transformers class of a tokenizer or text encoder (model_index.json or default)."""
         if self.network == "pixart":
             return PIXART_TEXT_CLASS[component]
+        if self.network == "sd3" and component in SD3_TEXT_CLASS:
+            return SD3_TEXT_CLASS[component]
         entry = self.model_index.get(component)
         if isinstance(entry, list) and len(entry) == 2 and entry[1]:
             return str(entry[1])
@@ -119,25 +149,36 @@ def read_component_config(path: str | Path, component: str) -> dict[str, Any]:
 
 def folder_network(path: str | Path) -> FolderNetwork:
     """``"pixart"`` when the folder's ``transformer/config.json`` or ``model_index.json`` names
-    a ``PixArtTransformer2DModel`` (or a PixArt pipeline), else ``"unet"``. Reads only JSON."""
+    a ``PixArtTransformer2DModel`` (or a PixArt pipeline), ``"sd3"`` for an
+    ``SD3Transformer2DModel`` (or a StableDiffusion3 pipeline), else ``"unet"``. Reads only
+    JSON."""
     root = Path(path)
+    networks = {PIXART_CLASS: "pixart", SD3_CLASS: "sd3"}
+    pipelines = {"PixArt": "pixart", "StableDiffusion3": "sd3"}
     config = root / "transformer" / CONFIG_FILE["transformer"]
-    if config.is_file() and _read_json(config).get("_class_name") == PIXART_CLASS:
-        return "pixart"
+    if config.is_file():
+        name = _read_json(config).get("_class_name")
+        if name in networks:
+            return networks[name]  # type: ignore[return-value]
     index = root / "model_index.json"
     if index.is_file():
         model_index = _read_json(index)
         entry = model_index.get("transformer")
-        if isinstance(entry, list) and len(entry) == 2 and entry[1] == PIXART_CLASS:
-            return "pixart"
-        if str(model_index.get("_class_name", "")).startswith("PixArt"):
-            return "pixart"
+        if isinstance(entry, list) and len(entry) == 2 and entry[1] in networks:
+            return networks[entry[1]]  # type: ignore[return-value]
+        pipeline = str(model_index.get("_class_name", ""))
+        for prefix, network in pipelines.items():
+            if pipeline.startswith(prefix):
+                return network  # type: ignore[return-value]
     return "unet"
 
 
 def folder_transformer_config(path: str | Path) -> dict[str, Any]:
-    """``<path>/transformer/config.json`` with the diffusers defaults filled in; no weights."""
-    return complete_config(PixArtTransformer2DModel, read_component_config(path, "transformer"))
+    """``<path>/transformer/config.json`` with the diffusers defaults filled in (of its
+    class: PixArt's or SD3's); no weights."""
+    network = folder_network(path)
+    cls = TRANSFORMER_CLASS.get(network, PixArtTransformer2DModel)
+    return complete_config(cls, read_component_config(path, "transformer"))
 
 
 def folder_unet_config(path: str | Path) -> dict[str, Any]:
@@ -195,8 +236,11 @@ def _component_problems(
     entry = model_index.get(name)
     if name in model_index and (entry is None or entry == [None, None]):
         return [f"{name} (set to null in model_index.json)"]
-    if name in EXPECTED_CLASS and isinstance(entry, list) and tuple(entry) != EXPECTED_CLASS[name]:
-        want = EXPECTED_CLASS[name][1]
+    expected = EXPECTED_CLASS.get(name)
+    if name == "transformer" and network == "sd3":
+        expected = ("diffusers", SD3_CLASS)
+    if expected is not None and isinstance(entry, list) and tuple(entry) != expected:
+        want = expected[1]
         return [f"{name} of class {want} (model_index.json names {entry[0]}.{entry[1]})"]
     if isinstance(entry, list) and entry[0] not in ("diffusers", "transformers"):
         return [f"{name} from diffusers or transformers (model_index.json names {entry[0]})"]
@@ -205,7 +249,7 @@ def _component_problems(
         return [f"{name}/ (directory)"]
     if name in CONFIG_FILE and not (directory / CONFIG_FILE[name]).is_file():
         return [f"{name}/{CONFIG_FILE[name]}"]
-    if name.startswith("tokenizer") and network == "pixart":
+    if name.startswith("tokenizer") and (network == "pixart" or name == "tokenizer_3"):
         return _t5_tokenizer_problems(name, directory)
     if name.startswith("tokenizer") and not any((directory / f).is_file() for f in TOKENIZER_FILES):
         return [f"{name}/ tokenizer files (one of {', '.join(TOKENIZER_FILES)})"]
@@ -228,6 +272,10 @@ def inspect_model_folder(path: str | Path) -> FolderLayout:
     components = BASE_COMPONENTS
     if network == "pixart":
         components = PIXART_COMPONENTS
+    elif network == "sd3":
+        components = SD3_COMPONENTS
+        if any(model_index.get(name) not in (None, [None, None]) for name in SD3_T5_COMPONENTS):
+            components = (*components, *SD3_T5_COMPONENTS)
     elif _needs_sdxl_text(root, model_index):
         components = (*BASE_COMPONENTS, *SDXL_COMPONENTS)
     problems = [
@@ -335,8 +383,8 @@ def load_folder(path: str, dtype: torch.dtype, device: torch.device) -> ModelBun
             raise ModelError(f"model folder {root}: cannot load {component}: {exc}") from exc
 
     network_name, network_class = (
-        ("transformer", PixArtTransformer2DModel)
-        if layout.network == "pixart"
+        ("transformer", TRANSFORMER_CLASS[layout.network])
+        if layout.network in TRANSFORMER_CLASS
         else ("unet", UNet2DConditionModel)
     )
     network = load(
@@ -348,7 +396,11 @@ def load_folder(path: str, dtype: torch.dtype, device: torch.device) -> ModelBun
     vae = load(
         "vae", AutoencoderKL.from_pretrained, torch_dtype=dtype, variant=_variant(root / "vae")
     )
-    suffixes = ("", "_2") if layout.is_sdxl else ("",)
+    suffixes = tuple(
+        "" if name == "text_encoder" else name.removeprefix("text_encoder")
+        for name in layout.components
+        if name.startswith("text_encoder")
+    )
     encoders = tuple(
         load(
             f"text_encoder{s}",
@@ -367,6 +419,14 @@ def load_folder(path: str, dtype: torch.dtype, device: torch.device) -> ModelBun
     encoder: Any
     if layout.network == "pixart":
         encoder = T5PromptEncoder(tokenizers[0], encoders[0], device, layout.text_tokens)
+    elif layout.network == "sd3":
+        pairs = tuple(zip(tokenizers, encoders, strict=True))
+        encoder = SD3PromptEncoder(
+            clip=pairs[:2],
+            t5=pairs[2] if len(pairs) > 2 else None,
+            device=device,
+            joint_dim=int(network.config.joint_attention_dim),
+        )
     else:
         encoder = FolderPromptEncoder(
             tokenizers=tokenizers, text_encoders=encoders, device=device, sdxl=layout.is_sdxl

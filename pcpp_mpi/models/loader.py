@@ -30,6 +30,7 @@ from pcpp_mpi.models.random_arch import (
     arch_vae_scale_factor,
     load_random_arch,
 )
+from pcpp_mpi.models.sd3 import SD3_ARCHS, sd3_medium_config, sd3_scheduler_config
 from pcpp_mpi.models.tiny import load_tiny, tiny_unet_config, tiny_vae_config, tiny_vae_scale_factor
 
 
@@ -48,15 +49,18 @@ def _source(model: ModelConfig) -> str:
     return chosen[0]
 
 
-DenoiserNetwork = Literal["unet", "pixart"]
+DenoiserNetwork = Literal["unet", "pixart", "sd3"]
 
 
 def denoiser_network(model: ModelConfig) -> DenoiserNetwork:
     """Which network denoises ``model``'s latent: ``"pixart"`` for ``arch: pixart-sigma`` and
     for a folder whose ``transformer/`` (or ``model_index.json``) names a
-    ``PixArtTransformer2DModel``; ``"unet"`` for everything else. Reads at most JSON."""
+    ``PixArtTransformer2DModel``; ``"sd3"`` for ``arch: sd3-*`` and a folder naming an
+    ``SD3Transformer2DModel``; ``"unet"`` for everything else. Reads at most JSON."""
     source = _source(model)
     if source == "arch":
+        if model.arch in SD3_ARCHS:
+            return "sd3"
         return "pixart" if model.arch in PIXART_ARCHS else "unet"
     if source == "path":
         assert model.path is not None
@@ -65,11 +69,13 @@ def denoiser_network(model: ModelConfig) -> DenoiserNetwork:
 
 
 def transformer_config(model: ModelConfig) -> dict[str, Any]:
-    """A PixArt model's transformer config (diffusers defaults filled in), without building it:
-    from code for ``arch``, from ``<path>/transformer/config.json`` for a folder."""
+    """A PixArt or SD3 model's transformer config (diffusers defaults filled in), without
+    building it: from code for ``arch``, from ``<path>/transformer/config.json`` for a folder."""
     source = _source(model)
     if source == "arch":
         assert model.arch is not None
+        if model.arch in SD3_ARCHS:
+            return sd3_medium_config()
         check_pixart_arch(model.arch)
         return pixart_sigma_config()
     if source == "path":
@@ -125,6 +131,8 @@ def scheduler_config(model: ModelConfig) -> dict[str, Any]:
         return read_component_config(model.path, "scheduler")
     if source == "arch" and model.arch in PIXART_ARCHS:
         return pixart_scheduler_config()
+    if source == "arch" and model.arch in SD3_ARCHS:
+        return sd3_scheduler_config()
     return default_scheduler_config()
 
 

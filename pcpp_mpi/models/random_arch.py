@@ -1,5 +1,6 @@
 """Full-size SD 1.5 / SD 2.1 / SDXL UNets and VAEs with random weights (for speed measurements),
-and the entry for the PixArt architectures (:mod:`pcpp_mpi.models.pixart`, with SDXL's VAE).
+and the entry for the transformer architectures (:mod:`pcpp_mpi.models.pixart`, with SDXL's
+VAE; :mod:`pcpp_mpi.models.sd3`, with SD3's).
 
 The configurations are the published ones (``unet/config.json`` and ``vae/config.json`` of
 runwayml/stable-diffusion-v1-5, stabilityai/stable-diffusion-2-1 and
@@ -28,6 +29,7 @@ from pcpp_mpi.models.bundle import (
 from pcpp_mpi.models.configs import complete_config
 from pcpp_mpi.models.errors import ModelError
 from pcpp_mpi.models.pixart import PIXART_ARCHS, load_pixart_arch
+from pcpp_mpi.models.sd3 import SD3_ARCHS, load_sd3_arch, sd3_vae_config
 
 ARCHS: tuple[str, ...] = ("sd15", "sd21", "sdxl")  # UNet architectures
 #: the VAE of each transformer architecture (one of ARCHS')
@@ -37,8 +39,8 @@ SDXL_POOLED_DIM = 1280
 
 
 def _check_arch(arch: str) -> None:
-    if arch not in (*ARCHS, *PIXART_ARCHS):
-        known = ", ".join((*ARCHS, *PIXART_ARCHS))
+    if arch not in (*ARCHS, *PIXART_ARCHS, *SD3_ARCHS):
+        known = ", ".join((*ARCHS, *PIXART_ARCHS, *SD3_ARCHS))
         raise ModelError(f"unknown model arch {arch!r}; expected one of {known}")
 
 
@@ -121,8 +123,11 @@ def arch_unet_config(arch: str) -> dict[str, Any]:
 
 def arch_vae_config(arch: str) -> dict[str, Any]:
     """The SD VAE config (8 pixels per latent element); SDXL's differs in its scaling factor.
-    A transformer architecture has the VAE it was trained with (PixArt-Sigma: SDXL's)."""
+    A transformer architecture has the VAE it was trained with (PixArt-Sigma: SDXL's; SD3:
+    its own, 16 latent channels)."""
     _check_arch(arch)
+    if arch in SD3_ARCHS:
+        return sd3_vae_config()
     arch = TRANSFORMER_VAE.get(arch, arch)
     raw = {
         "sample_size": 1024 if arch == "sdxl" else 768 if arch == "sd21" else 512,
@@ -204,6 +209,9 @@ def load_random_arch(arch: str, seed: int, dtype: torch.dtype, device: torch.dev
     if arch in PIXART_ARCHS:
         vae = build_random(AutoencoderKL, arch_vae_config(arch), seed + 1, dtype, device)
         return load_pixart_arch(arch, seed, dtype, device, vae, arch_vae_scale_factor(arch))
+    if arch in SD3_ARCHS:
+        vae = build_random(AutoencoderKL, arch_vae_config(arch), seed + 1, dtype, device)
+        return load_sd3_arch(arch, seed, dtype, device, vae, arch_vae_scale_factor(arch))
     unet = build_random(UNet2DConditionModel, arch_unet_config(arch), seed, dtype, device)
     vae = build_random(AutoencoderKL, arch_vae_config(arch), seed + 1, dtype, device)
     return ModelBundle(

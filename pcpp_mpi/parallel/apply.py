@@ -3,9 +3,10 @@
 The inventory (:mod:`pcpp_mpi.plan.inventory`, traced by the model's family) names every layer
 to replace: convolutions and GroupNorms are replaced by small wrapper modules holding the
 original ones; self-attention layers (diffusers ``Attention`` modules) get a processor through
-``Attention.set_processor``. Nothing is monkeypatched, and :meth:`ParallelHandle.remove`
-restores the original model. A family's ``parallelize`` calls :func:`parallelize` for the
-layers it shares with every family and adds its own.
+``Attention.set_processor`` (a joint one for SD3's joint image + text attention). Nothing is
+monkeypatched, and :meth:`ParallelHandle.remove` restores the original model. A family's
+``parallelize`` calls :func:`parallelize` for the layers it shares with every family and adds
+its own.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pcpp_mpi.parallel.band_norm import BandGroupNorm, NormKernels
 from pcpp_mpi.parallel.clock import StepClock
 from pcpp_mpi.parallel.exchange_ops import ExchangeOps
 from pcpp_mpi.parallel.halo_conv import HaloConv2d
+from pcpp_mpi.parallel.joint_attention import JointBandAttnProcessor, is_joint_attention
 from pcpp_mpi.plan.inventory import LayerInventory
 from pcpp_mpi.plan.schedule import attention_pattern, communicates, runs_split
 from pcpp_mpi.plan.topology import neighbours, shared_rows
@@ -233,8 +235,10 @@ def parallelize(
                 )
                 handle.exchanges.append(rows)
         handle.processors.append((attn, attn.processor))
+        # a joint (image + text) attention exchanges the same image K/V; its text stays local
+        processor = JointBandAttnProcessor if is_joint_attention(attn) else BandSelfAttnProcessor
         attn.set_processor(
-            BandSelfAttnProcessor(
+            processor(
                 clock=clock,
                 band_index=index,
                 pattern=pattern,

@@ -15,7 +15,11 @@ operator call in that graph:
 - ``attention(query, hidden, index) -> out``: a self-attention layer's queries
   ``(B, N, inner)`` and the band's tokens ``(B, N, C)`` in (the operator projects their keys
   and values straight into the exchange's frame), the attention output ``(B, N, inner)`` over
-  the context the mode gives (own band, neighbours' rows, all bands).
+  the context the mode gives (own band, neighbours' rows, all bands);
+- ``joint_attention(query, hidden, text_kv, index) -> out``: a joint (image + text) attention
+  layer's queries ``(B, N + Tq, inner)`` (the band's image tokens, then ``Tq`` text tokens),
+  the band's tokens ``(B, N, C)`` and the text's keys and values ``(B, T, 2*inner)`` in; the
+  output ``(B, N + Tq, inner)`` over the image context the mode gives followed by the text.
 
 Behind each operator the layer's own eager code does the posting and waiting (and, while a step
 is captured as CUDA graphs, the recording), so the compiled graph itself never depends on the
@@ -56,10 +60,23 @@ class AttentionLayer(Protocol):
     ) -> torch.Tensor: ...
 
 
+class JointAttentionLayer(AttentionLayer, Protocol):
+    def attend_joint(
+        self,
+        attn: torch.nn.Module,
+        query: torch.Tensor,
+        hidden_states: torch.Tensor,
+        text_kv: torch.Tensor,
+    ) -> torch.Tensor: ...
+
+
 _SCHEMAS = {
     "halo": "halo(Tensor x, int index) -> Tensor[]",
     "group_stats": "group_stats(Tensor local, int index) -> Tensor",
     "attention": "attention(Tensor query, Tensor hidden, int index) -> Tensor",
+    "joint_attention": (
+        "joint_attention(Tensor query, Tensor hidden, Tensor text_kv, int index) -> Tensor"
+    ),
 }
 
 
@@ -87,10 +104,14 @@ class ExchangeOps:
         self._register("halo", self._halo, self._halo_fake)
         self._register("group_stats", self._group_stats, self._group_stats_fake)
         self._register("attention", self._attention, self._attention_fake)
+        self._register("joint_attention", self._joint_attention, self._joint_attention_fake)
         ops = getattr(torch.ops, self.namespace)
         self.halo: Callable[[torch.Tensor, int], list[torch.Tensor]] = ops.halo
         self.group_stats: Callable[[torch.Tensor, int], torch.Tensor] = ops.group_stats
         self.attention: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] = ops.attention
+        self.joint_attention: Callable[
+            [torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor
+        ] = ops.joint_attention
 
     def _register(self, name: str, impl: Callable, fake: Callable) -> None:
         assert self._library is not None
@@ -139,4 +160,18 @@ class ExchangeOps:
 
     @staticmethod
     def _attention_fake(query: torch.Tensor, hidden: torch.Tensor, index: int) -> torch.Tensor:
+        return torch.empty_like(query)
+
+    def _joint_attention(
+        self, query: torch.Tensor, hidden: torch.Tensor, text_kv: torch.Tensor, index: int
+    ) -> torch.Tensor:
+        attn, layer = self._attns[index]
+        if not hasattr(layer, "attend_joint"):
+            raise TypeError(f"attention layer {index} is not a joint attention layer")
+        return layer.attend_joint(attn, query, hidden, text_kv)  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _joint_attention_fake(
+        query: torch.Tensor, hidden: torch.Tensor, text_kv: torch.Tensor, index: int
+    ) -> torch.Tensor:
         return torch.empty_like(query)

@@ -4,8 +4,8 @@ A band is a run of whole patch rows of the token grid. Every block's self-attent
 gets the generic band attention of ``parallel/`` (fresh K/V of every band in ``sync``, the
 previous step's in ``distrifusion``, the neighbours' boundary rows in ``pcpp``); the patch
 embedding is wrapped so a band's tokens carry the whole grid's positions
-(:mod:`.pos_embed`). Everything else is per token or per sample, and the unpatchify at the end
-turns the band's tokens back into the band's latent rows.
+(:mod:`pcpp_mpi.parallel.pos_embed`). Everything else is per token or per sample, and the
+unpatchify at the end turns the band's tokens back into the band's latent rows.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from torch import nn
 from pcpp_mpi.config.schema import ModelConfig
 from pcpp_mpi.families.pixart import inventory as pixart_inventory
 from pcpp_mpi.families.pixart.inputs import PixArtConditioning, PixArtInputs
-from pcpp_mpi.families.pixart.pos_embed import BandPatchEmbed
 from pcpp_mpi.geometry import Band
 from pcpp_mpi.models import transformer_config, vae_scale_factor
 from pcpp_mpi.parallel import apply
 from pcpp_mpi.parallel.clock import StepClock
+from pcpp_mpi.parallel.pos_embed import BandPatchEmbed
 from pcpp_mpi.plan.inventory import LayerInventory
 from pcpp_mpi.plan.layout import ModelShape
 from pcpp_mpi.plan.schedule import runs_split

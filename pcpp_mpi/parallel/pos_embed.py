@@ -1,13 +1,14 @@
-"""PixArt's patch embedding on a band: the band's patches with the *global* grid's positions.
+"""A transformer's patch embedding on a band (PixArt's, SD3's): the band's patches with the
+*global* grid's positions.
 
 diffusers' ``PatchEmbed`` adds a 2-D sin-cos positional embedding computed for the grid of
 the tensor it is given. A band is a few rows of the whole grid: given alone, it would get the
 embedding of a small image (every band starting at row 0). :class:`BandPatchEmbed` wraps the
 original module (its convolution, its optional norm) and adds the rows of the whole image's
 embedding that the band covers, computed once exactly as ``PatchEmbed`` computes it for the
-whole latent (its stored table when the grid is the trained one, the table cropped from
-``pos_embed_max_size`` when set, else the sin-cos function for the grid, with the module's
-``base_size`` and ``interpolation_scale``).
+whole latent (its stored table when the grid is the trained one, the centre crop of the
+``pos_embed_max_size`` table when set, as SD3 has, else the sin-cos function for the grid,
+with the module's ``base_size`` and ``interpolation_scale``).
 """
 
 from __future__ import annotations
