@@ -46,6 +46,8 @@ def test_main_job_on_two_ranks_writes_run_file_and_png(tmp_path: Path) -> None:
     assert (out / "image-0000.png").exists()
     assert (out / "rank-0000.h5").exists() and (out / "rank-0001.h5").exists()
     assert info.provenance["mode"] == "pcpp"
+    assert info.provenance["model_family"] == "unet"
+    assert info.provenance["scheduler"] == "ddim"
     # on the CPU there are no GPU step times: the table is empty and the tools use host times
     assert len(read_table(out / "rank-0000.h5", "gpu_steps")) == 0
     assert load_run(out).step_clock == "host"

@@ -32,7 +32,7 @@ from pcpp_mpi.engine.denoise import BandContext, denoise_band
 from pcpp_mpi.engine.finite import FiniteWatch
 from pcpp_mpi.engine.gpu_timer import GpuStepTimer
 from pcpp_mpi.engine.nvtx import nvtx_ranges
-from pcpp_mpi.engine.schedulers import check_schedule, check_scheduler
+from pcpp_mpi.engine.schedulers import check_schedule, check_scheduler, resolve_scheduler
 from pcpp_mpi.engine.setup import DTYPES, prepare_band_context
 from pcpp_mpi.engine.stopping import NonFiniteLatent, RunInterrupted, StopSignals
 from pcpp_mpi.engine.streams import compute_stream
@@ -205,7 +205,7 @@ def _run_started(
             )
             decoder = ImageDecoder.create(job, comm, bundle, start.layout)
         rank_file = _create_rank_file(ctx, start, epoch_unix)
-        run_file = _create_run_file(comm, start, world_info)
+        run_file = _create_run_file(ctx, start, world_info)
         try:
             _generate_and_record(
                 ctx, decoder, start, rank_file, run_file, progress, signals, after_step
@@ -314,8 +314,11 @@ def _create_rank_file(ctx: BandContext, start: _AgreedStart, epoch_unix: float) 
     )
 
 
-def _create_run_file(comm: RankComm, start: _AgreedStart, world_info: WorldInfo) -> RunFile | None:
+def _create_run_file(
+    ctx: BandContext, start: _AgreedStart, world_info: WorldInfo
+) -> RunFile | None:
     """Rank 0: the run file with the configuration and the provenance; None elsewhere."""
+    comm = ctx.comm
     n_ranks = comm.world.Get_size()
     if comm.world.Get_rank() != 0:
         return None
@@ -326,6 +329,8 @@ def _create_run_file(comm: RankComm, start: _AgreedStart, world_info: WorldInfo)
         "mode": start.layout.mode,
         "bands": [[b.start, b.stop] for b in start.layout.bands],
         "norm_kernels": start.norm_kernels,
+        "model_family": ctx.family.name,
+        "scheduler": resolve_scheduler(ctx.job.generation.scheduler, ctx.bundle.scheduler_config),
         "packages": collect_package_versions(),
         "git_revision": git_revision() or "unknown",
     }
