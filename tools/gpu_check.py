@@ -11,10 +11,10 @@ rounding; the measured difference is printed and written to ``check.json``. The 
 ``runtime.compile`` (compiled on a GPU; ``--set runtime.compile=false`` for the uncompiled
 path), ``single`` included.
 
-Every case runs twice, eagerly and with its UNet calls replayed as CUDA graphs
-(``runtime.graphs``), and the two latents are compared with each other too. ``--staged``
-passes host buffers to MPI (the path for an MPI that is not CUDA-aware) even when the library
-is CUDA-aware.
+Every case runs twice, eagerly and with its network calls (UNet or transformer) replayed as
+CUDA graphs (``runtime.graphs``), and the two latents are compared with each other too.
+``--staged`` passes host buffers to MPI (the path for an MPI that is not CUDA-aware) even when
+the library is CUDA-aware.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import get_args
 
 import mpi4py
 
@@ -34,6 +35,7 @@ from pcpp_mpi.comm.context import RankComm  # noqa: E402
 from pcpp_mpi.comm.mpi_info import cuda_aware  # noqa: E402
 from pcpp_mpi.config import ConfigError, job_from_dict  # noqa: E402
 from pcpp_mpi.config.arguments import add_settings_argument  # noqa: E402
+from pcpp_mpi.config.schema import ArchName  # noqa: E402
 from pcpp_mpi.engine.compile import compile_enabled  # noqa: E402
 from pcpp_mpi.engine.denoise import denoise_band  # noqa: E402
 from pcpp_mpi.engine.setup import DTYPES, prepare_band_context  # noqa: E402
@@ -99,7 +101,7 @@ def _run(job, comm: RankComm, bundle, device) -> torch.Tensor | None:
 def main() -> int:
     torch._dynamo.config.recompile_limit = 64  # one process compiles many cases' models
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="sdxl", choices=("tiny", "sd15", "sd21", "sdxl"))
+    parser.add_argument("--arch", default="sdxl", choices=("tiny", *get_args(ArchName)))
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--staged", action="store_true", help="host buffers for MPI")
