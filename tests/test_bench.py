@@ -6,10 +6,16 @@ import importlib.util
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import pytest
+import torch
 from mpi_launch import REPO, mpirun
+from pixart_folder import make_pixart_folder
+from sd3_folder import make_sd3_folder
+
+from pcpp_mpi.output import read_run
 
 pytestmark = pytest.mark.mpi
 TOOLS = REPO / "tools"
@@ -45,10 +51,15 @@ def test_bench_writes_every_case(tmp_path) -> None:
         assert rank_file.attrs["graph_replays"] == 3 * 3 - 1  # 3 images x 3 steps, first eager
     with h5py.File(out / "runs" / "64-pcpp-eager" / "rank-0000.h5", "r", locking=False) as f:
         assert f.attrs["graphs"] == "eager"
+    assert data["meta"]["family"] == "unet" and data["meta"]["scheduler"] == "ddim"
     with h5py.File(out / "results.h5", "r", locking=False) as file:
-        assert file.attrs["arch"] == "tiny"
+        assert file.attrs["arch"] == "tiny" and file.attrs["scheduler"] == "ddim"
+        assert list(file["64/pcpp/denoising_loop_s"][()]) == rows["pcpp"]["times"]
+        # the name of earlier results files still reads (a hard link to the same data)
         assert list(file["64/pcpp/unet_loop_s"][()]) == rows["pcpp"]["times"]
+        assert _bench_tool().read_loop_times(file["64/pcpp"]) == rows["pcpp"]["times"]
     table = (out / "results.md").read_text()
+    assert table.startswith("# tiny UNet, 3 steps (ddim), CFG batch 2, float32,")
     assert "| 64 | pcpp | 2 |" in table
     # --profile found every rank's denoising range (no CUDA kernels on the CPU: all idle)
     profiles = rows["pcpp"]["gpu_profile"]
@@ -62,6 +73,118 @@ def test_bench_writes_every_case(tmp_path) -> None:
         assert sum(g["per_step"] for g in gaps) == pytest.approx(1 / 3)
         assert sum(g["ms_per_step"] for g in gaps) == pytest.approx(profile["idle_ms_per_step"])
     assert "| 64 | pcpp | 1 |" in table  # the profile table, one line per rank
+
+
+def test_bench_runs_a_flow_matching_transformer(tmp_path, sd3_folder: Path) -> None:
+    """A tiny SD3 folder: the plain loop and the pcpp-mpi cases step flow-matching Euler
+    (``--scheduler auto``), and the results say which model family and scheduler ran."""
+    out = tmp_path / "bench"
+    result = mpirun(
+        2,
+        [
+            sys.executable,
+            str(REPO / "tools" / "bench.py"),
+            "--arch", "tiny", "--sizes", "64", "--steps", "3", "--warmup-steps", "1",
+            "--reps", "1", "--device", "cpu", "--dtype", "float32", "--out", str(out),
+            "--cases", "plain-eager", "single", "pcpp",
+            "--set", "model.builtin=null", "--set", f"model.path={sd3_folder}",
+        ],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((out / "results.json").read_text())
+    assert data["meta"]["family"] == "sd3" and data["meta"]["scheduler"] == "flow-euler"
+    rows = {r["case"]: r for r in data["results"]}
+    assert set(rows) == {"plain-eager", "single", "pcpp"}
+    assert all(len(row["times"]) == 1 and row["times"][0] > 0 for row in rows.values())
+    for case in ("single", "pcpp"):
+        info = read_run(out / "runs" / f"64-{case}" / "run.h5")
+        assert info.provenance["scheduler"] == "flow-euler", case
+    table = (out / "results.md").read_text()
+    assert table.startswith("# tiny SD3 transformer, 3 steps (flow-euler), CFG batch 2,")
+    assert "| 64 | pcpp | 2 |" in table
+
+
+def test_bench_refuses_a_bad_setting_before_any_work(tmp_path) -> None:
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, str(TOOLS / "bench.py"), "--arch", "tiny", "--device", "cpu",
+         "--out", str(out), "--set", "parallel.mode=fastest"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2 and "parallel.mode" in result.stderr
+    assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def sd3_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_sd3_folder(tmp_path_factory.mktemp("bench_sd3") / "sd3")
+
+
+@pytest.fixture(scope="module")
+def pixart_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_pixart_folder(tmp_path_factory.mktemp("bench_pixart") / "pixart")
+
+
+def _bench_tool():
+    spec = importlib.util.spec_from_file_location("bench", TOOLS / "bench.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while defined
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
+    return module
+
+
+@pytest.mark.parametrize(
+    ("model", "family", "scheduler"),
+    [("tiny", "unet", "ddim"), ("sd3", "sd3", "flow-euler"), ("pixart", "pixart", "ddim")],
+)
+def test_plain_loop_equals_the_engines_single_image(
+    tmp_path, request: pytest.FixtureRequest, model: str, family: str, scheduler: str
+) -> None:
+    """bench.py's plain one-GPU reference denoises like pcpp-mpi's ``single`` mode: the same
+    family's network, conditioning and scheduler (``auto`` resolved from the model), from the
+    same noise, give the same latent to float32 rounding (here on the CPU, eagerly)."""
+    from mpi4py import MPI
+
+    from pcpp_mpi.comm.context import RankComm
+    from pcpp_mpi.engine.denoise import denoise_band, initial_noise
+    from pcpp_mpi.engine.setup import prepare_band_context
+    from pcpp_mpi.models import load_model
+
+    bench = _bench_tool()
+    argv = ["--arch", "tiny", "--sizes", "64", "--steps", "3", "--device", "cpu",
+            "--dtype", "float32", "--cases", "plain-eager", "single",
+            "--out", str(tmp_path)]  # fmt: skip
+    if model != "tiny":
+        folder = request.getfixturevalue(f"{model}_folder")
+        argv += ["--set", "model.builtin=null", "--set", f"model.path={folder}"]
+    args = bench._args(argv)
+    job = bench._job(args, 64, bench.Case("single"), 1)
+    device = torch.device("cpu")
+    bundle = load_model(job.model, torch.float32, device)
+    generation = job.generation
+    with torch.no_grad():
+        loop = bench.plain_loop(job, bundle, device)
+        assert loop.family.name == family and loop.scheduler == scheduler
+        noise = initial_noise(generation.seed, *loop.sample.shape[1:])
+        plain = loop.denoise(loop.start(noise))
+    comm = RankComm(MPI.COMM_SELF, 1)
+    try:
+        ctx = prepare_band_context(job, comm, bundle, device)
+        try:
+            single = denoise_band(ctx, bench.PROMPT, "", generation.seed)
+        finally:
+            ctx.handle.remove()
+    finally:
+        comm.free()
+    assert single.shape == plain.shape == noise.shape
+    assert float(plain.abs().max()) > 0.5  # a latent, not zeros
+    assert torch.allclose(plain, single, rtol=1e-4, atol=1e-4), (plain - single).abs().max()
 
 
 def test_gpu_check_runs_on_the_cpu(tmp_path) -> None:
