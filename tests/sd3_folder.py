@@ -7,7 +7,7 @@ fixed seed), ``vae/`` (SD3's VAE shape, narrow), ``scheduler/`` (flow-matching E
 3), ``text_encoder/`` and ``text_encoder_2/`` (CLIP text models with projection, widths 8 and
 16), ``tokenizer/`` and ``tokenizer_2/`` (a byte-level CLIP BPE written here) and, unless
 ``t5=False``, ``text_encoder_3/`` (a one-layer T5 encoder of width 32) with ``tokenizer_3/``
-(a T5 fast tokenizer over a few words; no sentencepiece needed).
+(the word-level T5 fast tokenizer of :mod:`tiny_t5`).
 """
 
 from __future__ import annotations
@@ -23,27 +23,17 @@ from diffusers import (
     StableDiffusion3Pipeline,
 )
 from model_folder import write_clip_vocab
+from tiny_t5 import T5_DIM, t5_tokenizer, tiny_t5_config
 from transformers import (
     CLIPTextConfig,
     CLIPTextModelWithProjection,
     CLIPTokenizer,
-    T5Config,
     T5EncoderModel,
-    T5TokenizerFast,
 )
 
 from pcpp_mpi.models.sd3 import sd3_scheduler_config, tiny_sd3_config, tiny_sd3_vae_config
 
-T5_DIM = 32
 CLIP_DIMS = (8, 16)  # CLIP-L, CLIP-G stand-ins: hidden width = projection width
-WORDS = ("a", "cat", "dog", "red", "blue", "circle", "square", "on", "the", "photo", "of")
-
-
-def t5_tokenizer() -> T5TokenizerFast:
-    """A T5 fast tokenizer over whole words: ``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2."""
-    pieces = [(token, 0.0) for token in ("<pad>", "</s>", "<unk>")]
-    pieces += [("\u2581", -2.0)] + [("\u2581" + word, -1.0) for word in WORDS]
-    return T5TokenizerFast(vocab=pieces, extra_ids=0)
 
 
 def _clip(dim: int, bos: int, eos: int) -> CLIPTextModelWithProjection:
@@ -71,17 +61,7 @@ def make_sd3_folder(path: Path, *, t5: bool = True, seed: int = 0) -> Path:
     clip_tokenizer = CLIPTokenizer.from_pretrained(vocab_dir, model_max_length=77)
     shutil.rmtree(vocab_dir)
     tokenizer_3 = t5_tokenizer()
-    t5_config = T5Config(
-        vocab_size=len(tokenizer_3),
-        d_model=T5_DIM,
-        d_kv=8,
-        d_ff=37,
-        num_layers=1,
-        num_heads=4,
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-    )
+    t5_config = tiny_t5_config(tokenizer_3)
     config = tiny_sd3_config(joint_attention_dim=T5_DIM, pooled_projection_dim=sum(CLIP_DIMS))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

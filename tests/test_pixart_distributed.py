@@ -10,47 +10,26 @@ more than 1e-2 (``test_the_comparisons_are_meaningful``).
 
 from __future__ import annotations
 
-import json
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
-from mpi_launch import REPO, mpirun
+from mpi_launch import REPO
 from pixart_folder import make_pixart_folder
-from test_distributed import _measured, _predicted, latent
-
-from pcpp_mpi.config import load_job
-from pcpp_mpi.output.rank_file import read_rank_attrs
-from pcpp_mpi.planning import make_plan
+from test_distributed import latent
+from transformer_runs import (
+    BYTE_CASES,
+    EXACT,
+    Runs,
+    check_bytes_sent_equal_plan,
+    check_compiled_steps_equal_uncompiled_ones,
+    check_replayed_steps_equal_eager_ones,
+    check_warm_displaced_modes_equal_single,
+    launcher,
+    max_diff,
+)
 
 pytestmark = pytest.mark.mpi
 
 BASE = REPO / "tests" / "data_pixart_exact.yaml"
-EXACT = 1e-4
-STEPS = 5
-FOLDER = ["model.builtin=null", "model.path={pixart}"]
-COMPILED = ["runtime.compile=true", "runtime.compile_backend=aot_eager"]
-WARM = f"parallel.warmup_steps={STEPS}"
-
-RUNS: dict[int, dict[str, list[str]]] = {
-    1: {"single": []},
-    2: {
-        "sync": [],
-        "cfg_sync": ["parallel.cfg_parallel=true"],
-        "distrifusion_warm": ["parallel.mode=distrifusion", WARM],
-        "pcpp_r1_warm": ["parallel.mode=pcpp", "parallel.ratio=1.0", WARM],
-        "distrifusion": ["parallel.mode=distrifusion"],
-        "distrifusion_graphs": ["parallel.mode=distrifusion", "runtime.graphs=emulate"],
-        "pcpp": ["parallel.mode=pcpp"],
-        "pcpp_graphs": ["parallel.mode=pcpp", "runtime.graphs=emulate"],
-        "naive": ["parallel.mode=naive"],
-        "sync_compiled": COMPILED,
-        "pcpp_compiled": ["parallel.mode=pcpp", *COMPILED],
-    },
-    3: {"sync": []},
-    4: {"sync": [], "cfg_pcpp": ["parallel.cfg_parallel=true", "parallel.mode=pcpp"]},
-}
 
 
 @pytest.fixture(scope="session")
@@ -58,32 +37,10 @@ def pixart_folder(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(make_pixart_folder(tmp_path_factory.mktemp("pixart_folder") / "pixart"))
 
 
-def overrides(n: int, name: str, folder: str) -> list[str]:
-    return [item.format(pixart=folder) for item in (*FOLDER, *RUNS[n][name])]
-
-
 @pytest.fixture(scope="session")
-def pixart_runs(tmp_path_factory: pytest.TempPathFactory, pixart_folder: str):
+def pixart_runs(tmp_path_factory: pytest.TempPathFactory, pixart_folder: str) -> Runs:
     """``pixart_runs(n)`` -> the directory holding every run of the ``n``-rank launch."""
-    root = tmp_path_factory.mktemp("pixart_distributed")
-    done: dict[int, Path] = {}
-
-    def get(n: int) -> Path:
-        if n not in done:
-            out = root / f"np{n}"
-            spec = root / f"np{n}.json"
-            jobs = {name: overrides(n, name, pixart_folder) for name in RUNS[n]}
-            spec.write_text(json.dumps({"base": str(BASE), "out": str(out), "runs": jobs}))
-            result = mpirun(n, [sys.executable, str(REPO / "tests" / "mpi_driver.py"), str(spec)])
-            assert result.returncode == 0, result.stderr[-5000:]
-            done[n] = out
-        return done[n]
-
-    return get
-
-
-def max_diff(a: Path, b: Path) -> float:
-    return float(np.abs(latent(a) - latent(b)).max())
+    return launcher(tmp_path_factory.mktemp("pixart_distributed"), BASE, pixart_folder)
 
 
 def test_the_comparisons_are_meaningful(pixart_runs) -> None:
@@ -106,40 +63,23 @@ def test_cfg_parallel_sync_equals_single(pixart_runs) -> None:
     assert max_diff(pixart_runs(4) / "cfg_pcpp", pixart_runs(1) / "single") > 1e-2
 
 
-def test_all_warm_displaced_modes_equal_single(pixart_runs) -> None:
-    single = pixart_runs(1) / "single"
-    assert max_diff(pixart_runs(2) / "distrifusion_warm", single) < EXACT
-    assert max_diff(pixart_runs(2) / "pcpp_r1_warm", single) < EXACT
+def test_all_warm_displaced_modes_equal_single(pixart_runs: Runs) -> None:
+    check_warm_displaced_modes_equal_single(pixart_runs)
 
 
 @pytest.mark.parametrize("mode", ["distrifusion", "pcpp"])
-def test_replayed_displaced_steps_equal_eager_ones(pixart_runs, mode: str) -> None:
+def test_replayed_displaced_steps_equal_eager_ones(pixart_runs: Runs, mode: str) -> None:
     """The displaced modes are deterministic: driven by a recorded step (what a CUDA graph
     replay does for MPI), the latent is the eager run's bit for bit."""
-    graphs, eager = pixart_runs(2) / f"{mode}_graphs", pixart_runs(2) / mode
-    assert np.array_equal(latent(graphs), latent(eager))
-    for rank in range(2):
-        attrs = read_rank_attrs(graphs / f"rank-{rank:04d}.h5")
-        assert attrs["graphs"] == "emulate" and attrs["graph_replays"] == STEPS - 1
+    check_replayed_steps_equal_eager_ones(pixart_runs, mode)
 
 
-def test_compiled_steps_equal_uncompiled_ones(pixart_runs) -> None:
+def test_compiled_steps_equal_uncompiled_ones(pixart_runs: Runs) -> None:
     """``torch.compile`` (aot_eager: traced, exchanges as custom operators) of the banded
     transformer: ``sync`` equals one rank, ``pcpp`` the uncompiled ``pcpp``."""
-    assert max_diff(pixart_runs(2) / "sync_compiled", pixart_runs(1) / "single") < EXACT
-    assert max_diff(pixart_runs(2) / "pcpp_compiled", pixart_runs(2) / "pcpp") < EXACT
-    for name, phases in (("sync_compiled", "fresh"), ("pcpp_compiled", "stale")):
-        for rank in range(2):
-            attrs = read_rank_attrs(pixart_runs(2) / name / f"rank-{rank:04d}.h5")
-            assert attrs["compiled_phases"] == phases, (name, rank)
-
-
-BYTE_CASES = [(n, name) for n in (2, 3, 4) for name in RUNS[n]]
+    check_compiled_steps_equal_uncompiled_ones(pixart_runs)
 
 
 @pytest.mark.parametrize(("n", "name"), BYTE_CASES)
-def test_bytes_sent_equal_plan(pixart_runs, pixart_folder: str, n: int, name: str) -> None:
-    plan = make_plan(load_job(BASE, overrides(n, name, pixart_folder)), n)
-    for rank in range(n):
-        measured = _measured(pixart_runs(n) / name, rank)
-        assert measured == _predicted(plan, rank, plan.layout.mode), f"rank {rank}"
+def test_bytes_sent_equal_plan(pixart_runs: Runs, pixart_folder: str, n: int, name: str) -> None:
+    check_bytes_sent_equal_plan(pixart_runs, BASE, pixart_folder, n, name)

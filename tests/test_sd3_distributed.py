@@ -11,48 +11,30 @@ the displaced modes (stale K/V) are off by more (``test_the_comparisons_are_mean
 
 from __future__ import annotations
 
-import json
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-from mpi_launch import REPO, mpirun
+from mpi_launch import REPO
 from sd3_folder import make_sd3_folder
-from test_distributed import _measured, _predicted, latent
+from test_distributed import latent
+from transformer_runs import (
+    BYTE_CASES,
+    EXACT,
+    Runs,
+    check_bytes_sent_equal_plan,
+    check_compiled_steps_equal_uncompiled_ones,
+    check_replayed_steps_equal_eager_ones,
+    check_warm_displaced_modes_equal_single,
+    launcher,
+    max_diff,
+    overrides,
+)
 
 from pcpp_mpi.config import load_job
-from pcpp_mpi.output.rank_file import read_rank_attrs
-from pcpp_mpi.planning import make_plan
 
 pytestmark = pytest.mark.mpi
 
 BASE = REPO / "tests" / "data_sd3_exact.yaml"
-EXACT = 1e-4
-STEPS = 5
-FOLDER = ["model.builtin=null", "model.path={sd3}"]
-COMPILED = ["runtime.compile=true", "runtime.compile_backend=aot_eager"]
-WARM = f"parallel.warmup_steps={STEPS}"
-
-RUNS: dict[int, dict[str, list[str]]] = {
-    1: {"single": []},
-    2: {
-        "sync": [],
-        "cfg_sync": ["parallel.cfg_parallel=true"],
-        "distrifusion_warm": ["parallel.mode=distrifusion", WARM],
-        "pcpp_r1_warm": ["parallel.mode=pcpp", "parallel.ratio=1.0", WARM],
-        "distrifusion": ["parallel.mode=distrifusion"],
-        "distrifusion_graphs": ["parallel.mode=distrifusion", "runtime.graphs=emulate"],
-        "pcpp": ["parallel.mode=pcpp"],
-        "pcpp_graphs": ["parallel.mode=pcpp", "runtime.graphs=emulate"],
-        "naive": ["parallel.mode=naive"],
-        "sync_compiled": COMPILED,
-        "pcpp_compiled": ["parallel.mode=pcpp", *COMPILED],
-    },
-    3: {"sync": []},
-    4: {"sync": [], "cfg_pcpp": ["parallel.cfg_parallel=true", "parallel.mode=pcpp"]},
-}
 
 
 @pytest.fixture(scope="session")
@@ -60,32 +42,10 @@ def sd3_folder(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(make_sd3_folder(tmp_path_factory.mktemp("sd3_folder") / "sd3"))
 
 
-def overrides(n: int, name: str, folder: str) -> list[str]:
-    return [item.format(sd3=folder) for item in (*FOLDER, *RUNS[n][name])]
-
-
 @pytest.fixture(scope="session")
-def sd3_runs(tmp_path_factory: pytest.TempPathFactory, sd3_folder: str):
+def sd3_runs(tmp_path_factory: pytest.TempPathFactory, sd3_folder: str) -> Runs:
     """``sd3_runs(n)`` -> the directory holding every run of the ``n``-rank launch."""
-    root = tmp_path_factory.mktemp("sd3_distributed")
-    done: dict[int, Path] = {}
-
-    def get(n: int) -> Path:
-        if n not in done:
-            out = root / f"np{n}"
-            spec = root / f"np{n}.json"
-            jobs = {name: overrides(n, name, sd3_folder) for name in RUNS[n]}
-            spec.write_text(json.dumps({"base": str(BASE), "out": str(out), "runs": jobs}))
-            result = mpirun(n, [sys.executable, str(REPO / "tests" / "mpi_driver.py"), str(spec)])
-            assert result.returncode == 0, result.stderr[-5000:]
-            done[n] = out
-        return done[n]
-
-    return get
-
-
-def max_diff(a: Path, b: Path) -> float:
-    return float(np.abs(latent(a) - latent(b)).max())
+    return launcher(tmp_path_factory.mktemp("sd3_distributed"), BASE, sd3_folder)
 
 
 def test_single_equals_the_diffusers_pipeline(sd3_runs, sd3_folder: str) -> None:
@@ -137,40 +97,23 @@ def test_cfg_parallel_sync_equals_single(sd3_runs) -> None:
     assert max_diff(sd3_runs(4) / "cfg_pcpp", sd3_runs(1) / "single") > 1e-3
 
 
-def test_all_warm_displaced_modes_equal_single(sd3_runs) -> None:
-    single = sd3_runs(1) / "single"
-    assert max_diff(sd3_runs(2) / "distrifusion_warm", single) < EXACT
-    assert max_diff(sd3_runs(2) / "pcpp_r1_warm", single) < EXACT
+def test_all_warm_displaced_modes_equal_single(sd3_runs: Runs) -> None:
+    check_warm_displaced_modes_equal_single(sd3_runs)
 
 
 @pytest.mark.parametrize("mode", ["distrifusion", "pcpp"])
-def test_replayed_displaced_steps_equal_eager_ones(sd3_runs, mode: str) -> None:
+def test_replayed_displaced_steps_equal_eager_ones(sd3_runs: Runs, mode: str) -> None:
     """The displaced modes are deterministic: driven by a recorded step (what a CUDA graph
     replay does for MPI), the latent is the eager run's bit for bit."""
-    graphs, eager = sd3_runs(2) / f"{mode}_graphs", sd3_runs(2) / mode
-    assert np.array_equal(latent(graphs), latent(eager))
-    for rank in range(2):
-        attrs = read_rank_attrs(graphs / f"rank-{rank:04d}.h5")
-        assert attrs["graphs"] == "emulate" and attrs["graph_replays"] == STEPS - 1
+    check_replayed_steps_equal_eager_ones(sd3_runs, mode)
 
 
-def test_compiled_steps_equal_uncompiled_ones(sd3_runs) -> None:
+def test_compiled_steps_equal_uncompiled_ones(sd3_runs: Runs) -> None:
     """``torch.compile`` (aot_eager: traced, the joint attention behind its custom operator)
     of the banded transformer: ``sync`` equals one rank, ``pcpp`` the uncompiled ``pcpp``."""
-    assert max_diff(sd3_runs(2) / "sync_compiled", sd3_runs(1) / "single") < EXACT
-    assert max_diff(sd3_runs(2) / "pcpp_compiled", sd3_runs(2) / "pcpp") < EXACT
-    for name, phases in (("sync_compiled", "fresh"), ("pcpp_compiled", "stale")):
-        for rank in range(2):
-            attrs = read_rank_attrs(sd3_runs(2) / name / f"rank-{rank:04d}.h5")
-            assert attrs["compiled_phases"] == phases, (name, rank)
-
-
-BYTE_CASES = [(n, name) for n in (2, 3, 4) for name in RUNS[n]]
+    check_compiled_steps_equal_uncompiled_ones(sd3_runs)
 
 
 @pytest.mark.parametrize(("n", "name"), BYTE_CASES)
-def test_bytes_sent_equal_plan(sd3_runs, sd3_folder: str, n: int, name: str) -> None:
-    plan = make_plan(load_job(BASE, overrides(n, name, sd3_folder)), n)
-    for rank in range(n):
-        measured = _measured(sd3_runs(n) / name, rank)
-        assert measured == _predicted(plan, rank, plan.layout.mode), f"rank {rank}"
+def test_bytes_sent_equal_plan(sd3_runs: Runs, sd3_folder: str, n: int, name: str) -> None:
+    check_bytes_sent_equal_plan(sd3_runs, BASE, sd3_folder, n, name)

@@ -11,38 +11,29 @@ from typing import Any
 import torch
 from mpi4py import MPI
 
+from pcpp_mpi.comm.band_exchanges import BandExchanges, band_cart
 from pcpp_mpi.comm.band_group import BandGroup
 from pcpp_mpi.comm.capture import StepRecorder
 from pcpp_mpi.comm.deferred import DeferredStarts
-from pcpp_mpi.comm.exchanges import (
-    AllBandsExchange,
-    NeighbourExchange,
-    StatsAllreduce,
-    WireSpec,
-    mpi_buffer,
-)
+from pcpp_mpi.comm.exchanges import WireSpec, mpi_buffer
 from pcpp_mpi.comm.frames import TokenFrames
-from pcpp_mpi.comm.step_stats import StepStatsAllreduce
 from pcpp_mpi.comm.traffic import TrafficCounter
 from pcpp_mpi.plan.topology import Topology
 from pcpp_mpi.trace.recorder import Tracer
 
 
-class RankComm:
+class RankComm(BandExchanges):
     """Communicators of one rank: ``world``, ``patch`` (the bands of its CFG group, a 1-D
-    Cartesian communicator with ``PROC_NULL`` beyond the image edges) and ``pair`` (the two
+    Cartesian communicator with ``PROC_NULL`` beyond the image edges, over which it makes its
+    exchanges: :class:`~pcpp_mpi.comm.band_exchanges.BandExchanges`) and ``pair`` (the two
     ranks that own the same band in the two CFG groups, with ``cfg_parallel``)."""
 
     def __init__(self, world: MPI.Comm, cfg_groups: int, *, cuda_aware: bool = False) -> None:
         self.world = world
         self.topology = Topology(world.Get_size(), world.Get_rank(), cfg_groups)
         topo = self.topology
-        group = world.Split(color=topo.cfg_index, key=topo.band_index)
-        self.patch: MPI.Cartcomm = group.Create_cart([topo.n_bands], periods=[False], reorder=False)
-        group.Free()
-        up, down = self.patch.Shift(0, 1)
-        self.up: int | None = None if up == MPI.PROC_NULL else up
-        self.down: int | None = None if down == MPI.PROC_NULL else down
+        self.patch: MPI.Cartcomm = band_cart(world, color=topo.cfg_index, key=topo.band_index)
+        super().__init__(self.patch)
         self.pair: MPI.Comm | None = (
             world.Split(color=topo.band_index, key=topo.cfg_index) if cfg_groups == 2 else None
         )
@@ -51,7 +42,6 @@ class RankComm:
         self.tracer = Tracer()
         self.deferred = DeferredStarts()
         self.recorder = StepRecorder()
-        self._next_tag = 0
 
     # ------------------------------------------------------------------ set-up helpers
     def wire_spec(self, device: torch.device, dtype: torch.dtype) -> WireSpec:
@@ -71,92 +61,13 @@ class RankComm:
 
     def _bookkeeping(self) -> dict[str, Any]:
         """What every exchange of this rank shares: traffic counter, tracer, deferred MPI
-        starts, step recorder."""
+        starts, step recorder (read at each exchange's making)."""
         return {
             "counter": self.counter,
             "tracer": self.tracer,
             "deferred": self.deferred,
             "recorder": self.recorder,
         }
-
-    def _tag(self) -> int:
-        tag = self._next_tag
-        self._next_tag += 1
-        return tag
-
-    def neighbour_exchange(
-        self,
-        name: str,
-        kind: str,
-        *,
-        send_shapes: tuple[Sequence[int] | None, Sequence[int] | None],
-        recv_shapes: tuple[Sequence[int] | None, Sequence[int] | None],
-        wire: WireSpec,
-        frames: TokenFrames | None = None,
-        frame_band: int | None = None,
-    ) -> NeighbourExchange:
-        """Rows to and from the bands above and below; ``frames``: the buffers are slices of
-        the frames around band ``frame_band`` (K/V rows, see :mod:`~.frames`)."""
-        return NeighbourExchange(
-            name=name,
-            kind=kind,
-            comm=self.patch,
-            up=self.up,
-            down=self.down,
-            tag=self._tag(),
-            send_shapes=send_shapes,
-            recv_shapes=recv_shapes,
-            wire=wire,
-            **self._bookkeeping(),
-            frames=frames,
-            frame_band=frame_band,
-        )
-
-    def all_bands_exchange(
-        self,
-        name: str,
-        kind: str,
-        *,
-        shapes: Sequence[Sequence[int]],
-        wire: WireSpec,
-        frames: TokenFrames | None = None,
-    ) -> AllBandsExchange:
-        """Every band's block to every other; ``frames``: the buffers are the frames' bands."""
-        return AllBandsExchange(
-            name=name,
-            kind=kind,
-            comm=self.patch,
-            tag=self._tag(),
-            shapes=shapes,
-            wire=wire,
-            **self._bookkeeping(),
-            frames=frames,
-        )
-
-    def stats_allreduce(
-        self, name: str, kind: str, *, shape: Sequence[int], wire: WireSpec
-    ) -> StatsAllreduce:
-        return StatsAllreduce(
-            name=name,
-            kind=kind,
-            comm=self.patch,
-            shape=shape,
-            wire=wire,
-            **self._bookkeeping(),
-        )
-
-    def step_stats_allreduce(
-        self, name: str, kind: str, *, shapes: Sequence[Sequence[int]], wire: WireSpec
-    ) -> StepStatsAllreduce:
-        """Every GroupNorm's statistics of a displaced step in one all-reduce."""
-        return StepStatsAllreduce(
-            name=name,
-            kind=kind,
-            comm=self.patch,
-            shapes=shapes,
-            wire=wire,
-            **self._bookkeeping(),
-        )
 
     def band_group(self, position: int) -> BandGroup:
         """Every world rank, ordered by ``position`` (collective: all ranks call it), with

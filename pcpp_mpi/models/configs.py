@@ -23,3 +23,20 @@ def complete_config(cls: type, raw: Mapping[str, Any]) -> dict[str, Any]:
         if not key.startswith("_"):
             config[key] = tuple(value) if isinstance(value, list) else value
     return config
+
+
+def sd_vae_layout() -> dict[str, Any]:
+    """The raw VAE config the Stable Diffusion models share (SD 1.5, 2.1, SDXL, SD3): four
+    levels of 128 to 512 channels, so 8 pixels per latent element, two layers each; each
+    model adds its sample size, latent channels and scaling."""
+    return {
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ("DownEncoderBlock2D",) * 4,
+        "up_block_types": ("UpDecoderBlock2D",) * 4,
+        "block_out_channels": (128, 256, 512, 512),
+        "layers_per_block": 2,
+        "norm_num_groups": 32,
+        "act_fn": "silu",
+        "force_upcast": True,
+    }

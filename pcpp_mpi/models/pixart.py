@@ -16,9 +16,10 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, PixArtTransformer2DModel
 
-from pcpp_mpi.models.bundle import HashPromptEncoder, ModelBundle, place
+from pcpp_mpi.models.bundle import HashPromptEncoder, ModelBundle
 from pcpp_mpi.models.configs import complete_config
 from pcpp_mpi.models.errors import ModelError
+from pcpp_mpi.models.seeded import build_seeded
 
 PIXART_ARCHS: tuple[str, ...] = ("pixart-sigma",)
 #: prompt tokens PixArt's pipelines read (T5): 120 for PixArt-alpha, 300 for PixArt-Sigma
@@ -113,19 +114,10 @@ def check_pixart_arch(arch: str) -> None:
 def build_seeded_transformer(
     config: dict[str, Any], seed: int, dtype: torch.dtype, device: torch.device
 ) -> PixArtTransformer2DModel:
-    """``PixArtTransformer2DModel(**config)`` with diffusers' own initialisation drawn from
-    ``seed`` on ``device`` (the caller's RNG state untouched), cast to ``dtype``, in eval mode
-    without gradients. Built on the device itself: its positional-embedding buffer and
-    parameters without ``reset_parameters`` (the AdaLN scale-shift tables) are made by the
-    constructor."""
-    devices: list[int] = []
-    if device.type == "cuda":
-        devices = [device.index if device.index is not None else torch.cuda.current_device()]
-    with torch.random.fork_rng(devices=devices), torch.device(device):
-        torch.manual_seed(seed)
-        model = PixArtTransformer2DModel(**config)
-    place(model, device, dtype)
-    return model.requires_grad_(False).eval()
+    """``PixArtTransformer2DModel(**config)`` with seeded random weights
+    (:func:`~pcpp_mpi.models.seeded.build_seeded`: built on ``device``, its positional-embedding
+    buffer and the AdaLN scale-shift tables made by the constructor)."""
+    return build_seeded(PixArtTransformer2DModel, config, seed, dtype, device)
 
 
 def load_pixart_arch(

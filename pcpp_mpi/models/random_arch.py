@@ -26,10 +26,11 @@ from pcpp_mpi.models.bundle import (
     place,
     scale_factor_of,
 )
-from pcpp_mpi.models.configs import complete_config
+from pcpp_mpi.models.configs import complete_config, sd_vae_layout
 from pcpp_mpi.models.errors import ModelError
 from pcpp_mpi.models.pixart import PIXART_ARCHS, load_pixart_arch
 from pcpp_mpi.models.sd3 import SD3_ARCHS, load_sd3_arch, sd3_vae_config
+from pcpp_mpi.models.seeded import rng_devices
 
 ARCHS: tuple[str, ...] = ("sd15", "sd21", "sdxl")  # UNet architectures
 #: the VAE of each transformer architecture (one of ARCHS')
@@ -130,18 +131,10 @@ def arch_vae_config(arch: str) -> dict[str, Any]:
         return sd3_vae_config()
     arch = TRANSFORMER_VAE.get(arch, arch)
     raw = {
+        **sd_vae_layout(),
         "sample_size": 1024 if arch == "sdxl" else 768 if arch == "sd21" else 512,
-        "in_channels": 3,
-        "out_channels": 3,
-        "down_block_types": ("DownEncoderBlock2D",) * 4,
-        "up_block_types": ("UpDecoderBlock2D",) * 4,
-        "block_out_channels": (128, 256, 512, 512),
-        "layers_per_block": 2,
         "latent_channels": 4,
-        "norm_num_groups": 32,
-        "act_fn": "silu",
         "scaling_factor": 0.13025 if arch == "sdxl" else 0.18215,
-        "force_upcast": True,
     }
     return complete_config(AutoencoderKL, raw)
 
@@ -159,13 +152,6 @@ def arch_prompt_encoder(arch: str, seed: int) -> HashPromptEncoder:
     return HashPromptEncoder(
         namespace=f"pcpp-mpi/{arch}", seq_len=TEXT_SEQ_LEN, dim=dim, pooled_dim=pooled, seed=seed
     )
-
-
-def _rng_devices(device: torch.device) -> list[int]:
-    """The CUDA devices whose RNG state :func:`torch.random.fork_rng` must save and restore."""
-    if device.type != "cuda":
-        return []
-    return [device.index if device.index is not None else torch.cuda.current_device()]
 
 
 def build_random(
@@ -187,7 +173,7 @@ def build_random(
         raise ModelError(f"{cls.__name__} has buffers; it cannot be built on the meta device")
     place(module, torch.device("meta"), dtype)
     module = module.to_empty(device=device)
-    with torch.random.fork_rng(devices=_rng_devices(device)):
+    with torch.random.fork_rng(devices=rng_devices(device)):
         torch.manual_seed(seed)
         for name, sub in module.named_modules():
             if not any(True for _ in sub.parameters(recurse=False)):

@@ -20,9 +20,10 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, SD3Transformer2DModel
 
-from pcpp_mpi.models.bundle import HashPromptEncoder, ModelBundle, place
-from pcpp_mpi.models.configs import complete_config
+from pcpp_mpi.models.bundle import HashPromptEncoder, ModelBundle
+from pcpp_mpi.models.configs import complete_config, sd_vae_layout
 from pcpp_mpi.models.errors import ModelError
+from pcpp_mpi.models.seeded import build_seeded
 
 SD3_ARCHS: tuple[str, ...] = ("sd3-medium",)
 SD3_CLASS = "SD3Transformer2DModel"
@@ -86,21 +87,13 @@ def sd3_vae_config() -> dict[str, Any]:
     return complete_config(
         AutoencoderKL,
         {
+            **sd_vae_layout(),
             "sample_size": 1024,
-            "in_channels": 3,
-            "out_channels": 3,
-            "down_block_types": ("DownEncoderBlock2D",) * 4,
-            "up_block_types": ("UpDecoderBlock2D",) * 4,
-            "block_out_channels": (128, 256, 512, 512),
-            "layers_per_block": 2,
             "latent_channels": 16,
-            "norm_num_groups": 32,
-            "act_fn": "silu",
             "scaling_factor": 1.5305,
             "shift_factor": 0.0609,
             "use_quant_conv": False,
             "use_post_quant_conv": False,
-            "force_upcast": True,
         },
     )
 
@@ -130,22 +123,6 @@ def check_sd3_arch(arch: str) -> None:
         raise ModelError(f"unknown SD3 arch {arch!r}; expected one of {', '.join(SD3_ARCHS)}")
 
 
-def build_seeded_sd3(
-    config: dict[str, Any], seed: int, dtype: torch.dtype, device: torch.device
-) -> SD3Transformer2DModel:
-    """``SD3Transformer2DModel(**config)`` with diffusers' own initialisation drawn from
-    ``seed`` on ``device`` (the caller's RNG state untouched), cast to ``dtype``, in eval mode
-    without gradients (built on the device: its positional table is a buffer)."""
-    devices: list[int] = []
-    if device.type == "cuda":
-        devices = [device.index if device.index is not None else torch.cuda.current_device()]
-    with torch.random.fork_rng(devices=devices), torch.device(device):
-        torch.manual_seed(seed)
-        model = SD3Transformer2DModel(**config)
-    place(model, device, dtype)
-    return model.requires_grad_(False).eval()
-
-
 def load_sd3_arch(
     arch: str,
     seed: int,
@@ -157,7 +134,7 @@ def load_sd3_arch(
     """``arch``'s transformer with random weights from ``seed``, in ``dtype`` on ``device``,
     with the given (SD3) VAE and a hash prompt encoder of SD3's text shapes."""
     check_sd3_arch(arch)
-    transformer = build_seeded_sd3(sd3_medium_config(), seed, dtype, device)
+    transformer = build_seeded(SD3Transformer2DModel, sd3_medium_config(), seed, dtype, device)
     return ModelBundle(
         denoiser=transformer,
         vae=vae,

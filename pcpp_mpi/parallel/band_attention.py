@@ -29,6 +29,25 @@ def _plain_linear(module: torch.nn.Module) -> bool:
     )
 
 
+def attend(attn: Attention, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """Scaled dot-product attention of ``query`` ``(B, N, inner)`` over the keys and values
+    of ``context`` ``(B, N_ctx, 2*inner)`` (keys, then values, along channels), with
+    ``attn``'s heads, q/k norms and scale; ``(B, N, inner)``."""
+    batch = query.shape[0]
+    inner = context.shape[-1] // 2
+    key, value = context[..., :inner], context[..., inner:]
+    head_dim = inner // attn.heads
+    query = query.reshape(batch, -1, attn.heads, head_dim).transpose(1, 2)
+    key = key.reshape(batch, -1, attn.heads, head_dim).transpose(1, 2)
+    value = value.reshape(batch, -1, attn.heads, head_dim).transpose(1, 2)
+    if attn.norm_q is not None:
+        query = attn.norm_q(query)
+    if attn.norm_k is not None:
+        key = attn.norm_k(key)
+    out = F.scaled_dot_product_attention(query, key, value, scale=attn.scale)
+    return out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
+
+
 class FramedExchange(Protocol):
     def frame(self, step: int) -> tuple[torch.Tensor, torch.Tensor] | None: ...
 
@@ -266,7 +285,7 @@ class BandSelfAttnProcessor:
                 out = self._ops.attention(query, hidden_states, self._op_index)
             else:
                 kv = torch.cat([attn.to_k(hidden_states), attn.to_v(hidden_states)], dim=-1)
-                out = self._attend(attn, query, kv)
+                out = attend(attn, query, kv)
             return self._output(attn, out, residual)
         clock = self.clock
         context = None
@@ -274,7 +293,7 @@ class BandSelfAttnProcessor:
             context = self._exchanged_context(attn, hidden_states)
         else:
             context = self._keys_values(attn, hidden_states)
-        return self._output(attn, self._attend(attn, query, context), residual)
+        return self._output(attn, attend(attn, query, context), residual)
 
     def _exchanged_context(self, attn: Attention, hidden_states: torch.Tensor) -> torch.Tensor:
         """This step's K/V context ``(B, N_ctx, 2*inner)`` for the band's tokens
@@ -302,25 +321,7 @@ class BandSelfAttnProcessor:
         GEMM straight into the exchange's frame (traced, the projections, a concatenation and
         a copy into the frame were three more kernels per layer); ``(B, N, inner)``."""
         context = self._exchanged_context(attn, hidden_states)
-        return self._attend(attn, query, context).contiguous()
-
-    @staticmethod
-    def _attend(attn: Attention, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """Scaled dot-product attention of ``query`` ``(B, N, inner)`` over the keys and
-        values of ``context`` ``(B, N_ctx, 2*inner)``; ``(B, N, inner)``."""
-        batch = query.shape[0]
-        inner = context.shape[-1] // 2
-        key, value = context[..., :inner], context[..., inner:]
-        head_dim = inner // attn.heads
-        query = query.reshape(batch, -1, attn.heads, head_dim).transpose(1, 2)
-        key = key.reshape(batch, -1, attn.heads, head_dim).transpose(1, 2)
-        value = value.reshape(batch, -1, attn.heads, head_dim).transpose(1, 2)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-        out = F.scaled_dot_product_attention(query, key, value, scale=attn.scale)
-        return out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
+        return attend(attn, query, context).contiguous()
 
     @staticmethod
     def _output(attn: Attention, out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:

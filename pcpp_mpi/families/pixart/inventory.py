@@ -17,20 +17,11 @@ import torch
 from diffusers import PixArtTransformer2DModel
 from torch import nn
 
-from pcpp_mpi.parallel.inventory import LayerInventory, UnsupportedModelError, trace_layers
+from pcpp_mpi.families.transformer import trace_patch_grid
+from pcpp_mpi.plan.inventory import LayerInventory
 
 #: caption tokens of the example call (any count: the inventory does not depend on it)
 EXAMPLE_CAPTION_TOKENS = 8
-
-
-def pixart_levels(config: Mapping[str, Any]) -> int:
-    """Levels of the band geometry: ``log2(patch_size) + 1`` (the patch grid is the last)."""
-    patch = int(config["patch_size"])
-    if patch < 1 or patch & (patch - 1):
-        raise UnsupportedModelError(
-            f"PixArt patch_size {patch} is not a power of two: bands cannot split its grid"
-        )
-    return patch.bit_length()
 
 
 def example_call(
@@ -57,43 +48,17 @@ def example_call(
     return run
 
 
-def _meta_twin(config: Mapping[str, Any]) -> nn.Module:
-    with torch.device("meta"):
-        return PixArtTransformer2DModel.from_config(dict(config))
-
-
 def trace_inventory(
     config: Mapping[str, Any], latent_height: int, latent_width: int
 ) -> LayerInventory:
     """Trace a PixArt transformer built from ``config`` on the meta device at a global
-    latent size."""
-    return _trace(_meta_twin(config), config, latent_height, latent_width)
-
-
-def inventory_of(transformer: nn.Module, latent_height: int, latent_width: int) -> LayerInventory:
-    """The same for a built transformer (traced on a meta twin built from its config: only
-    shapes are recorded)."""
-    config = dict(transformer.config)
-    return _trace(_meta_twin(config), config, latent_height, latent_width)
-
-
-def _trace(
-    transformer: nn.Module, config: Mapping[str, Any], latent_height: int, latent_width: int
-) -> LayerInventory:
-    levels = pixart_levels(config)
-    inventory = trace_layers(
-        transformer,
+    latent size: self-attention on the patch grid only."""
+    return trace_patch_grid(
+        PixArtTransformer2DModel,
+        config,
         example_call(config, latent_height, latent_width),
         latent_height,
         latent_width,
-        levels=levels,
-        latent_channels=config["in_channels"],
+        label="PixArt",
+        attention="self-attention",
     )
-    if inventory.convs or inventory.norms:
-        names = [spec.name for spec in (*inventory.convs, *inventory.norms)]
-        raise UnsupportedModelError(
-            f"PixArt transformer with spatial layers besides attention: {names}"
-        )
-    if any(attn.level != levels - 1 for attn in inventory.attns):
-        raise UnsupportedModelError("PixArt self-attention off the patch grid")
-    return inventory

@@ -19,20 +19,12 @@ import torch
 from diffusers import SD3Transformer2DModel
 from torch import nn
 
-from pcpp_mpi.parallel.inventory import LayerInventory, UnsupportedModelError, trace_layers
+from pcpp_mpi.families.transformer import patch_levels, trace_patch_grid
+from pcpp_mpi.parallel.inventory import UnsupportedModelError
+from pcpp_mpi.plan.inventory import LayerInventory
 
 #: text tokens of the example call (any count: the inventory does not depend on it)
 EXAMPLE_TEXT_TOKENS = 8
-
-
-def sd3_levels(config: Mapping[str, Any]) -> int:
-    """Levels of the band geometry: ``log2(patch_size) + 1`` (the patch grid is the last)."""
-    patch = int(config["patch_size"])
-    if patch < 1 or patch & (patch - 1):
-        raise UnsupportedModelError(
-            f"SD3 patch_size {patch} is not a power of two: bands cannot split its grid"
-        )
-    return patch.bit_length()
 
 
 def example_call(
@@ -56,30 +48,13 @@ def example_call(
     return run
 
 
-def _meta_twin(config: Mapping[str, Any]) -> nn.Module:
-    with torch.device("meta"):
-        return SD3Transformer2DModel.from_config(dict(config))
-
-
 def trace_inventory(
     config: Mapping[str, Any], latent_height: int, latent_width: int
 ) -> LayerInventory:
     """Trace an SD3 transformer built from ``config`` on the meta device at a global latent
-    size."""
-    return _trace(_meta_twin(config), config, latent_height, latent_width)
-
-
-def inventory_of(transformer: nn.Module, latent_height: int, latent_width: int) -> LayerInventory:
-    """The same for a built transformer (traced on a meta twin built from its config: only
-    shapes are recorded)."""
-    config = dict(transformer.config)
-    return _trace(_meta_twin(config), config, latent_height, latent_width)
-
-
-def _trace(
-    transformer: nn.Module, config: Mapping[str, Any], latent_height: int, latent_width: int
-) -> LayerInventory:
-    levels = sd3_levels(config)
+    size; a latent larger than its positional table (``pos_embed_max_size`` patches) is
+    :class:`UnsupportedModelError`."""
+    patch_levels(config, "SD3")  # a patch size that is no power of two is named first
     max_size = config.get("pos_embed_max_size")
     patch = int(config["patch_size"])
     for key, size in (("height", latent_height), ("width", latent_width)):
@@ -88,19 +63,11 @@ def _trace(
                 f"SD3 transformer: a latent {key} of {size} rows is {size // patch} patches, "
                 f"more than its positional table's {max_size} (pos_embed_max_size)"
             )
-    inventory = trace_layers(
-        transformer,
+    return trace_patch_grid(
+        SD3Transformer2DModel,
+        config,
         example_call(config, latent_height, latent_width),
         latent_height,
         latent_width,
-        levels=levels,
-        latent_channels=config["in_channels"],
+        label="SD3",
     )
-    if inventory.convs or inventory.norms:
-        names = [spec.name for spec in (*inventory.convs, *inventory.norms)]
-        raise UnsupportedModelError(
-            f"SD3 transformer with spatial layers besides attention: {names}"
-        )
-    if any(attn.level != levels - 1 for attn in inventory.attns):
-        raise UnsupportedModelError("SD3 attention off the patch grid")
-    return inventory

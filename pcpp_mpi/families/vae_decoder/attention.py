@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
+from pcpp_mpi.parallel.band_attention import attend
 from pcpp_mpi.parallel.clock import StepClock
 
 
@@ -59,7 +59,7 @@ class BandDecoderAttnProcessor:
             self.blocks.post(step, own)
             blocks = self.blocks.wait(step)
             context = torch.cat([own if b is None else b for b in blocks], dim=1)
-        out = _attend(attn, query, context)
+        out = attend(attn, query, context)
         out = attn.to_out[0](out)
         out = attn.to_out[1](out)
         if len(shape) == 4:
@@ -67,22 +67,3 @@ class BandDecoderAttnProcessor:
         if attn.residual_connection:
             out = out + residual
         return out / attn.rescale_output_factor
-
-
-def _attend(attn: Attention, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-    """Scaled dot-product attention of ``query`` ``(B, N, inner)`` over the keys and values
-    of ``context`` ``(B, N_ctx, 2*inner)``; ``(B, N, inner)``."""
-    batch = query.shape[0]
-    inner = context.shape[-1] // 2
-    head_dim = inner // attn.heads
-
-    def heads(x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(batch, -1, attn.heads, head_dim).transpose(1, 2)
-
-    q, k, v = heads(query), heads(context[..., :inner]), heads(context[..., inner:])
-    if attn.norm_q is not None:
-        q = attn.norm_q(q)
-    if attn.norm_k is not None:
-        k = attn.norm_k(k)
-    out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
-    return out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
