@@ -171,6 +171,18 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_name() -> str:
+    """The CPU's model name and core count (``platform.processor()`` is empty on Linux)."""
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model}, {os.cpu_count()} cores"
+
+
 def int_list(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
@@ -369,6 +381,12 @@ def train_denoiser(
     return done
 
 
+def repo_path(path: Path) -> str:
+    """``path`` relative to the repository when it is inside it (for metadata)."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(REPO)) if resolved.is_relative_to(REPO) else str(path)
+
+
 #: what ``--denoiser pixart`` records about the tiny weights file it starts from
 ORIGIN_KEYS = ("format", "vae_steps_done", "unet_steps_done", "vae_scaling_factor", "torch")
 
@@ -423,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     log(f"train_tiny: {' '.join(sys.argv[1:] if argv is None else argv)}")
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     log(f"device {device} ({name}), torch {torch.__version__}, python {platform.python_version()}")
 
     rng = np.random.default_rng(args.seed)
@@ -485,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         metadata["transformer_steps_done"] = str(steps)
         metadata["text_encoder"] = "frozen"
         metadata["initialised_from"] = json.dumps(
-            {"path": str(args.init_from), **{k: origin.get(k, "") for k in ORIGIN_KEYS}},
+            {"path": repo_path(args.init_from), **{k: origin.get(k, "") for k in ORIGIN_KEYS}},
             sort_keys=True,
         )
     else:
