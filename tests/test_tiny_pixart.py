@@ -36,6 +36,7 @@ from pcpp_mpi.models.tiny_pixart import (
     tiny_pixart_transformer_config,
 )
 from pcpp_mpi.output.run_file import read_run
+from pcpp_mpi.planning import make_plan
 
 MODEL = ModelConfig(builtin="tiny-pixart")
 BASE = REPO / "tests" / "data_tiny_pixart.yaml"
@@ -140,3 +141,12 @@ def test_single_makes_an_image_and_two_rank_sync_equals_it(tiny_pixart_runs) -> 
     assert max_diff(tiny_pixart_runs(2) / "sync", single) < EXACT
     # the comparison is meaningful: pcpp's stale neighbours do move the latent
     assert max_diff(tiny_pixart_runs(2) / "pcpp", single) > 1e-3
+
+
+def test_job_file_plans_bands_of_whole_patches() -> None:
+    job = load_job(REPO / "jobs" / "tiny-pixart.yaml")
+    assert job.model.builtin == "tiny-pixart"
+    for n in (2, 3, 4):
+        layout = make_plan(job, n).layout
+        assert layout.unit * layout.vae_scale_factor == 16
+        assert sum(band.stop - band.start for band in layout.bands) == 256 // 8
