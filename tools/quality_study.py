@@ -79,7 +79,7 @@ SAME_SSIM = 0.99  # ... and at least this similar, and every caption reading ide
 CLOSE_PSNR_DB = 30.0  # mean PSNR at least this: "close"
 PSNR_PLOT_CAP = 60.0
 #: Rough cost model of the development machine (2 CPU cores), for the estimate printed first.
-SECONDS_PER_STEP_256 = {"tiny": 0.10, "tiny-pixart": 0.05}  # single, 256 px, CFG batch 2
+SECONDS_PER_STEP_256 = {"tiny": 0.10, "tiny-pixart": 0.015}  # single, 256 px, CFG batch 2
 STARTUP_S = 10.0  # interpreter, torch, model load, decode and files, per launch
 RANK_SLOWDOWN = {1: 1.0, 2: 1.25, 3: 1.6, 4: 1.9}
 
