@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import torch
@@ -16,9 +17,10 @@ from test_tiny_model import _train_module
 from transformer_runs import EXACT, launcher, max_diff
 
 from pcpp_mpi.config import ConfigError, job_from_dict, load_job
-from pcpp_mpi.config.schema import ModelConfig
+from pcpp_mpi.config.schema import BuiltinName, ModelConfig
 from pcpp_mpi.families import denoiser_family
 from pcpp_mpi.models import (
+    BUILTIN_NETWORKS,
     ModelError,
     builtin_weights_provenance,
     load_model,
@@ -64,6 +66,7 @@ def test_builtin_is_a_pixart_transformer_with_the_tiny_vae_and_prompt_encoder() 
 
 
 def test_a_wrong_builtin_name_lists_the_valid_ones() -> None:
+    assert tuple(BUILTIN_NETWORKS) == get_args(BuiltinName)  # the schema and the loader agree
     with pytest.raises(ConfigError, match="must be one of 'tiny', 'tiny-pixart', got 'tiny-dit'"):
         job_from_dict({"model": {"builtin": "tiny-dit"}})
     with pytest.raises(
