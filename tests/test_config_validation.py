@@ -112,7 +112,7 @@ def test_literal_fields_list_the_allowed_values(section: str, key: str, allowed:
 
 def test_literal_fields_in_model() -> None:
     assert error_of({"model": {"builtin": "huge"}}) == (
-        "model.builtin: must be one of 'tiny', got 'huge'"
+        "model.builtin: must be one of 'tiny', 'tiny-pixart', got 'huge'"
     )
     message = error_of({"model": {"arch": "sd3", "weights": "random"}})
     assert message == (

@@ -59,8 +59,14 @@ def overrides(n: int, name: str, folder: str) -> list[str]:
     return ["model.builtin=null", f"model.path={folder}", *RUNS[n][name]]
 
 
-def launcher(root: Path, base: Path, folder: str) -> Runs:
-    """``runs(n)``: launches the ``n``-rank runs of job file ``base`` on ``folder`` once
+def launcher(
+    root: Path,
+    base: Path,
+    folder: str | None,
+    runs: dict[int, dict[str, list[str]]] = RUNS,
+) -> Runs:
+    """``runs(n)``: launches the ``n``-rank runs of job file ``base`` (``runs[n]``, by
+    default :data:`RUNS`) on the model folder ``folder`` (``None``: the job's own model) once
     (``tests/mpi_driver.py``, written under ``root``) and returns their directory."""
     done: dict[int, Path] = {}
 
@@ -68,7 +74,10 @@ def launcher(root: Path, base: Path, folder: str) -> Runs:
         if n not in done:
             out = root / f"np{n}"
             spec = root / f"np{n}.json"
-            jobs = {name: overrides(n, name, folder) for name in RUNS[n]}
+            jobs = {
+                name: overrides(n, name, folder) if folder is not None else list(settings)
+                for name, settings in runs[n].items()
+            }
             spec.write_text(json.dumps({"base": str(base), "out": str(out), "runs": jobs}))
             result = mpirun(n, [sys.executable, str(REPO / "tests" / "mpi_driver.py"), str(spec)])
             assert result.returncode == 0, result.stderr[-5000:]

@@ -4,6 +4,7 @@
     # the caption-accuracy measurement of docs/TINY_MODEL.md: 36 fixed prompts, seeds 0..35,
     # one `pcpp-mpi run` on one rank (mode single), then the checks
     python tools/check_captions.py eval --size 256 --out runs/captions-256
+    python tools/check_captions.py eval --size 256 --model tiny-pixart --out runs/captions-tp-256
 
     # the same prompts with another mode on several ranks (extra settings via --set)
     python tools/check_captions.py eval --size 512 --ranks 2 --set parallel.mode=pcpp \
@@ -37,6 +38,7 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
+from pcpp_mpi.models import BUILTIN_NETWORKS  # noqa: E402
 from pcpp_mpi.shapes.checker import Check, accuracy, check_caption  # noqa: E402
 from pcpp_mpi.shapes.evaluation import check_run, evaluation_job  # noqa: E402
 
@@ -54,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--guidance-scale", type=float, default=5.0)
         p.add_argument("--scheduler", default="ddim")
         p.add_argument("--seed", type=int, default=0, help="seed of the first image")
+        p.add_argument(
+            "--model", default="tiny", choices=tuple(BUILTIN_NETWORKS), help="built-in model"
+        )
 
     job = sub.add_parser("job", help="print the evaluation job as YAML")
     job_options(job)
@@ -83,6 +88,7 @@ def _job(args: argparse.Namespace) -> dict:
         guidance_scale=args.guidance_scale,
         scheduler=args.scheduler,
         seed=args.seed,
+        model=args.model,
     )
 
 

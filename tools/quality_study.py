@@ -11,10 +11,15 @@
     # only rebuild the tables and figures from the results already there
     python tools/quality_study.py --out runs/quality --report-only
 
+    # the transformer (built-in tiny-pixart) in its own study directory
+    python tools/quality_study.py --model tiny-pixart --out runs/quality-tiny-pixart \
+        --sizes 256 --ranks 2,3 --ratios 0.1,0.3,0.5,1.0 --warmups 4 --prompts 8
+
 Every grid point is one ``pcpp-mpi run`` (one ``mpirun`` launch, or one process for
 ``single``) that makes all of its size's prompts in one job: the caption-evaluation job of
 ``tools/check_captions.py`` (the fixed ``evaluation_prompts`` list, image ``i`` with seed
-``seed + i``, DDIM, guidance 5, float32, the built-in tiny model on the CPU). Each size has a
+``seed + i``, DDIM, guidance 5, float32, the built-in ``--model`` on the CPU: ``tiny``, the
+UNet, or ``tiny-pixart``, the transformer; give each model its own ``--out``). Each size has a
 ``single`` reference run with the same prompts and seeds. For every point the tool records
 
 - PSNR and SSIM of each image against the ``single`` image of the same prompt and seed
@@ -74,7 +79,7 @@ SAME_SSIM = 0.99  # ... and at least this similar, and every caption reading ide
 CLOSE_PSNR_DB = 30.0  # mean PSNR at least this: "close"
 PSNR_PLOT_CAP = 60.0
 #: Rough cost model of the development machine (2 CPU cores), for the estimate printed first.
-SECONDS_PER_STEP_256 = 0.10  # single, one 256 px image, CFG batch 2
+SECONDS_PER_STEP_256 = {"tiny": 0.10, "tiny-pixart": 0.015}  # single, 256 px, CFG batch 2
 STARTUP_S = 10.0  # interpreter, torch, model load, decode and files, per launch
 RANK_SLOWDOWN = {1: 1.0, 2: 1.25, 3: 1.6, 4: 1.9}
 
@@ -168,6 +173,7 @@ def point_job(args: argparse.Namespace, point: Point) -> dict[str, Any]:
         scheduler=args.scheduler,
         seed=args.seed,
         mode=point.mode,
+        model=args.model,
     )
     job["parallel"] = point.overrides()
     return job
@@ -184,17 +190,31 @@ def settings(args: argparse.Namespace, point: Point, weights: dict[str, str]) ->
 
 
 # ----------------------------------------------------------------------------- weights
-def weights_signature() -> dict[str, str]:
-    """SHA-256 and UNet steps of the tiny model's weights file (the runs read this file)."""
-    from pcpp_mpi.models.tiny import WEIGHTS_PATH, read_metadata
+def weights_signature(model: str = "tiny") -> dict[str, str]:
+    """SHA-256 and training steps of the built-in ``model``'s weights file (the runs read
+    this file): UNet steps for ``tiny``, transformer steps for ``tiny-pixart``."""
+    if model == "tiny-pixart":
+        from pcpp_mpi.models.tiny_pixart import WEIGHTS_PATH as path
+        from pcpp_mpi.models.tiny_pixart import read_tiny_pixart_metadata
 
-    digest = hashlib.sha256(WEIGHTS_PATH.read_bytes()).hexdigest()
-    meta = read_metadata(WEIGHTS_PATH)
+        meta = read_tiny_pixart_metadata(path)
+        steps_key = "transformer_steps_done"
+    else:
+        from pcpp_mpi.models.tiny import WEIGHTS_PATH as path
+        from pcpp_mpi.models.tiny import read_metadata
+
+        meta = read_metadata(path)
+        steps_key = "unet_steps_done"
     return {
-        "sha256": digest,
-        "unet_steps_done": meta.get("unet_steps_done", "?"),
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        steps_key: meta.get(steps_key, "?"),
         "vae_steps_done": meta.get("vae_steps_done", "?"),
     }
+
+
+def denoiser_steps(weights: dict[str, str]) -> str:
+    """The denoiser's training steps in a :func:`weights_signature`."""
+    return weights.get("unet_steps_done", weights.get("transformer_steps_done", "?"))
 
 
 def code_signature() -> str:
@@ -331,6 +351,7 @@ def evaluate_point(
     job = point_job(args, point)
     result: dict[str, Any] = {
         "id": point.id,
+        "model": args.model,
         **asdict(point),
         "prompts": len(images),
         "steps": args.steps,
@@ -351,7 +372,8 @@ def evaluate_point(
         "step_median_s": summary.step_median_s,
         "denoise_s": summary.denoise_s,
         "wall_s": wall_s,
-        "weights_unet_steps": weights["unet_steps_done"],
+        "weights_unet_steps": weights.get("unet_steps_done"),
+        "weights_transformer_steps": weights.get("transformer_steps_done"),
         "code_sha256": getattr(args, "code_at_launch", None),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -382,7 +404,7 @@ CSV_FIELDS = [
     "psnr_mean_db", "psnr_min_db", "psnr_pooled_db", "images_identical", "ssim_mean",
     "ssim_min", "max_abs_diff", "caption_accuracy", "caption_accuracy_single",
     "readings_as_single", "verdict", "step_median_s", "denoise_s", "wall_s",
-    "weights_unet_steps",
+    "weights_unet_steps", "weights_transformer_steps", "model",
 ]  # fmt: skip
 
 
@@ -659,7 +681,7 @@ def estimate_seconds(args: argparse.Namespace, points: list[Point]) -> float:
     total = 0.0
     for point in points:
         images = prompts_for(args, point.size)
-        per_step = SECONDS_PER_STEP_256 * (point.size / 256) ** 3
+        per_step = SECONDS_PER_STEP_256[args.model] * (point.size / 256) ** 3
         slow = RANK_SLOWDOWN.get(point.ranks, 0.5 * point.ranks)
         total += STARTUP_S + images * args.steps * per_step * slow
     return total
@@ -670,6 +692,12 @@ def _parser() -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", type=Path, required=True, help="study directory")
+    parser.add_argument(
+        "--model",
+        default="tiny",
+        choices=tuple(SECONDS_PER_STEP_256),
+        help="built-in model: tiny (UNet) or tiny-pixart (transformer); one --out per model",
+    )
     parser.add_argument("--sizes", type=_ints, default=[256, 512], help="e.g. 256,512")
     parser.add_argument("--ranks", type=_ints, default=[2, 3, 4], help="e.g. 2,3,4")
     parser.add_argument(
@@ -708,14 +736,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         return 0 if report(args) else 1
     points = build_grid(args)
-    weights = weights_signature()
+    weights = weights_signature(args.model)
     todo = [p for p in points if stored(args, p, weights) is None]
     estimate = estimate_seconds(args, todo)
     images = sum(prompts_for(args, p.size) for p in todo)
     print(
         f"quality study: {len(points)} points ({len(points) - len(todo)} already done), "
-        f"{len(todo)} to run: {images} images of {args.steps} steps; weights: UNet "
-        f"{weights['unet_steps_done']} steps, sha256 {weights['sha256'][:12]}; "
+        f"{len(todo)} to run: {images} images of {args.steps} steps; weights: {args.model}, "
+        f"{denoiser_steps(weights)} denoiser steps, sha256 {weights['sha256'][:12]}; "
         f"rough estimate {estimate / 60:.0f} min on a 2-core CPU",
         flush=True,
     )
@@ -739,7 +767,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"[{index + 1}/{len(points)}] {point.id} ...", end=" ", flush=True)
         code, wall = run_point(args, point)
-        now = weights_signature()
+        now = weights_signature(args.model)
         if now != weights:
             print("the weights file changed during the run; stopping (run again)", flush=True)
             return 1

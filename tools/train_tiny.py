@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
-"""Train the built-in ``tiny`` model from procedurally generated shapes scenes.
+"""Train the built-in ``tiny`` (UNet) or ``tiny-pixart`` (transformer) model from procedurally
+generated shapes scenes.
 
     python tools/train_tiny.py --out runs/train-tiny --device cuda [--install]
     python tools/train_tiny.py --out /tmp/t --device cpu --vae-steps 3 --unet-steps 3 \
         --batch 8 --vae-batch 4 --eval-count 0          # a smoke test
+    python tools/train_tiny.py --denoiser pixart --out runs/train-tiny-pixart --device cuda \
+        --sizes 64,96,128,160,192 --size-weights 2,2,2,1,1 [--install]
 
 Two stages, one seed (``--seed``) fixing everything (initial weights, scenes, captions, noise):
 
@@ -14,6 +17,12 @@ Two stages, one seed (``--seed``) fixing everything (initial weights, scenes, ca
    with the size word dropped 30% / the background 10% of the time, 10% empty captions (for
    classifier-free guidance) and 5% with an unknown word inserted; EMA of the weights.
 
+``--denoiser pixart`` skips stage 1: it takes the VAE (frozen, with the scaling factor in the
+file's metadata) and the text encoder (frozen: the transformer learns to read the embeddings
+the ``tiny`` UNet was trained with) from ``--init-from`` (the committed ``tiny`` weights), and
+trains a ``PixArtTransformer2DModel`` (:mod:`pcpp_mpi.models.tiny_pixart`) with the same stage-2
+loop (``--unet-steps``/``--denoiser-steps``, ``--time-limit-unet``/``--time-limit-denoiser``).
+
 Each step draws a batch of new scenes at one image size from ``--sizes`` (weighted by
 ``--size-weights``; the batch shrinks with the square of the size so each step sees about the
 same number of pixels). The learning rate warms up, then stays constant, so a run stopped by
@@ -21,10 +30,11 @@ a time limit (``--time-limit-*``) after ``k`` steps equals a run with ``--*-step
 says how many steps were done. Results are bitwise reproducible for the same seed, steps,
 hardware and software.
 
-Writes into ``--out``: ``tiny.safetensors`` (the weights, float16, with metadata),
-``train.log``, ``vae.png`` (scenes over their reconstructions), and with ``--eval-count > 0``
-``eval.json`` (caption-checker accuracy at each ``--eval-sizes``) and ``samples-<size>.png``.
-``--install`` also copies the weights to ``pcpp_mpi/models/weights/tiny.safetensors``.
+Writes into ``--out``: ``tiny.safetensors`` or ``tiny-pixart.safetensors`` (the weights,
+float16, with metadata), ``train.log``, ``vae.png`` (scenes over their reconstructions; UNet
+only), and with ``--eval-count > 0`` ``eval.json`` (caption-checker accuracy at each
+``--eval-sizes``) and ``samples-<size>.png``. ``--install`` also copies the weights into
+``pcpp_mpi/models/weights/``.
 """
 
 from __future__ import annotations
@@ -59,11 +69,21 @@ from pcpp_mpi.models.tiny import (  # noqa: E402
     save_tiny_weights,
     tiny_vae_scale_factor,
 )
+from pcpp_mpi.models.tiny_pixart import (  # noqa: E402
+    WEIGHTS_PATH as PIXART_WEIGHTS_PATH,
+)
+from pcpp_mpi.models.tiny_pixart import (  # noqa: E402
+    build_tiny_pixart_modules,
+    load_tiny_pixart_modules,
+    save_tiny_pixart_weights,
+    tiny_pixart_bundle,
+    tiny_pixart_transformer_config,
+)
 from pcpp_mpi.models.tiny_text import SEQ_LEN, WordTokenizer  # noqa: E402
 from pcpp_mpi.models.tiny_vocab import UNKNOWN_BUCKETS  # noqa: E402
 from pcpp_mpi.shapes.checker import accuracy, check_caption  # noqa: E402
 from pcpp_mpi.shapes.render import render_scenes, to_uint8  # noqa: E402
-from pcpp_mpi.shapes.sampling import generate, image_grid  # noqa: E402
+from pcpp_mpi.shapes.sampling import generate, image_grid, noise_prediction  # noqa: E402
 from pcpp_mpi.shapes.scenes import evaluation_prompts, sample_scenes  # noqa: E402
 from pcpp_mpi.shapes.training_tokens import training_token_ids  # noqa: E402
 
@@ -71,6 +91,19 @@ from pcpp_mpi.shapes.training_tokens import training_token_ids  # noqa: E402
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument(
+        "--denoiser",
+        choices=("unet", "pixart"),
+        default="unet",
+        help="unet: the tiny model (VAE stage, then UNet + text encoder); pixart: the "
+        "tiny-pixart transformer on --init-from's frozen VAE and text encoder",
+    )
+    p.add_argument(
+        "--init-from",
+        type=Path,
+        default=WEIGHTS_PATH,
+        help="pixart: the tiny weights file whose VAE, scaling factor and text encoder to use",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
@@ -80,8 +113,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vae-batch", type=int, default=64, help="VAE batch at 64 px")
     p.add_argument("--vae-lr", type=float, default=1e-3)
     p.add_argument("--kl-weight", type=float, default=1e-5)
-    p.add_argument("--unet-steps", type=int, default=12000)
-    p.add_argument("--batch", type=int, default=512, help="UNet batch at 64 px")
+    p.add_argument("--unet-steps", "--denoiser-steps", dest="unet_steps", type=int, default=12000)
+    p.add_argument("--batch", type=int, default=512, help="denoiser batch at 64 px")
     p.add_argument("--lr", type=float, default=6e-4)
     p.add_argument("--warmup", type=int, default=200, help="learning-rate warm-up steps")
     p.add_argument("--ema", type=float, default=0.999)
@@ -90,7 +123,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--caption-dropout", type=float, default=0.1)
     p.add_argument("--unknown-word", type=float, default=0.05)
     p.add_argument("--time-limit-vae", type=float, default=0.0, help="seconds (0: none)")
-    p.add_argument("--time-limit-unet", type=float, default=0.0, help="seconds (0: none)")
+    p.add_argument(
+        "--time-limit-unet",
+        "--time-limit-denoiser",
+        dest="time_limit_unet",
+        type=float,
+        default=0.0,
+        help="seconds (0: none)",
+    )
     p.add_argument("--measure-count", type=int, default=512, help="images for the VAE scale")
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--eval-count", type=int, default=36, help="prompts checked after training")
@@ -100,8 +140,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--resume",
         type=Path,
-        help="continue from a tiny weights file: keep its VAE and scaling factor (no VAE "
-        "stage), go on training its UNet and text encoder (fresh optimizer and warm-up)",
+        help="continue from a weights file of --denoiser's model: keep its VAE and scaling "
+        "factor (no VAE stage), go on training its denoiser (and the UNet's text encoder) "
+        "(fresh optimizer and warm-up)",
     )
     p.add_argument(
         "--deterministic",
@@ -130,6 +171,18 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_name() -> str:
+    """The CPU's model name and core count (``platform.processor()`` is empty on Linux)."""
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model}, {os.cpu_count()} cores"
+
+
 def int_list(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
@@ -137,8 +190,10 @@ def int_list(text: str) -> list[int]:
 class SizeSchedule:
     """Which image height, width (drawn independently) and batch each step uses."""
 
-    def __init__(self, sizes: list[int], weights: list[float], batch_at_64: int) -> None:
-        factor = tiny_vae_scale_factor() * 4  # 3 UNet levels below an 8x VAE
+    def __init__(
+        self, sizes: list[int], weights: list[float], batch_at_64: int, factor: int
+    ) -> None:
+        """``factor``: pixels every size must be a multiple of (the denoiser's band unit)."""
         for size in sizes:
             if size % factor:
                 raise SystemExit(f"--sizes: {size} is not a multiple of {factor}")
@@ -148,9 +203,10 @@ class SizeSchedule:
         self.weights = [float(w) for w in weights]
         self.p = np.asarray(self.weights) / sum(self.weights)
         self.batch_at_64 = batch_at_64
+        self.factor = factor
 
     def with_batch(self, batch_at_64: int) -> SizeSchedule:
-        return SizeSchedule(self.sizes, self.weights, batch_at_64)
+        return SizeSchedule(self.sizes, self.weights, batch_at_64, self.factor)
 
     def draw(self, rng: np.random.Generator) -> tuple[int, int, int]:
         height, width = (int(v) for v in rng.choice(self.sizes, size=2, p=self.p))
@@ -249,15 +305,23 @@ def insert_unknown(ids: torch.Tensor, chance: float, rng: np.random.Generator, b
         ids[row] = torch.tensor(words + [0] * (SEQ_LEN - len(words)))
 
 
-def train_unet(args, unet, text_encoder, vae, scale, schedule, rng, gen, device, log):
-    """Train UNet + text encoder; returns the EMA copies of their parameters."""
+def train_denoiser(
+    args, denoiser, text_encoder, train_text, vae, scale, schedule, rng, gen, device, log
+):
+    """Train the denoiser, UNet or PixArt transformer (and the text encoder if
+    ``train_text``); leaves the EMA of the trained weights in the modules (eval mode, frozen)
+    and returns the steps done."""
     from diffusers import DDPMScheduler
+
+    stage = args.denoiser
 
     tokenizer = WordTokenizer()
     noise_schedule = DDPMScheduler.from_config(default_scheduler_config())
     alphas = noise_schedule.alphas_cumprod.to(device=device, dtype=torch.float32)
     snr = alphas / (1 - alphas)
-    modules = (unet, text_encoder)
+    modules = (denoiser, text_encoder) if train_text else (denoiser,)
+    if not train_text:
+        text_encoder.eval().requires_grad_(False)
     params = [p for m in modules for p in m.parameters()]
     for m in modules:
         m.train().requires_grad_(True)
@@ -267,7 +331,7 @@ def train_unet(args, unet, text_encoder, vae, scale, schedule, rng, gen, device,
     total = torch.zeros((), device=device)
     for step in range(args.unet_steps):
         if args.time_limit_unet and time.perf_counter() - start > args.time_limit_unet:
-            log(f"unet: time limit reached after {step} steps (reproduce: --unet-steps {step})")
+            log(f"{stage}: time limit reached after {step} steps (reproduce: --unet-steps {step})")
             break
         height, width, batch = schedule.draw(rng)
         scenes = sample_scenes(batch, rng)
@@ -284,8 +348,9 @@ def train_unet(args, unet, text_encoder, vae, scale, schedule, rng, gen, device,
         t = torch.randint(0, len(alphas), (batch,), generator=gen, device=device)
         a = alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
-        hidden = text_encoder(ids.to(device))
-        prediction = unet(noisy, t, encoder_hidden_states=hidden).sample
+        with torch.set_grad_enabled(train_text):
+            hidden = text_encoder(ids.to(device))
+        prediction = noise_prediction(denoiser, noisy, t, hidden)
         per_sample = (prediction.float() - noise).pow(2).mean(dim=(1, 2, 3))
         weight = snr[t].clamp(max=args.min_snr) / snr[t] if args.min_snr else 1.0
         loss = (weight * per_sample).mean()
@@ -304,7 +369,7 @@ def train_unet(args, unet, text_encoder, vae, scale, schedule, rng, gen, device,
             mean = total.item() / (done - (done - 1) // args.log_every * args.log_every)
             total.zero_()
             log(
-                f"unet step {done:6d} {height}x{width} batch {batch:4d} loss {mean:.4f} "
+                f"{stage} step {done:6d} {height}x{width} batch {batch:4d} loss {mean:.4f} "
                 f"{rate:.1f} it/s"
             )
     for m in modules:
@@ -312,8 +377,18 @@ def train_unet(args, unet, text_encoder, vae, scale, schedule, rng, gen, device,
     with torch.no_grad():
         for p, e in zip(params, ema, strict=True):
             p.copy_(e)
-    log(f"unet: {done} steps in {time.perf_counter() - start:.0f}s")
+    log(f"{stage}: {done} steps in {time.perf_counter() - start:.0f}s")
     return done
+
+
+def repo_path(path: Path) -> str:
+    """``path`` relative to the repository when it is inside it (for metadata)."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(REPO)) if resolved.is_relative_to(REPO) else str(path)
+
+
+#: what ``--denoiser pixart`` records about the tiny weights file it starts from
+ORIGIN_KEYS = ("format", "vae_steps_done", "unet_steps_done", "vae_scaling_factor", "torch")
 
 
 def save_png(path: Path, image: np.ndarray) -> None:
@@ -366,67 +441,112 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     log(f"train_tiny: {' '.join(sys.argv[1:] if argv is None else argv)}")
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     log(f"device {device} ({name}), torch {torch.__version__}, python {platform.python_version()}")
 
     rng = np.random.default_rng(args.seed)
     torch.manual_seed(args.seed)
     gen = torch.Generator(device=device).manual_seed(args.seed)
-    schedule = SizeSchedule(int_list(args.sizes), int_list(args.size_weights), args.batch)
+    pixart = args.denoiser == "pixart"
+    # a size must be whole bands: 3 UNet levels, or one patch, below the 8x VAE
+    factor = tiny_vae_scale_factor() * (
+        tiny_pixart_transformer_config()["patch_size"] if pixart else 4
+    )
+    schedule = SizeSchedule(int_list(args.sizes), int_list(args.size_weights), args.batch, factor)
 
     parent: dict[str, str] = {}
+    origin: dict[str, str] = {}
     if args.resume is not None:
-        unet, vae, text_encoder, parent = load_tiny_modules(args.resume)
+        load = load_tiny_pixart_modules if pixart else load_tiny_modules
+        denoiser, vae, text_encoder, parent = load(args.resume)
         scale = float(parent["vae_scaling_factor"])
-        log(f"resuming from {args.resume} ({parent.get('unet_steps_done', '?')} UNet steps)")
+        done_before = parent.get("transformer_steps_done" if pixart else "unet_steps_done", "?")
+        log(f"resuming from {args.resume} ({done_before} {args.denoiser} steps)")
+    elif pixart:
+        denoiser, _, _ = build_tiny_pixart_modules(1.0, init_seed=INIT_SEED + args.seed)
+        _, vae, text_encoder, origin = load_tiny_modules(args.init_from)
+        scale = float(origin["vae_scaling_factor"])
+        log(f"VAE (scaling factor {scale:.5f}) and text encoder from {args.init_from}, frozen")
     else:
-        unet, vae, text_encoder = build_tiny_modules(
+        denoiser, vae, text_encoder = build_tiny_modules(
             scaling_factor=1.0, init_seed=INIT_SEED + args.seed
         )
-    for module in (unet, vae, text_encoder):
+    for module in (denoiser, vae, text_encoder):
         module.to(device)
+    parts = (("transformer" if pixart else "unet", denoiser), ("vae", vae))
     n_params = {
         part: sum(p.numel() for p in m.parameters())
-        for part, m in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder))
+        for part, m in (*parts, ("text_encoder", text_encoder))
     }
     log(f"parameters: {n_params}")
 
-    if args.resume is None:
+    if args.resume is None and not pixart:
         vae_steps = train_vae(args, vae, schedule, rng, gen, device, log)
         scale = measure_vae(vae, args.measure_count, rng, gen, device, out, log)
         vae.register_to_config(scaling_factor=scale)
     else:
         vae_steps = 0
-    steps = train_unet(args, unet, text_encoder, vae, scale, schedule, rng, gen, device, log)
+    steps = train_denoiser(
+        args, denoiser, text_encoder, not pixart, vae, scale, schedule, rng, gen, device, log
+    )
 
     metadata = {
         "trained_with": "tools/train_tiny.py",
+        "command": " ".join(sys.argv if argv is None else ["tools/train_tiny.py", *argv]),
         "train_args": json.dumps({k: str(v) for k, v in vars(args).items()}, sort_keys=True),
         "vae_steps_done": str(vae_steps),
-        "unet_steps_done": str(steps),
         "resumed_from": json.dumps(parent, sort_keys=True) if parent else "",
         "torch": torch.__version__,
         "device": name,
     }
-    path = save_tiny_weights(out / "tiny.safetensors", unet, vae, text_encoder, scale, metadata)
+    if pixart:
+        metadata["transformer_steps_done"] = str(steps)
+        metadata["text_encoder"] = "frozen"
+        metadata["initialised_from"] = json.dumps(
+            {"path": repo_path(args.init_from), **{k: origin.get(k, "") for k in ORIGIN_KEYS}},
+            sort_keys=True,
+        )
+    else:
+        metadata["unet_steps_done"] = str(steps)
+    save = save_tiny_pixart_weights if pixart else save_tiny_weights
+    path = out / ("tiny-pixart.safetensors" if pixart else "tiny.safetensors")
+    save(path, denoiser, vae, text_encoder, scale, metadata)
     log(f"weights written: {path} ({path.stat().st_size / 1e6:.2f} MB)")
-    if args.install:
-        WEIGHTS_PATH.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, WEIGHTS_PATH)
-        WEIGHTS_PATH.chmod(0o644)
-        log(f"installed as {WEIGHTS_PATH}")
 
     if args.eval_count > 0:
-        # Evaluate the weights as they are shipped (rounded to float16).
-        unet, vae, text_encoder, _ = load_tiny_modules(path)
-        bundle = ModelBundle(
-            denoiser=unet.to(device),
-            vae=vae.to(device),
-            encoder=TinyPromptEncoder(WordTokenizer(), text_encoder),
-            scheduler_config=default_scheduler_config(),
-            vae_scale_factor=tiny_vae_scale_factor(),
+        # Evaluate the weights as they are shipped (rounded to float16), then record the
+        # accuracy in the file (re-saving float16 weights read as float32 is lossless).
+        if pixart:
+            denoiser, vae, text_encoder, _ = load_tiny_pixart_modules(path)
+            bundle = tiny_pixart_bundle(denoiser.to(device), vae.to(device), text_encoder)
+        else:
+            denoiser, vae, text_encoder, _ = load_tiny_modules(path)
+            bundle = ModelBundle(
+                denoiser=denoiser.to(device),
+                vae=vae.to(device),
+                encoder=TinyPromptEncoder(WordTokenizer(), text_encoder),
+                scheduler_config=default_scheduler_config(),
+                vae_scale_factor=tiny_vae_scale_factor(),
+            )
+        results = evaluate(args, bundle, out, log)
+        metadata["caption_accuracy"] = json.dumps(
+            {
+                "prompts": args.eval_count,
+                "ddim_steps": args.eval_steps,
+                **{
+                    size: {k: v for k, v in r.items() if k != "checks"}
+                    for size, r in results.items()
+                },
+            },
+            sort_keys=True,
         )
-        evaluate(args, bundle, out, log)
+        save(path, denoiser.cpu(), vae.cpu(), text_encoder, scale, metadata)
+    if args.install:
+        target = PIXART_WEIGHTS_PATH if pixart else WEIGHTS_PATH
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+        target.chmod(0o644)
+        log(f"installed as {target}")
     log("done")
     return 0
 

@@ -23,7 +23,7 @@ ComputeStreamName = Literal["own", "default"]
 CompileName = Literal["auto", True, False]
 CompileBackendName = Literal["inductor", "aot_eager"]
 ArchName = Literal["sd15", "sd21", "sdxl", "pixart-sigma", "sd3-medium"]
-BuiltinName = Literal["tiny"]
+BuiltinName = Literal["tiny", "tiny-pixart"]
 DecodeName = Literal["parallel", "rank0"]
 
 

@@ -39,6 +39,7 @@ from pcpp_mpi.engine.streams import compute_stream
 from pcpp_mpi.families import denoiser_family
 from pcpp_mpi.models import (
     ModelBundle,
+    builtin_weights_provenance,
     check_model_folder,
     load_model,
     scheduler_config,
@@ -330,6 +331,7 @@ def _create_run_file(
         "bands": [[b.start, b.stop] for b in start.layout.bands],
         "norm_kernels": start.norm_kernels,
         "model_family": ctx.family.name,
+        "model_weights": builtin_weights_provenance(ctx.job.model) or "not built-in",
         "scheduler": resolve_scheduler(ctx.job.generation.scheduler, ctx.bundle.scheduler_config),
         "packages": collect_package_versions(),
         "git_revision": git_revision() or "unknown",

@@ -1,5 +1,5 @@
-"""Models: the built-in tiny model, random-weight SD and PixArt architectures and local
-diffusers folders.
+"""Models: the built-in tiny models (UNet ``tiny``, transformer ``tiny-pixart``), random-weight
+SD and PixArt architectures and local diffusers folders.
 
 :func:`load_model` turns a :class:`~pcpp_mpi.config.schema.ModelConfig` into a
 :class:`ModelBundle` (denoiser, VAE, prompt encoder, scheduler config);
@@ -12,7 +12,9 @@ from pcpp_mpi.models.bundle import ModelBundle, PromptEmbeddings, PromptEncoder
 from pcpp_mpi.models.errors import ModelError
 from pcpp_mpi.models.folder import check_model_folder
 from pcpp_mpi.models.loader import (
+    BUILTIN_NETWORKS,
     DenoiserNetwork,
+    builtin_weights_provenance,
     denoiser_network,
     load_model,
     scheduler_config,
@@ -23,11 +25,13 @@ from pcpp_mpi.models.loader import (
 )
 
 __all__ = [
+    "BUILTIN_NETWORKS",
     "DenoiserNetwork",
     "ModelBundle",
     "ModelError",
     "PromptEmbeddings",
     "PromptEncoder",
+    "builtin_weights_provenance",
     "check_model_folder",
     "denoiser_network",
     "load_model",

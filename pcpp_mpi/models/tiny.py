@@ -168,6 +168,34 @@ def _configs_json(scaling_factor: float) -> dict[str, str]:
     }
 
 
+def save_parts(
+    path: str | Path, parts: dict[str, torch.nn.Module], metadata: dict[str, str]
+) -> Path:
+    """Write each module's state dict under ``<part>.`` as one float16 safetensors file."""
+    tensors: dict[str, torch.Tensor] = {}
+    for part, module in parts.items():
+        for key, value in module.state_dict().items():
+            tensors[f"{part}.{key}"] = value.detach().to("cpu", torch.float16).contiguous()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+def load_parts(path: str | Path, parts: dict[str, torch.nn.Module]) -> None:
+    """Load ``<part>.*`` tensors of a :func:`save_parts` file into each module (upcast to the
+    module's float32, strict), then freeze it (eval, no gradients); ModelError if they don't fit."""
+    tensors = load_file(str(path), device="cpu")
+    for part, module in parts.items():
+        prefix = f"{part}."
+        state = {k[len(prefix) :]: v.float() for k, v in tensors.items() if k.startswith(prefix)}
+        try:
+            module.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise ModelError(f"{path}: {part} weights do not fit the model: {exc}") from exc
+        module.requires_grad_(False).eval()
+
+
 def save_tiny_weights(
     path: str | Path,
     unet: UNet2DConditionModel,
@@ -177,10 +205,6 @@ def save_tiny_weights(
     extra_metadata: dict[str, str] | None = None,
 ) -> Path:
     """Write the three parts as one float16 safetensors file with the tiny-model metadata."""
-    tensors: dict[str, torch.Tensor] = {}
-    for part, module in zip(PARTS, (unet, vae, text_encoder), strict=True):
-        for key, value in module.state_dict().items():
-            tensors[f"{part}.{key}"] = value.detach().to("cpu", torch.float16).contiguous()
     metadata = {
         **(extra_metadata or {}),
         "format": WEIGHTS_FORMAT,
@@ -188,14 +212,14 @@ def save_tiny_weights(
         "vocab_fingerprint": vocab_fingerprint(),
         **_configs_json(scaling_factor),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=metadata)
-    return path
+    parts = dict(zip(PARTS, (unet, vae, text_encoder), strict=True))
+    return save_parts(path, parts, metadata)
 
 
-def read_metadata(path: str | Path = WEIGHTS_PATH) -> dict[str, str]:
-    """The metadata of a tiny-model weights file (raises ModelError if missing or foreign)."""
+def read_metadata(
+    path: str | Path = WEIGHTS_PATH, weights_format: str = WEIGHTS_FORMAT
+) -> dict[str, str]:
+    """The metadata of a weights file of ``weights_format`` (ModelError if missing or foreign)."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(
@@ -203,9 +227,22 @@ def read_metadata(path: str | Path = WEIGHTS_PATH) -> dict[str, str]:
         )
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata() or {}
-    if metadata.get("format") != WEIGHTS_FORMAT:
-        raise ModelError(f"{path} is not a tiny-model weights file ({WEIGHTS_FORMAT})")
+    if metadata.get("format") != weights_format:
+        raise ModelError(f"{path} is not a tiny-model weights file ({weights_format})")
     return metadata
+
+
+def check_metadata(path: str | Path, metadata: dict[str, str], configs: dict[str, str]) -> None:
+    """Refuse a weights file trained with another vocabulary or other ``configs`` (JSON)."""
+    if metadata.get("vocab_fingerprint") != vocab_fingerprint():
+        raise ModelError(
+            f"{path} was trained with another shapes vocabulary; retrain with tools/train_tiny.py"
+        )
+    for key, value in configs.items():
+        if json.loads(metadata.get(key, "null")) != json.loads(value):
+            raise ModelError(
+                f"{path}: its {key} differs from the code's; retrain with tools/train_tiny.py"
+            )
 
 
 @cache
@@ -223,26 +260,9 @@ def load_tiny_modules(
     file's metadata; refuses a file trained for another architecture or vocabulary."""
     metadata = read_metadata(path)
     scaling_factor = float(metadata["vae_scaling_factor"])
-    if metadata.get("vocab_fingerprint") != vocab_fingerprint():
-        raise ModelError(
-            f"{path} was trained with another shapes vocabulary; retrain with tools/train_tiny.py"
-        )
-    for key, value in _configs_json(scaling_factor).items():
-        if json.loads(metadata.get(key, "null")) != json.loads(value):
-            raise ModelError(
-                f"{path}: its {key} differs from pcpp_mpi/models/tiny.py; "
-                "retrain with tools/train_tiny.py"
-            )
-    tensors = load_file(str(path), device="cpu")
+    check_metadata(path, metadata, _configs_json(scaling_factor))
     modules = build_tiny_modules(scaling_factor)
-    for part, module in zip(PARTS, modules, strict=True):
-        prefix = f"{part}."
-        state = {k[len(prefix) :]: v.float() for k, v in tensors.items() if k.startswith(prefix)}
-        try:
-            module.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise ModelError(f"{path}: {part} weights do not fit the model: {exc}") from exc
-        module.requires_grad_(False).eval()
+    load_parts(path, dict(zip(PARTS, modules, strict=True)))
     unet, vae, text_encoder = modules
     return unet, vae, text_encoder, metadata
 

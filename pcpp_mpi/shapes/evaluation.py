@@ -1,7 +1,8 @@
 """Caption accuracy of pcpp-mpi runs: the evaluation job and the checks of a run directory.
 
 ``evaluation_job(size)`` is a job (as a dict, for YAML) that makes one image per prompt of the
-fixed :func:`~pcpp_mpi.shapes.scenes.evaluation_prompts` list with the built-in tiny model
+fixed :func:`~pcpp_mpi.shapes.scenes.evaluation_prompts` list with a built-in model (``tiny``
+or ``tiny-pixart``)
 (image ``i`` gets seed ``seed + i``, as the engine numbers them); ``check_run(run_dir)``
 compares every image in a run's ``run.h5`` with its own prompt.
 """
@@ -27,10 +28,12 @@ def evaluation_job(
     scheduler: str = "ddim",
     seed: int = 0,
     mode: str = "single",
+    model: str = "tiny",
 ) -> dict[str, Any]:
-    """The caption-accuracy job: ``count`` fixed prompts at ``size`` x ``size`` on the CPU."""
+    """The caption-accuracy job: ``count`` fixed prompts at ``size`` x ``size`` on the CPU,
+    with the built-in ``model``."""
     return {
-        "model": {"builtin": "tiny"},
+        "model": {"builtin": model},
         "generation": {
             "prompts": evaluation_prompts(count),
             "negative_prompts": [""],

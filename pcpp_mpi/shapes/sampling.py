@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from diffusers import PixArtTransformer2DModel
 
 from pcpp_mpi.engine.schedulers import make_scheduler
 from pcpp_mpi.models.bundle import ModelBundle
@@ -23,6 +24,22 @@ def initial_noise(seed: int, channels: int, height: int, width: int) -> torch.Te
     """The engine's initial noise: ``(1, C, h, w)`` float32 from a CPU generator."""
     generator = torch.Generator("cpu").manual_seed(seed)
     return torch.randn((1, channels, height, width), generator=generator, dtype=torch.float32)
+
+
+def noise_prediction(
+    denoiser: torch.nn.Module, latent: torch.Tensor, timestep: torch.Tensor, hidden: torch.Tensor
+) -> torch.Tensor:
+    """The noise prediction ``(B, 4, h, w)`` of a tiny-model denoiser (UNet or PixArt
+    transformer) for latents ``(B, 4, h, w)``, a timestep (scalar or ``(B,)``) and prompt
+    states ``(B, 16, 32)``."""
+    if isinstance(denoiser, PixArtTransformer2DModel):
+        return denoiser(
+            latent,
+            encoder_hidden_states=hidden,
+            timestep=timestep.expand(latent.shape[0]),
+            added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+        ).sample
+    return denoiser(latent, timestep, encoder_hidden_states=hidden).sample
 
 
 @torch.no_grad()
@@ -64,7 +81,7 @@ def generate(
         hidden = bundle.encoder.encode([negative_prompt] * n + chunk).hidden.to(device, dtype)
         for timestep in sched.timesteps:
             model_in = sched.scale_model_input(torch.cat([latent, latent]), timestep).to(dtype)
-            prediction = unet(model_in, timestep, encoder_hidden_states=hidden).sample.float()
+            prediction = noise_prediction(unet, model_in, timestep, hidden).float()
             uncond, cond = prediction.chunk(2)
             latent = sched.step(uncond + guidance_scale * (cond - uncond), timestep, latent)
             latent = latent.prev_sample
