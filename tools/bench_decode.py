@@ -21,7 +21,9 @@ decodes in float32, as runs do; ``--no-upcast`` keeps float16. Output: ``decode.
 
     mpirun -np 2 python3 tools/bench_decode.py --size 2048 4096 --out decode-bench
 
-Exit status: 0 measured, 2 bad arguments.
+Exit status: 0 measured, 2 bad arguments; a rank that fails otherwise (e.g. a ``parallel`` band
+decode out of GPU memory) prints its error and aborts the job (MPI_Abort) instead of leaving
+its partners waiting.
 """
 
 from __future__ import annotations
@@ -161,8 +163,10 @@ def measure(
         if repeat >= args.warmup:
             times.append(elapsed)
     peak = peak_bytes(device)
-    if out_of_memory and device.type == "cuda":
+    if device.type == "cuda":
+        # ranks sharing a GPU: what this mode cached must not starve the next mode's ranks
         torch.cuda.empty_cache()
+    world.Barrier()
     if group is not None:
         group.free()
     comm.counter.drain()
@@ -254,6 +258,11 @@ def main(argv: list[str]) -> int:
     except GeometryError as error:  # pragma: no cover - check() rules these out
         print(f"bench_decode: error: {error}", file=sys.stderr)
         return EXIT_BAD_ARGUMENTS
+    except Exception as error:
+        # e.g. a band decode out of GPU memory: its partners would wait for it forever
+        print(f"bench_decode: rank {world.Get_rank()}: {error!r}; ending the job", file=sys.stderr)
+        sys.stderr.flush()
+        world.Abort(1)
     finally:
         comm.free()
     if world.Get_rank() == 0:
