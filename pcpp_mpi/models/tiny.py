@@ -205,15 +205,28 @@ def save_tiny_weights(
     extra_metadata: dict[str, str] | None = None,
 ) -> Path:
     """Write the three parts as one float16 safetensors file with the tiny-model metadata."""
-    metadata = {
-        **(extra_metadata or {}),
-        "format": WEIGHTS_FORMAT,
-        "vae_scaling_factor": repr(float(scaling_factor)),
-        "vocab_fingerprint": vocab_fingerprint(),
-        **_configs_json(scaling_factor),
-    }
+    metadata = weights_metadata(
+        WEIGHTS_FORMAT, scaling_factor, _configs_json(scaling_factor), extra_metadata
+    )
     parts = dict(zip(PARTS, (unet, vae, text_encoder), strict=True))
     return save_parts(path, parts, metadata)
+
+
+def weights_metadata(
+    weights_format: str,
+    scaling_factor: float,
+    configs: dict[str, str],
+    extra_metadata: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """A built-in model's weights-file metadata: ``extra_metadata`` (training records), the
+    format tag, the VAE scaling factor, the vocabulary fingerprint and the configs (JSON)."""
+    return {
+        **(extra_metadata or {}),
+        "format": weights_format,
+        "vae_scaling_factor": repr(float(scaling_factor)),
+        "vocab_fingerprint": vocab_fingerprint(),
+        **configs,
+    }
 
 
 def read_metadata(

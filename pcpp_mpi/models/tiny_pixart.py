@@ -36,9 +36,9 @@ from pcpp_mpi.models.tiny import (
     tiny_text_config,
     tiny_vae_config,
     tiny_vae_scale_factor,
+    weights_metadata,
 )
 from pcpp_mpi.models.tiny_text import TinyTextEncoder, WordTokenizer
-from pcpp_mpi.models.tiny_vocab import vocab_fingerprint
 
 WEIGHTS_PATH = Path(__file__).with_name("weights") / "tiny-pixart.safetensors"
 WEIGHTS_FORMAT = "pcpp-mpi-tiny-pixart/1"
@@ -107,13 +107,9 @@ def save_tiny_pixart_weights(
     extra_metadata: dict[str, str] | None = None,
 ) -> Path:
     """Write the three parts as one float16 safetensors file with the tiny-pixart metadata."""
-    metadata = {
-        **(extra_metadata or {}),
-        "format": WEIGHTS_FORMAT,
-        "vae_scaling_factor": repr(float(scaling_factor)),
-        "vocab_fingerprint": vocab_fingerprint(),
-        **_configs_json(scaling_factor),
-    }
+    metadata = weights_metadata(
+        WEIGHTS_FORMAT, scaling_factor, _configs_json(scaling_factor), extra_metadata
+    )
     parts = dict(zip(PARTS, (transformer, vae, text_encoder), strict=True))
     return save_parts(path, parts, metadata)
 
